@@ -1,1 +1,8 @@
-fn main() {}
+//! The `keygate` binary: parse the command line and hand over to the library.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    keygate::cli::main(keygate::cli::Cli::parse())
+}

@@ -74,8 +74,7 @@ pub enum SecretProblem {
 /// Reads a secret file: the whole file, trailing whitespace trimmed.
 pub fn read_file(path: &Path) -> Result<Secret, SecretProblem> {
     let bytes = std::fs::read(path).map_err(|e| SecretProblem::Unreadable(e.kind().to_string()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))?;
+    let text = String::from_utf8(bytes).map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))?;
     let text = Zeroizing::new(text);
     Secret::parse(&text)
 }
@@ -84,9 +83,7 @@ pub fn read_file(path: &Path) -> Result<Secret, SecretProblem> {
 #[cfg(unix)]
 pub fn is_shared_readable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o044 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o044 != 0).unwrap_or(false)
 }
 
 #[cfg(not(unix))]

@@ -1,0 +1,158 @@
+//! One exchange's record: filled in as the pipeline runs, then — when the last byte
+//! of the response has gone or the caller went away — written as the access log line
+//! (design §8) and counted in the request metrics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{Meter, Metered, ProxyBody};
+use crate::caller::Group;
+use crate::error::{ERROR_HEADER, Refusal};
+use crate::gateway::Gateway;
+use crate::proxy::ConnInfo;
+use crate::routes::Route;
+
+/// What is known about one request so far.
+pub struct Exchange {
+    start: Instant,
+    access: bool,
+    peer: SocketAddr,
+    method: Method,
+    /// The path without its query (the query may carry a key).
+    path: String,
+    pub route: Option<Arc<Route>>,
+    pub operation: &'static str,
+    pub caller: Option<Arc<Group>>,
+    pub caller_addr: Option<IpAddr>,
+    pub upstream_status: Option<StatusCode>,
+    error: Option<&'static str>,
+}
+
+/// Formats an optional caller address (`-` when unknown).
+pub fn addr_text(addr: Option<IpAddr>) -> String {
+    addr.map_or_else(|| "-".to_owned(), |a| a.to_string())
+}
+
+impl Exchange {
+    /// Starts the record and counts the request in flight.
+    pub fn begin(gw: &Gateway, conn: &ConnInfo, request: &Request<Incoming>, access: bool) -> Exchange {
+        gw.metrics.in_flight.inc();
+        Exchange {
+            start: Instant::now(),
+            access,
+            peer: conn.peer,
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            route: None,
+            operation: "-",
+            caller: None,
+            caller_addr: Some(conn.peer.ip().to_canonical()),
+            upstream_status: None,
+            error: None,
+        }
+    }
+
+    /// Notes that keygate answered itself, and counts the denial.
+    pub fn refused(&mut self, gw: &Gateway, refusal: &Refusal) {
+        self.error = Some(refusal.code());
+        gw.metrics.denied.with_label_values(&[self.route_name(), refusal.code()]).inc();
+    }
+
+    fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("-", |r| r.name.as_str())
+    }
+
+    /// Wraps the response body so the record is completed when it ends.
+    pub fn finish(
+        self,
+        gw: Arc<Gateway>,
+        response: Response<ProxyBody>,
+        bytes_in: Arc<Meter>,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = response.into_parts();
+        let bytes_out = Arc::new(Meter::default());
+        let error = self.error.or_else(|| {
+            // A refusal built elsewhere still carries its code.
+            parts.headers.get(ERROR_HEADER).and_then(|v| code_of(v.as_bytes()))
+        });
+        let done = Done {
+            exchange: Exchange { error, ..self },
+            gw,
+            status: parts.status,
+            bytes_in,
+            bytes_out: bytes_out.clone(),
+        };
+        let body = Metered::new(body, bytes_out, None, None).with_guard(Box::new(done));
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+}
+
+fn code_of(value: &[u8]) -> Option<&'static str> {
+    [
+        "invalid_path",
+        "invalid_body",
+        "bad_request",
+        "caller_not_allowed",
+        "client_mismatch",
+        "no_route",
+        "unknown_operation",
+        "method_not_allowed",
+        "body_too_large",
+        "headers_too_large",
+        "upstream_unavailable",
+        "overloaded",
+        "shutting_down",
+        "not_ready",
+        "upstream_timeout",
+    ]
+    .into_iter()
+    .find(|c| c.as_bytes() == value)
+}
+
+/// Completes the record when dropped (end of body, or the caller went away).
+struct Done {
+    exchange: Exchange,
+    gw: Arc<Gateway>,
+    status: StatusCode,
+    bytes_in: Arc<Meter>,
+    bytes_out: Arc<Meter>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let e = &self.exchange;
+        let m = &self.gw.metrics;
+        let elapsed = e.start.elapsed();
+        let route = e.route_name();
+        let group = e.caller.as_ref().map_or("-", |g| g.name.as_str());
+        m.in_flight.dec();
+        m.requests.with_label_values(&[route, e.operation, group, self.status.as_str()]).inc();
+        m.request_duration.with_label_values(&[route, e.operation]).observe(elapsed.as_secs_f64());
+        if !e.access {
+            return;
+        }
+        let upstream_status = e.upstream_status.map(|s| s.as_u16());
+        tracing::info!(
+            target: "keygate::access",
+            caller = %addr_text(e.caller_addr),
+            peer = %e.peer,
+            caller_group = group,
+            route,
+            operation = e.operation,
+            method = e.method.as_str(),
+            path = %e.path,
+            status = self.status.as_u16(),
+            upstream_status,
+            duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            bytes_in = self.bytes_in.bytes(),
+            bytes_out = self.bytes_out.bytes(),
+            error = e.error,
+            "request"
+        );
+    }
+}

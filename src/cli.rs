@@ -1,0 +1,183 @@
+//! The command line (design §1): `run`, `check`, `demo`, `sandbox`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::App;
+use crate::config::{self, Snapshot};
+
+/// keygate: an authenticating reverse proxy that injects Magento BI (RJMetrics) API
+/// keys for internal callers, so that they never hold the raw keys.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the config file is.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Config file [default: $KEYGATE_CONFIG, else config/keygate.toml]
+    #[arg(
+        short,
+        long,
+        env = "KEYGATE_CONFIG",
+        default_value = "config/keygate.toml",
+        hide_default_value = true,
+        hide_env = true
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve with the given config.
+    Run(ConfigArg),
+    /// Validate config and secrets and print the effective route table.
+    Check(ConfigArg),
+    /// Run the sandbox and a gateway pointed at it on loopback, with a walkthrough.
+    Demo(crate::demo::Args),
+    /// A local stand-in for the BI import and export APIs.
+    Sandbox(crate::sandbox::Args),
+}
+
+/// Runs the parsed command.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(arg) => run(&arg.config),
+        Command::Check(arg) => check(&arg.config),
+        Command::Demo(args) => runtime(None)
+            .and_then(|rt| rt.block_on(crate::demo::run(args)))
+            .map_or_else(fail, |()| ExitCode::SUCCESS),
+        Command::Sandbox(args) => runtime(None)
+            .and_then(|rt| rt.block_on(crate::sandbox::run(args)))
+            .map_or_else(fail, |()| ExitCode::SUCCESS),
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("keygate: {message}");
+    ExitCode::FAILURE
+}
+
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn load_or_report(path: &Path) -> Option<Snapshot> {
+    match config::load(path, 1, None) {
+        Ok(snapshot) => Some(snapshot),
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!(
+                "keygate: {} problem(s) in {}; nothing was started",
+                problems.list.len(),
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    // Everything is validated before any port is bound.
+    let Some(snapshot) = load_or_report(path) else { return ExitCode::FAILURE };
+    let log = crate::telemetry::init(&snapshot.log);
+    let rt = match runtime(snapshot.server.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    rt.block_on(async move {
+        let app = match App::start(snapshot, Some(path.to_owned()), Some(log)).await {
+            Ok(app) => app,
+            Err(e) => return fail(e.to_string()),
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining connections");
+        let drained = tokio::select! {
+            drained = app.shutdown() => drained,
+            _ = wait_for_signal() => {
+                tracing::warn!("second signal: exiting at once");
+                return ExitCode::FAILURE;
+            }
+        };
+        if !drained {
+            tracing::warn!("shutdown_grace ran out with requests still in flight");
+        }
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let Some(snapshot) = load_or_report(path) else { return ExitCode::FAILURE };
+    for w in &snapshot.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", route_table(&snapshot));
+    ExitCode::SUCCESS
+}
+
+/// The effective route table: names, prefixes, upstreams, operations, allow lists and
+/// secret fingerprints — never secrets.
+pub fn route_table(snapshot: &Snapshot) -> String {
+    let mut rows = vec![["ROUTE", "PREFIX", "UPSTREAM", "OPERATIONS", "ALLOW", "SECRET"].map(String::from)];
+    for route in snapshot.routes.routes() {
+        let fingerprint = snapshot
+            .secrets
+            .iter()
+            .find(|s| s.name == route.secret_name)
+            .map_or("?", |s| s.fingerprint.as_str());
+        rows.push([
+            route.name.clone(),
+            route.prefix.clone(),
+            route.upstream.url().to_owned(),
+            route.operation_names().join(","),
+            route.allow_text.join(","),
+            format!("{} (sha256:{fingerprint})", route.secret_name),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = format!(
+        "{}: valid; {} route(s), {} secret(s)\n",
+        snapshot.path.display(),
+        snapshot.routes.routes().len(),
+        snapshot.secrets.len()
+    );
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,649 @@
+//! Compiles [`Inputs`] into a [`Snapshot`], collecting every problem instead of
+//! stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+use super::schema::{self, RouteSpec};
+use super::*;
+use crate::caller::{Allow, Group};
+use crate::rewrite::Scrubber;
+use crate::routes::{Inject, Kind, Preset, Route, check_path};
+use crate::secret::{self, Secret, SecretProblem};
+use crate::upstream::{Upstream, UpstreamKey};
+
+const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
+
+struct Ctx<'a> {
+    inputs: &'a Inputs,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, location: impl Into<String>, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            location: location.into(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        location: &str,
+        field: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match value.as_deref().map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(_)) => {
+                self.problem(location, field, "must be greater than zero");
+                default
+            }
+            Some(Err(e)) => {
+                self.problem(location, field, e);
+                default
+            }
+        }
+    }
+}
+
+/// Compiles inputs into generation `generation`. `previous` lends its upstream clients
+/// (and their pools) to routes whose upstream did not change.
+pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
+    let mut ctx = Ctx { inputs, problems: Vec::new(), warnings: Vec::new() };
+    let f = &inputs.file;
+
+    let server = server(&mut ctx, &f.server);
+    let admin = f.admin.as_ref().map(|a| admin(&mut ctx, a));
+    let log = log(&mut ctx, &f.log);
+    let reload = ReloadSettings {
+        poll_interval: ctx.duration(
+            "reload",
+            "poll_interval",
+            &f.reload.poll_interval,
+            Duration::from_secs(30),
+        ),
+        debounce: ctx.duration("reload", "debounce", &f.reload.debounce, Duration::from_millis(200)),
+    };
+    let trusted: Vec<IpNet> = f
+        .callers
+        .trusted_proxies
+        .iter()
+        .filter_map(|s| parse_net(s).map_err(|e| ctx.problem("callers", "trusted_proxies", e)).ok())
+        .collect();
+    let groups = groups(&mut ctx, &f.callers.groups);
+    let secrets = secrets(&mut ctx, &f.secrets);
+
+    let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = previous
+        .map(|p| p.routes.routes().iter().map(|r| (r.upstream.key().clone(), r.upstream.clone())).collect())
+        .unwrap_or_default();
+    let mut names = HashSet::new();
+    let mut prefixes = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, spec) in f.routes.iter().enumerate() {
+        if let Some(route) = route(&mut ctx, i, spec, &groups, &secrets, &mut upstreams) {
+            let location = format!("routes[{i}] {:?}", route.name);
+            if !names.insert(route.name.clone()) {
+                ctx.problem(&location, "name", format!("{:?} is used by another route", route.name));
+            }
+            if !prefixes.insert(route.prefix.clone()) {
+                ctx.problem(&location, "prefix", format!("{:?} is used by another route", route.prefix));
+            }
+            routes.push(Arc::new(route));
+        }
+    }
+    if f.routes.is_empty() {
+        ctx.problem("", "routes", "no [[routes]] are configured");
+    }
+
+    if !ctx.problems.is_empty() {
+        return Err(Problems { file: inputs.path.clone(), list: ctx.problems });
+    }
+    let groups = groups.into_iter().map(Arc::new).collect();
+    Ok(Snapshot {
+        generation,
+        loaded_at: SystemTime::now(),
+        path: inputs.path.clone(),
+        server,
+        admin,
+        log,
+        reload,
+        callers: Callers { trusted_proxies: AddrSet::new(&trusted), groups },
+        secrets: secrets.into_values().collect(),
+        routes: RouteTable::new(routes),
+        watched: inputs.named_files(),
+        digest: inputs.digest,
+        warnings: ctx.warnings,
+    })
+}
+
+fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
+    let listen = s
+        .listen
+        .as_ref()
+        .map(|l| l.addrs())
+        .unwrap_or_else(|| vec!["127.0.0.1:8080".into()])
+        .iter()
+        .filter_map(|a| parse_addr(a).map_err(|e| ctx.problem("server", "listen", e)).ok())
+        .collect::<Vec<_>>();
+    if listen.is_empty() && s.listen.is_some() {
+        ctx.problem("server", "listen", "needs at least one address");
+    }
+    let positive = |ctx: &mut Ctx, field: &str, v: Option<u64>, default: u64, min: u64| match v {
+        Some(n) if n < min => {
+            ctx.problem("server", field, format!("{n} is below the minimum {min}"));
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let max_connections = positive(ctx, "max_connections", s.max_connections, 10_000, 1) as usize;
+    let max_header_bytes = positive(ctx, "max_header_bytes", s.max_header_bytes, 32_768, 1024) as usize;
+    let worker_threads = s.worker_threads.map(|n| positive(ctx, "worker_threads", Some(n), 1, 1) as usize);
+    ServerSettings {
+        listen,
+        header_timeout: ctx.duration("server", "header_timeout", &s.header_timeout, Duration::from_secs(10)),
+        idle_timeout: ctx.duration("server", "idle_timeout", &s.idle_timeout, Duration::from_secs(60)),
+        max_connections,
+        max_header_bytes,
+        shutdown_grace: ctx.duration("server", "shutdown_grace", &s.shutdown_grace, Duration::from_secs(20)),
+        worker_threads,
+        tls: s.tls.clone(),
+    }
+}
+
+fn admin(ctx: &mut Ctx, a: &schema::Admin) -> AdminSettings {
+    let listen = parse_addr(&a.listen).unwrap_or_else(|e| {
+        ctx.problem("admin", "listen", e);
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let nets: Vec<IpNet> = match &a.allow {
+        None => vec!["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")],
+        Some(list) => list
+            .iter()
+            .filter_map(|s| parse_net(s).map_err(|e| ctx.problem("admin", "allow", e)).ok())
+            .collect(),
+    };
+    AdminSettings { listen, allow: AddrSet::new(&nets) }
+}
+
+fn log(ctx: &mut Ctx, l: &schema::Log) -> LogSettings {
+    let format = match l.format.as_deref() {
+        None | Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(other) => {
+            ctx.problem("log", "format", format!("{other:?} is not \"json\" or \"text\""));
+            LogFormat::Json
+        }
+    };
+    let level = l.level.clone().unwrap_or_else(|| "info".into());
+    if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+        ctx.problem("log", "level", format!("{level:?} is not one of error, warn, info, debug, trace"));
+    }
+    LogSettings { format, level, access: l.access.unwrap_or(true) }
+}
+
+fn groups(ctx: &mut Ctx, specs: &[(String, schema::Group)]) -> Vec<Group> {
+    let mut out = Vec::new();
+    for (name, spec) in specs {
+        let location = format!("callers.groups.{name}");
+        if !valid_name(name) {
+            ctx.problem(&location, "", format!("group name {name:?} must match [a-z0-9_-]+"));
+        }
+        let nets: Vec<IpNet> = spec
+            .cidrs
+            .iter()
+            .filter_map(|s| parse_net(s).map_err(|e| ctx.problem(&location, "cidrs", e)).ok())
+            .collect();
+        for id in &spec.identities {
+            if id.trim().is_empty() || id.trim() != id {
+                ctx.problem(&location, "identities", format!("{id:?} is empty or has surrounding spaces"));
+            }
+        }
+        if spec.cidrs.is_empty() && spec.identities.is_empty() {
+            ctx.warnings.push(format!("group {name:?} has no cidrs and no identities: it admits nobody"));
+        }
+        out.push(Group {
+            name: name.clone(),
+            cidrs: AddrSet::new(&nets),
+            identities: spec.identities.iter().cloned().collect(),
+        });
+    }
+    out
+}
+
+fn secrets(
+    ctx: &mut Ctx,
+    specs: &[(String, schema::SecretSpec)],
+) -> std::collections::BTreeMap<String, LoadedSecret> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, spec) in specs {
+        let location = format!("secrets.{name}");
+        let given = [spec.file.is_some(), spec.env.is_some(), spec.value.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            ctx.problem(&location, "", "needs exactly one of file, env or value");
+            continue;
+        }
+        let loaded: Result<(Secret, secret::Source), (String, SecretProblem)> = if let Some(path) = &spec.file
+        {
+            let field = format!("file ({})", path.display());
+            match ctx.inputs.file_bytes(path) {
+                Err(e) => Err((field, SecretProblem::Unreadable(e))),
+                Ok(bytes) => match std::str::from_utf8(bytes) {
+                    Err(_) => Err((field, SecretProblem::Unreadable("not UTF-8".into()))),
+                    Ok(text) => Secret::parse(text)
+                        .map(|s| (s, secret::Source::File(path.clone())))
+                        .map_err(|e| (field, e)),
+                },
+            }
+        } else if let Some(var) = &spec.env {
+            match ctx.inputs.env_value(var) {
+                None => Err(("env".into(), SecretProblem::EnvMissing(var.clone()))),
+                Some(v) => Secret::parse(v)
+                    .map(|s| (s, secret::Source::Env(var.clone())))
+                    .map_err(|e| ("env".into(), e)),
+            }
+        } else {
+            let v = spec.value.as_deref().unwrap_or("");
+            ctx.warnings.push(format!(
+                "secret {name:?} is inline in the config file; use file or env outside development"
+            ));
+            Secret::parse(v).map(|s| (s, secret::Source::Inline)).map_err(|e| ("value".into(), e))
+        };
+        match loaded {
+            Ok((value, source)) => {
+                if let secret::Source::File(p) = &source {
+                    if secret::is_shared_readable(p) {
+                        ctx.warnings.push(format!(
+                            "secret file {} is readable by its group or by everyone; chmod 600 it",
+                            p.display()
+                        ));
+                    }
+                }
+                out.insert(
+                    name.clone(),
+                    LoadedSecret {
+                        name: name.clone(),
+                        source,
+                        fingerprint: value.fingerprint(),
+                        loaded_at: SystemTime::now(),
+                        value: Arc::new(value),
+                    },
+                );
+            }
+            Err((field, problem)) => ctx.problem(&location, &field, problem.to_string()),
+        }
+    }
+    out
+}
+
+fn route(
+    ctx: &mut Ctx,
+    i: usize,
+    spec: &RouteSpec,
+    groups: &[Group],
+    secrets: &std::collections::BTreeMap<String, LoadedSecret>,
+    upstreams: &mut HashMap<UpstreamKey, Arc<Upstream>>,
+) -> Option<Route> {
+    let name = spec.name.clone().unwrap_or_default();
+    let location = format!("routes[{i}] {name:?}");
+    let before = ctx.problems.len();
+    if spec.name.is_none() {
+        ctx.problem(&location, "name", "is required");
+    } else if !valid_name(&name) {
+        ctx.problem(&location, "name", format!("{name:?} must match [a-z0-9_-]+"));
+    }
+    let prefix = spec.prefix.clone().unwrap_or_default();
+    if spec.prefix.is_none() {
+        ctx.problem(&location, "prefix", "is required");
+    } else if !valid_prefix(&prefix) {
+        ctx.problem(&location, "prefix", format!("{prefix:?} must start with /, have no trailing /, and no empty, dot or encoded segments, ? or #"));
+    }
+
+    let preset = match spec.preset.as_deref() {
+        None => None,
+        Some(p) => match Preset::from_name(p) {
+            Some(p) => Some(p),
+            None => {
+                ctx.problem(
+                    &location,
+                    "preset",
+                    format!("{p:?} is not \"rjmetrics-import\" or \"rjmetrics-export\""),
+                );
+                None
+            }
+        },
+    };
+    let kind = match (preset, spec.preset.is_some()) {
+        (Some(preset), _) => preset_kind(ctx, &location, spec, preset),
+        (None, false) => generic_kind(ctx, &location, spec),
+        (None, true) => None,
+    };
+
+    let (secret_name, secret) = match &spec.secret {
+        None => {
+            ctx.problem(&location, "secret", "is required");
+            (String::new(), None)
+        }
+        Some(s) => match secrets.get(s) {
+            Some(loaded) => (s.clone(), Some(loaded.value.clone())),
+            None => {
+                if !ctx.inputs.file.secrets.iter().any(|(n, _)| n == s) {
+                    ctx.problem(&location, "secret", format!("{s:?} is not a [secrets.{s}] entry"));
+                }
+                (s.clone(), None)
+            }
+        },
+    };
+
+    let allow = match &spec.allow {
+        None => {
+            ctx.problem(
+                &location,
+                "allow",
+                "is required (everyone must be written out as [\"0.0.0.0/0\", \"::/0\"])",
+            );
+            None
+        }
+        Some(list) => {
+            if list.is_empty() {
+                ctx.warnings.push(format!("route {name:?} has an empty allow list: it admits nobody"));
+            }
+            Some(allow_list(ctx, &location, "allow", list, groups))
+        }
+    };
+    let shadow_allow =
+        spec.shadow_allow.as_ref().map(|l| allow_list(ctx, &location, "shadow_allow", l, groups));
+
+    let default_upstream = preset.map(Preset::default_upstream);
+    let upstream_url = spec.upstream.as_deref().or(default_upstream);
+    if upstream_url.is_none() && spec.preset.is_none() {
+        ctx.problem(&location, "upstream", "is required for a route without a preset");
+    }
+    let connect_timeout =
+        ctx.duration(&location, "connect_timeout", &spec.connect_timeout, Duration::from_secs(5));
+    let response_timeout =
+        ctx.duration(&location, "response_timeout", &spec.response_timeout, Duration::from_secs(60));
+    let max_body_bytes = match spec.max_body_bytes {
+        Some(0) => {
+            ctx.problem(&location, "max_body_bytes", "must be at least 1");
+            DEFAULT_MAX_BODY
+        }
+        Some(n) => n,
+        None => DEFAULT_MAX_BODY,
+    };
+    let upstream = upstream_url
+        .and_then(|url| upstream(ctx, &location, url, spec.ca_file.as_ref(), connect_timeout, upstreams));
+
+    if ctx.problems.len() != before {
+        return None;
+    }
+    let (kind, upstream, secret, allow) = (kind?, upstream?, secret?, allow?);
+    if upstream.is_plain_http() && !is_loopback_url(upstream.url()) {
+        ctx.warnings.push(format!("route {name:?} sends its secret over plain HTTP to a non-loopback host"));
+    }
+    let scrub = Scrubber::new(&[&secret]);
+    Some(Route {
+        name,
+        prefix,
+        kind,
+        upstream,
+        secret_name,
+        secret,
+        allow,
+        allow_text: spec.allow.clone().unwrap_or_default(),
+        shadow_allow,
+        max_body_bytes,
+        response_timeout,
+        scrub,
+    })
+}
+
+fn preset_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec, preset: Preset) -> Option<Kind> {
+    let client_id = match spec.client_id {
+        None => {
+            ctx.problem(location, "client_id", "is required by the BI presets");
+            return None;
+        }
+        Some(0) => {
+            ctx.problem(location, "client_id", "must be a positive integer");
+            return None;
+        }
+        Some(id) => id.to_string(),
+    };
+    if spec.inject.is_some() {
+        ctx.problem(location, "inject", "is set by the preset and cannot be given");
+    }
+    if spec.methods.is_some() {
+        ctx.problem(location, "methods", "preset routes take operations, not methods");
+    }
+    if spec.validate_body.is_some() && preset != Preset::Import {
+        ctx.problem(location, "validate_body", "only applies to the rjmetrics-import preset");
+    }
+    let ops = preset.operations();
+    let enabled = match &spec.operations {
+        None => (1u32 << ops.len()) - 1,
+        Some(list) => {
+            let mut bits = 0;
+            for name in list {
+                match ops.iter().position(|op| op.name == name) {
+                    Some(i) => bits |= 1 << i,
+                    None => {
+                        let known: Vec<&str> = ops.iter().map(|op| op.name).collect();
+                        ctx.problem(
+                            location,
+                            "operations",
+                            format!(
+                                "{name:?} is not an operation of {} ({})",
+                                preset.name(),
+                                known.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            bits
+        }
+    };
+    Some(Kind::Preset { preset, client_id, enabled, validate_body: spec.validate_body.unwrap_or(true) })
+}
+
+fn generic_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> Option<Kind> {
+    for (field, set) in [
+        ("client_id", spec.client_id.is_some()),
+        ("operations", spec.operations.is_some()),
+        ("validate_body", spec.validate_body.is_some()),
+    ] {
+        if set {
+            ctx.problem(location, field, "only applies to preset routes");
+        }
+    }
+    let methods = match &spec.methods {
+        None => ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+            .iter()
+            .map(|m| Method::from_bytes(m.as_bytes()).expect("literal"))
+            .collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for m in list {
+                match m.as_str() {
+                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
+                        out.push(Method::from_bytes(m.as_bytes()).expect("checked"))
+                    }
+                    _ => ctx.problem(
+                        location,
+                        "methods",
+                        format!("{m:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                    ),
+                }
+            }
+            out
+        }
+    };
+    let Some(inject) = &spec.inject else {
+        ctx.problem(location, "inject", "is required for a route without a preset");
+        return None;
+    };
+    let inject = match (&inject.header, &inject.query) {
+        (Some(header), None) => {
+            let format = inject.format.clone().unwrap_or_else(|| "{secret}".into());
+            let name = HeaderName::from_bytes(header.as_bytes());
+            let parts: Vec<&str> = format.split("{secret}").collect();
+            match (name, parts.as_slice()) {
+                (Err(_), _) => {
+                    ctx.problem(location, "inject.header", format!("{header:?} is not a valid header name"));
+                    return None;
+                }
+                (Ok(name), [prefix, suffix]) => {
+                    if http::HeaderValue::from_str(&format).is_err() {
+                        ctx.problem(location, "inject.format", "holds characters a header value cannot");
+                        return None;
+                    }
+                    Inject::Header { name, prefix: (*prefix).into(), suffix: (*suffix).into() }
+                }
+                (Ok(_), _) => {
+                    ctx.problem(
+                        location,
+                        "inject.format",
+                        format!("{format:?} must contain {{secret}} exactly once"),
+                    );
+                    return None;
+                }
+            }
+        }
+        (None, Some(query)) if inject.format.is_none() => {
+            if query.is_empty() || !query.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+                ctx.problem(location, "inject.query", format!("{query:?} must be a plain parameter name"));
+                return None;
+            }
+            Inject::Query(query.clone())
+        }
+        _ => {
+            ctx.problem(location, "inject", "needs exactly one of header (with optional format) or query");
+            return None;
+        }
+    };
+    Some(Kind::Generic { methods, inject })
+}
+
+fn allow_list(ctx: &mut Ctx, location: &str, field: &str, list: &[String], groups: &[Group]) -> Allow {
+    let mut nets = Vec::new();
+    let mut named = Vec::new();
+    for entry in list {
+        if let Some(g) = groups.iter().find(|g| &g.name == entry) {
+            named.push(g);
+        } else if entry.contains(['.', ':']) {
+            match parse_net(entry) {
+                Ok(net) => nets.push(net),
+                Err(e) => ctx.problem(location, field, e),
+            }
+        } else {
+            ctx.problem(location, field, format!("{entry:?} is neither a [callers.groups] name nor a CIDR"));
+        }
+    }
+    Allow::new(&nets, &named)
+}
+
+fn upstream(
+    ctx: &mut Ctx,
+    location: &str,
+    url: &str,
+    ca_file: Option<&PathBuf>,
+    connect_timeout: Duration,
+    cache: &mut HashMap<UpstreamKey, Arc<Upstream>>,
+) -> Option<Arc<Upstream>> {
+    let uri: Uri = match url.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            ctx.problem(location, "upstream", format!("{url:?} is not a URL"));
+            return None;
+        }
+    };
+    let scheme_ok = matches!(uri.scheme_str(), Some("https") | Some("http"));
+    let has_userinfo = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+    if !scheme_ok || uri.host().is_none() || has_userinfo || uri.query().is_some() {
+        ctx.problem(
+            location,
+            "upstream",
+            format!("{url:?} must be http(s)://host[:port][/base], without user info or query"),
+        );
+        return None;
+    }
+    let extra = match ca_file {
+        None => None,
+        Some(p) => match ctx.inputs.file_bytes(p) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                ctx.problem(location, "ca_file", format!("{} cannot be read: {e}", p.display()));
+                return None;
+            }
+        },
+    };
+    let key = UpstreamKey {
+        url: url.trim_end_matches('/').to_owned(),
+        ca_digest: extra.map(|b| hex::encode(Sha256::digest(b))),
+        connect_timeout,
+    };
+    if let Some(existing) = cache.get(&key) {
+        return Some(existing.clone());
+    }
+    match Upstream::new(&uri, extra, key.clone()) {
+        Ok(u) => {
+            let u = Arc::new(u);
+            cache.insert(key, u.clone());
+            Some(u)
+        }
+        Err(e) => {
+            let field = if ca_file.is_some() { "ca_file" } else { "upstream" };
+            ctx.problem(location, field, e);
+            None
+        }
+    }
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<Uri>() else { return false };
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn valid_prefix(prefix: &str) -> bool {
+    (prefix == "/" || (!prefix.ends_with('/') && check_path(prefix).is_ok()))
+        && !prefix.contains(['%', '?', '#', ' '])
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| format!("{text:?} is not an IP:port socket address"))
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`10.0.0.1` = /32, /128). Host bits set
+/// are refused: `10.1.2.3/8` is more likely a typo than a wish for `10.0.0.0/8`.
+pub(crate) fn parse_net(text: &str) -> Result<IpNet, String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = text.parse().map_err(|_| format!("{text:?} is not a CIDR or IP address"))?;
+    if net.trunc() != net {
+        return Err(format!("{text:?} has host bits set (did you mean {}?)", net.trunc()));
+    }
+    Ok(net)
+}

@@ -1,0 +1,311 @@
+//! Configuration: the file schema ([`schema`]), the inputs read for one load (config
+//! text, secret and certificate files, environment values), and their compilation into
+//! one immutable [`Snapshot`] that the request path reads without touching a string
+//! from config.
+
+mod compile;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::caller::{AddrSet, Callers};
+use crate::routes::RouteTable;
+use crate::secret::{Secret, Source};
+pub use compile::compile;
+
+/// One problem found in a config, located by file, section and field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `routes[1] "bi-export"`, `secrets.bi_import`, `server`…
+    pub location: String,
+    /// The field, e.g. `allow`.
+    pub field: String,
+    /// What is wrong, naming the bad value (never a secret).
+    pub message: String,
+}
+
+/// Every problem found in one config load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems {
+    pub file: PathBuf,
+    pub list: Vec<Problem>,
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.list.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: ", self.file.display())?;
+            if !p.location.is_empty() {
+                write!(f, "{}: ", p.location)?;
+            }
+            if !p.field.is_empty() {
+                write!(f, "{}: ", p.field)?;
+            }
+            f.write_str(&p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Gateway listener settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub worker_threads: Option<usize>,
+    pub tls: Option<schema::ServerTls>,
+}
+
+impl PartialEq for schema::ServerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key && self.client_ca == other.client_ca
+    }
+}
+impl Eq for schema::ServerTls {}
+
+/// Admin listener settings.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub allow: AddrSet,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+    pub access: bool,
+}
+
+/// Reload timing.
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadSettings {
+    pub poll_interval: Duration,
+    pub debounce: Duration,
+}
+
+/// A secret as loaded: shown by name and fingerprint, never by value.
+#[derive(Debug, Clone)]
+pub struct LoadedSecret {
+    pub name: String,
+    pub source: Source,
+    pub fingerprint: String,
+    pub loaded_at: SystemTime,
+    pub value: Arc<Secret>,
+}
+
+/// One compiled, immutable configuration. Requests load it once and use that one
+/// version throughout.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub admin: Option<AdminSettings>,
+    pub log: LogSettings,
+    pub reload: ReloadSettings,
+    pub callers: Callers,
+    pub secrets: Vec<LoadedSecret>,
+    pub routes: RouteTable,
+    /// Files whose change triggers a reload.
+    pub watched: Vec<PathBuf>,
+    /// SHA-256 over every input; equal digests mean a no-op reload.
+    pub digest: [u8; 32],
+    /// Non-fatal findings (inline secrets, plain HTTP to remote hosts, …).
+    pub warnings: Vec<String>,
+}
+
+/// Everything one load reads, before compiling: the parsed file plus the bytes of every
+/// file and environment value it names, and a digest over all of them.
+pub struct Inputs {
+    pub path: PathBuf,
+    pub file: schema::File,
+    files: BTreeMap<PathBuf, Result<Zeroizing<Vec<u8>>, String>>,
+    env: BTreeMap<String, Option<Zeroizing<String>>>,
+    pub digest: [u8; 32],
+}
+
+impl Inputs {
+    /// Reads and parses the config file, then every file and variable it names.
+    pub fn read(path: &Path) -> Result<Inputs, Problems> {
+        let fail = |message: String| Problems {
+            file: path.to_owned(),
+            list: vec![Problem { location: String::new(), field: String::new(), message }],
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        let text =
+            Zeroizing::new(String::from_utf8(bytes).map_err(|_| fail("the file is not UTF-8".into()))?);
+        let file: schema::File = toml::from_str(&text).map_err(|e| fail(describe_toml_error(&text, &e)))?;
+        let mut hasher = Sha256::new();
+        hasher.update(text.as_bytes());
+
+        let mut files = BTreeMap::new();
+        let mut env = BTreeMap::new();
+        for (name, spec) in &file.secrets {
+            hasher.update(name.as_bytes());
+            if let Some(p) = &spec.file {
+                read_into(&mut files, &mut hasher, p);
+            }
+            if let Some(var) = &spec.env {
+                let value = std::env::var(var).ok().map(Zeroizing::new);
+                hasher.update([value.is_some() as u8]);
+                if let Some(v) = &value {
+                    hasher.update(v.as_bytes());
+                }
+                env.insert(var.clone(), value);
+            }
+        }
+        for route in &file.routes {
+            if let Some(p) = &route.ca_file {
+                read_into(&mut files, &mut hasher, p);
+            }
+        }
+        if let Some(tls) = &file.server.tls {
+            for p in [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()].into_iter().flatten() {
+                read_into(&mut files, &mut hasher, p);
+            }
+        }
+        Ok(Inputs { path: path.to_owned(), file, files, env, digest: hasher.finalize().into() })
+    }
+
+    /// The bytes of a file named by the config, or why it could not be read.
+    pub fn file_bytes(&self, path: &Path) -> Result<&[u8], String> {
+        match self.files.get(path) {
+            Some(Ok(bytes)) => Ok(bytes),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("was not read".into()),
+        }
+    }
+
+    /// The value of an environment variable named by the config.
+    pub fn env_value(&self, name: &str) -> Option<&str> {
+        self.env.get(name).and_then(|v| v.as_deref().map(String::as_str))
+    }
+
+    /// Every file the config names (for the watcher).
+    pub fn named_files(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.path.clone()];
+        out.extend(self.files.keys().cloned());
+        out
+    }
+}
+
+fn read_into(
+    files: &mut BTreeMap<PathBuf, Result<Zeroizing<Vec<u8>>, String>>,
+    hasher: &mut Sha256,
+    path: &Path,
+) {
+    if files.contains_key(path) {
+        return;
+    }
+    let read = std::fs::read(path).map(Zeroizing::new).map_err(|e| e.kind().to_string());
+    hasher.update(path.as_os_str().as_encoded_bytes());
+    match &read {
+        Ok(bytes) => {
+            hasher.update([1]);
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes[..]);
+        }
+        Err(_) => hasher.update([0]),
+    }
+    files.insert(path.to_owned(), read);
+}
+
+/// A TOML error as `line L, column C: message`, without echoing the source line (which
+/// might hold an inline secret) or a string value serde quoted.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let mut message = error.message().to_owned();
+    for marker in ["string \"", "invalid value: string \""] {
+        if let Some(start) = message.find(marker) {
+            let value_start = start + marker.len();
+            if let Some(len) = message[value_start..].find("\", expected") {
+                message.replace_range(value_start - 1..value_start + len + 1, "(value hidden)");
+            }
+        }
+    }
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (use e.g. \"250ms\", \"10s\", \"2m\")"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{text:?} is not a duration (use e.g. \"250ms\", \"10s\", \"2m\")")),
+    };
+    Ok(d)
+}
+
+/// Reads and compiles a config file as generation `generation`.
+pub fn load(path: &Path, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
+    let inputs = Inputs::read(path)?;
+    compile(&inputs, generation, previous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "10", "s", "1.5s", "10 sec", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn toml_errors_do_not_echo_values() {
+        let text =
+            "[secrets.x]\nvalue = \"sentinel-abc\"\nfile = 3\n[[routes]]\nclient_id = \"sentinel-def\"\n";
+        let err = toml::from_str::<schema::File>(text).unwrap_err();
+        let msg = describe_toml_error(text, &err);
+        assert!(!msg.contains("sentinel"), "{msg}");
+        assert!(msg.starts_with("line "), "{msg}");
+    }
+}

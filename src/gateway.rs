@@ -1,0 +1,49 @@
+//! The state shared by every connection: the current config snapshot behind one
+//! `ArcSwap`, the metrics, and the shutdown flag.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Snapshot;
+use crate::metrics::Metrics;
+
+/// Everything a request needs besides its own connection.
+pub struct Gateway {
+    config: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    shutting_down: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway serving `snapshot`, recording into `metrics`.
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Gateway> {
+        metrics.applied(&snapshot);
+        Arc::new(Gateway {
+            config: ArcSwap::from_pointee(snapshot),
+            metrics,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The current snapshot. A request loads it once and keeps it to the end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config.load_full()
+    }
+
+    /// Publishes a new snapshot in one atomic swap.
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.config.store(snapshot);
+    }
+
+    /// Marks the start of shutdown: readiness fails and new requests are refused.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}

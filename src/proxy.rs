@@ -1,0 +1,322 @@
+//! The request pipeline: an ordered list of small steps, each either passing the
+//! request on or answering it. Each step says why it sits where it sits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::Incoming;
+
+use crate::access::Exchange;
+use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
+use crate::caller::Caller;
+use crate::config::Snapshot;
+use crate::error::{Refusal, UpstreamFailure};
+use crate::gateway::Gateway;
+use crate::rewrite;
+use crate::routes::{Inject, Kind, Preset, Route, Target, check_path};
+use crate::upstream::Failure;
+
+/// Largest non-2xx textual body that is scrubbed for secrets before it goes back.
+const SCRUB_LIMIT: usize = 64 * 1024;
+
+/// What the connection tells the pipeline about the caller.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// SAN URIs / DNS names of a verified client certificate (mTLS), else empty.
+    pub identities: Arc<[String]>,
+}
+
+/// Handles one request end to end. Never fails: refusals are responses.
+pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, request: Request<Incoming>) -> Response<ProxyBody> {
+    // One snapshot for the whole request, so a reload never mixes two configs.
+    let snapshot = gw.snapshot();
+    let mut exchange = Exchange::begin(&gw, &conn, &request, snapshot.log.access);
+    let bytes_in = Arc::new(Meter::default());
+    let response = match pipeline(&gw, &snapshot, &conn, request, &bytes_in, &mut exchange).await {
+        Ok(response) => response,
+        Err(refusal) => {
+            exchange.refused(&gw, &refusal);
+            refusal.into_response()
+        }
+    };
+    exchange.finish(gw, response, bytes_in)
+}
+
+async fn pipeline(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    request: Request<Incoming>,
+    bytes_in: &Arc<Meter>,
+    exchange: &mut Exchange,
+) -> Result<Response<ProxyBody>, Refusal> {
+    // Draining: finish what is in flight, take nothing new.
+    if gw.is_shutting_down() {
+        return Err(Refusal::ShuttingDown);
+    }
+    // Size first: nothing else should spend work on an oversized head.
+    if head_size(&request) > snapshot.server.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    // Paths are checked before routing so no trick can reach a prefix it should not.
+    let path = request.uri().path();
+    check_path(path)?;
+    let (route, remainder) = snapshot.routes.find(path).ok_or(Refusal::NoRoute)?;
+    let route = route.clone();
+    exchange.route = Some(route.clone());
+    // Who is calling decides everything below; an unknown caller learns nothing more.
+    let caller = snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone());
+    exchange.caller = caller.group.clone();
+    exchange.caller_addr = caller.addr;
+    shadow_check(gw, &route, &caller);
+    if !route.allow.permits(&caller) {
+        return Err(Refusal::CallerNotAllowed);
+    }
+    let target = route.target(request.method(), remainder)?;
+    exchange.operation = target.operation;
+    // A declared length over the limit is refused before any byte (or 100 Continue).
+    if declared_length(&request).is_some_and(|n| n > route.max_body_bytes) {
+        return Err(Refusal::BodyTooLarge);
+    }
+
+    let upstream_request = build_request(snapshot, &route, &target, request, bytes_in).await?;
+    let started = Instant::now();
+    let result = route.upstream.send(upstream_request, route.response_timeout).await;
+    gw.metrics
+        .upstream_duration
+        .with_label_values(&[&route.name, target.operation])
+        .observe(started.elapsed().as_secs_f64());
+    let response = match result {
+        Ok(response) => response,
+        Err(failure) => return Err(upstream_failure(gw, &route, failure, bytes_in)),
+    };
+    exchange.upstream_status = Some(response.status());
+    if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        gw.metrics.upstream_auth_failures.with_label_values(&[&route.name]).inc();
+    }
+    Ok(downstream(snapshot, &route, response).await)
+}
+
+/// Counts and logs a request the route's `shadow_allow` would refuse; never decides.
+fn shadow_check(gw: &Gateway, route: &Route, caller: &Caller) {
+    if let Some(shadow) = &route.shadow_allow {
+        if !shadow.permits(caller) {
+            gw.metrics.shadow_denied.with_label_values(&[&route.name]).inc();
+            tracing::info!(
+                target: "keygate::shadow",
+                route = %route.name,
+                caller = %crate::access::addr_text(caller.addr),
+                caller_group = caller.group_name(),
+                "shadow_allow would refuse this request"
+            );
+        }
+    }
+}
+
+fn head_size(request: &Request<Incoming>) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
+}
+
+fn declared_length(request: &Request<Incoming>) -> Option<u64> {
+    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Turns the caller's request into the upstream's: strip, then inject, then body.
+async fn build_request(
+    snapshot: &Snapshot,
+    route: &Route,
+    target: &Target,
+    request: Request<Incoming>,
+    bytes_in: &Arc<Meter>,
+) -> Result<Request<ProxyBody>, Refusal> {
+    let (parts, incoming) = request.into_parts();
+    let credential = target.credential.then(|| route.secret.as_ref());
+
+    // Removal happens on the caller's headers before injection, so a `Connection`
+    // naming the credential header cannot strip the real one.
+    let mut drop: Vec<HeaderName> = Vec::with_capacity(3);
+    let mut query_names: Vec<&str> = Vec::with_capacity(1);
+    let mut inject_header: Option<(HeaderName, String)> = None;
+    let mut inject_query: Option<&str> = None;
+    match &route.kind {
+        Kind::Preset { preset, .. } => {
+            drop.extend([header::AUTHORIZATION, header::COOKIE, HeaderName::from_static("x-rjm-api-key")]);
+            query_names.push("apikey");
+            match preset {
+                Preset::Import => inject_query = Some("apikey"),
+                Preset::Export => {
+                    if let Some(secret) = credential {
+                        inject_header =
+                            Some((HeaderName::from_static("x-rjm-api-key"), secret.expose().to_owned()));
+                    }
+                }
+            }
+        }
+        Kind::Generic { inject, .. } => match inject {
+            Inject::Header { name, prefix, suffix } => {
+                drop.push(name.clone());
+                if let Some(secret) = credential {
+                    inject_header = Some((name.clone(), format!("{prefix}{}{suffix}", secret.expose())));
+                }
+            }
+            Inject::Query(name) => {
+                query_names.push(name);
+                inject_query = Some(name);
+            }
+        },
+    }
+    let query_inject = inject_query.zip(credential);
+    let query = rewrite::rewrite_query(parts.uri.query(), &query_names, query_inject)?;
+    let mut headers = rewrite::request_headers(&parts.headers, &drop);
+    if let Some((name, value)) = inject_header {
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| Refusal::NotReady("the secret cannot be sent in a header"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    let uri = route
+        .upstream
+        .uri(&target.path, query.as_deref())
+        .map_err(|_| Refusal::InvalidPath("the path cannot be forwarded"))?;
+
+    let limit = Some(route.max_body_bytes);
+    let idle = Some(snapshot.server.idle_timeout);
+    let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
+    let body = if target.validate_upsert {
+        // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
+        let bytes = metered.collect().await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
+        crate::routes::preset::validate_upsert(&bytes).map_err(Refusal::InvalidBody)?;
+        body::full(bytes)
+    } else if matches!(route.kind, Kind::Preset { .. })
+        && (parts.method == Method::GET || parts.method == Method::HEAD)
+    {
+        // No BI GET takes a body; one here is a mistake or a smuggling attempt.
+        if declared_length_parts(&parts).unwrap_or(0) > 0
+            || parts.headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
+        }
+        body::empty()
+    } else {
+        metered.boxed_unsync()
+    };
+
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+fn declared_length_parts(parts: &http::request::Parts) -> Option<u64> {
+    parts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn body_refusal(bytes_in: &Meter) -> Refusal {
+    match bytes_in.failure() {
+        Some(BodyError::TooLarge) => Refusal::BodyTooLarge,
+        Some(BodyError::Idle) => Refusal::BadRequest("the request body stalled"),
+        None => Refusal::BadRequest("the request body could not be read"),
+    }
+}
+
+/// Maps an upstream failure to keygate's answer and counts it. A request body that
+/// broke its own limits is the caller's fault, not the upstream's.
+fn upstream_failure(gw: &Gateway, route: &Route, failure: Failure, bytes_in: &Meter) -> Refusal {
+    if bytes_in.failure().is_some() {
+        return body_refusal(bytes_in);
+    }
+    gw.metrics.upstream_errors.with_label_values(&[&route.name, failure.label()]).inc();
+    match failure {
+        Failure::Timeout => Refusal::UpstreamTimeout,
+        Failure::Connect => Refusal::UpstreamUnavailable(UpstreamFailure::Connect),
+        Failure::Tls => Refusal::UpstreamUnavailable(UpstreamFailure::Tls),
+        Failure::Protocol => Refusal::UpstreamUnavailable(UpstreamFailure::Protocol),
+    }
+}
+
+/// Cleans the upstream's answer: headers always; small textual error bodies scrubbed;
+/// everything else streamed untouched, with an idle timeout between chunks.
+async fn downstream(snapshot: &Snapshot, route: &Route, response: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, incoming) = response.into_parts();
+    let query_names: Vec<&str> = match &route.kind {
+        Kind::Generic { inject: Inject::Query(name), .. } => vec!["apikey", name.as_str()],
+        _ => vec!["apikey"],
+    };
+    rewrite::response_headers(&mut parts.headers, &route.scrub, &query_names);
+    let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
+    let streamed = Metered::new(incoming, Arc::new(Meter::default()), None, idle);
+
+    let body = if !parts.status.is_success() && is_scrubbable(&parts.headers) {
+        scrub_small_body(route, streamed, &mut parts.headers).await
+    } else {
+        streamed.boxed_unsync()
+    };
+    Response::from_parts(parts, body)
+}
+
+fn is_scrubbable(headers: &http::HeaderMap) -> bool {
+    let textual = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let ct = ct.to_ascii_lowercase();
+            ct.starts_with("text/")
+                || ["json", "xml", "javascript", "x-www-form-urlencoded"].iter().any(|t| ct.contains(t))
+        })
+        .unwrap_or(false);
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_none_or(|n| n <= SCRUB_LIMIT);
+    textual && !encoded && small
+}
+
+/// Reads up to [`SCRUB_LIMIT`] bytes; if the body ends within it, returns it scrubbed;
+/// otherwise passes the bytes read plus the rest through unchanged.
+async fn scrub_small_body<B>(route: &Route, mut body: B, headers: &mut http::HeaderMap) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes, Error = body::BoxError> + Send + Unpin + 'static,
+{
+    let mut buffered = Vec::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    buffered.extend_from_slice(data);
+                }
+                if buffered.len() > SCRUB_LIMIT {
+                    let head = futures_util::stream::once(async move {
+                        Ok::<_, body::BoxError>(hyper::body::Frame::data(Bytes::from(buffered)))
+                    });
+                    let rest = BodyStream::new(body);
+                    return StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync();
+                }
+            }
+            Some(Err(e)) => {
+                let failed =
+                    futures_util::stream::once(async move { Err::<hyper::body::Frame<Bytes>, _>(e) });
+                return StreamBody::new(failed).boxed_unsync();
+            }
+        }
+    }
+    match route.scrub.scrub(&buffered) {
+        Some(clean) => {
+            headers.remove(header::CONTENT_LENGTH);
+            body::full(clean)
+        }
+        None => body::full(buffered),
+    }
+}

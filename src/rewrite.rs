@@ -1,0 +1,357 @@
+//! What changes on the way up and down (design §3).
+//!
+//! Up: hop-by-hop headers (and every header `Connection` names), forwarding headers,
+//! header names with `_`, and every caller copy of the credential are removed *before*
+//! the one real credential is added, so nothing a caller sends can remove or shadow it.
+//! Down: hop-by-hop headers go, any value holding a secret is redacted, `apikey` leaves
+//! `Location`, and small textual error bodies are scrubbed.
+
+use std::fmt;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use zeroize::Zeroizing;
+
+use crate::error::Refusal;
+use crate::secret::Secret;
+
+/// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the
+/// legacy `Proxy-Connection`.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers that would tell the upstream about callers or let them vouch for themselves.
+const FORWARDING: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
+
+/// Everything but RFC 3986 unreserved characters is encoded in injected values.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The replacement for a secret found where it must not be.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Builds the header map sent upstream: the caller's headers minus everything keygate
+/// must not forward. `drop` lists the route's credential header and, for BI presets,
+/// `authorization` and `cookie`.
+pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
+    let named_by_connection = connection_tokens(caller);
+    let mut out = HeaderMap::with_capacity(caller.len());
+    for (name, value) in caller {
+        let n = name.as_str();
+        let hop = HOP_BY_HOP.contains(&n) || named_by_connection.iter().any(|t| t == n);
+        let strip = hop
+            || FORWARDING.contains(&n)
+            || n.contains('_')
+            || drop.contains(name)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::EXPECT;
+        if !strip {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Cleans the upstream's response headers in place.
+pub fn response_headers(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[&str]) {
+    for name in connection_tokens(headers) {
+        headers.remove(name.as_str());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        let cleaned = strip_from_url(location, query_names);
+        if let Ok(value) = HeaderValue::from_str(&cleaned) {
+            headers.insert(header::LOCATION, value);
+        }
+    }
+    scrub.headers(headers);
+}
+
+/// Lowercased header names listed in every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// True when a raw query parameter name (percent-encoded, `+` for space) means `name`:
+/// any letter case, any encoding, surrounding spaces, and `name[...]` array syntax.
+fn names_param(raw_name: &str, name: &str) -> bool {
+    let spaced = raw_name.replace('+', " ");
+    let decoded = percent_decode_str(&spaced).decode_utf8_lossy();
+    let decoded = decoded.trim();
+    if decoded.len() < name.len() || !decoded.is_char_boundary(name.len()) {
+        return false;
+    }
+    let (head, tail) = decoded.split_at(name.len());
+    head.eq_ignore_ascii_case(name) && (tail.is_empty() || tail.starts_with('['))
+}
+
+/// Removes every parameter naming any of `names` from a raw query string and, when
+/// `inject` is given, appends exactly one `inject.0=<encoded inject.1>`. Other
+/// parameters keep their order and exact bytes. A `;`-separated piece naming a
+/// credential is refused: some servers split on `;` and would see a second key.
+pub fn rewrite_query(
+    query: Option<&str>,
+    names: &[&str],
+    inject: Option<(&str, &Secret)>,
+) -> Result<Option<String>, Refusal> {
+    let mut out = String::with_capacity(query.map_or(0, str::len) + 64);
+    for piece in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let raw_name = piece.split('=').next().unwrap_or("");
+        if names.iter().any(|n| names_param(raw_name, n)) {
+            continue;
+        }
+        let smuggled = piece.split(';').skip(1).any(|sub| {
+            let sub_name = sub.split('=').next().unwrap_or("");
+            names.iter().any(|n| names_param(sub_name, n))
+        });
+        if smuggled {
+            return Err(Refusal::BadRequest("a query parameter hides a credential name after ';'"));
+        }
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(piece);
+    }
+    if let Some((name, secret)) = inject {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(name);
+        out.push('=');
+        out.extend(utf8_percent_encode(secret.expose(), QUERY_VALUE));
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// Removes credential parameters from the query of a URL (absolute or relative).
+fn strip_from_url(url: &str, names: &[&str]) -> String {
+    let (before_fragment, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let Some((base, query)) = before_fragment.split_once('?') else {
+        return url.to_owned();
+    };
+    // A refusal here means a `;`-smuggled name: drop the whole query rather than pass it.
+    match rewrite_query(Some(query), names, None) {
+        Ok(Some(q)) => format!("{base}?{q}{fragment}"),
+        Ok(None) | Err(_) => format!("{base}{fragment}"),
+    }
+}
+
+/// Finds and redacts a route's secret in what goes back to callers: the raw value and
+/// its percent-encoded forms.
+#[derive(Clone)]
+pub struct Scrubber {
+    needles: Vec<Zeroizing<Vec<u8>>>,
+}
+
+impl fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scrubber({} forms, [REDACTED])", self.needles.len())
+    }
+}
+
+impl Scrubber {
+    /// The forms of `secrets` to look for.
+    pub fn new(secrets: &[&Secret]) -> Self {
+        let mut needles: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        for secret in secrets {
+            let raw = secret.expose().as_bytes().to_vec();
+            let upper: String = utf8_percent_encode(secret.expose(), QUERY_VALUE).collect();
+            let lower = lowercase_escapes(&upper);
+            let form = upper.replace("%20", "+");
+            for form in [raw, upper.into_bytes(), lower.into_bytes(), form.into_bytes()] {
+                if !form.is_empty() && !needles.iter().any(|n| **n == form) {
+                    needles.push(Zeroizing::new(form));
+                }
+            }
+        }
+        // Longest first, so a raw value inside an encoded one is not half-replaced.
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        Scrubber { needles }
+    }
+
+    /// True when `haystack` holds any form of the secret.
+    pub fn finds(&self, haystack: &[u8]) -> bool {
+        self.needles.iter().any(|n| find(haystack, n).is_some())
+    }
+
+    /// A copy of `haystack` with every form of the secret replaced, or `None` when it
+    /// holds none.
+    pub fn scrub(&self, haystack: &[u8]) -> Option<Vec<u8>> {
+        if !self.finds(haystack) {
+            return None;
+        }
+        let mut out = haystack.to_vec();
+        for needle in &self.needles {
+            let mut result = Vec::with_capacity(out.len());
+            let mut rest = &out[..];
+            while let Some(at) = find(rest, needle) {
+                result.extend_from_slice(&rest[..at]);
+                result.extend_from_slice(REDACTED.as_bytes());
+                rest = &rest[at + needle.len()..];
+            }
+            result.extend_from_slice(rest);
+            out = result;
+        }
+        Some(out)
+    }
+
+    /// Redacts header values holding the secret.
+    pub fn headers(&self, headers: &mut HeaderMap) {
+        for value in headers.values_mut() {
+            if let Some(clean) = self.scrub(value.as_bytes()) {
+                // The scrubbed bytes are a subset of a valid value plus ASCII: still valid.
+                if let Ok(v) = HeaderValue::from_bytes(&clean) {
+                    *value = v;
+                } else {
+                    *value = HeaderValue::from_static(REDACTED);
+                }
+            }
+        }
+    }
+}
+
+fn lowercase_escapes(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut chars = encoded.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            for _ in 0..2 {
+                if let Some(h) = chars.next() {
+                    out.push(h.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> Secret {
+        Secret::parse(s).unwrap()
+    }
+
+    #[test]
+    fn strips_every_apikey_variant_and_injects_one() {
+        let key = secret("real key/+&");
+        let q = "a=1&apikey=evil&APIKEY=x&%61pikey=y&ApiKey=&api%4Bey=z&apikey[]=w&+apikey=v&b=2";
+        let got = rewrite_query(Some(q), &["apikey"], Some(("apikey", &key))).unwrap();
+        assert_eq!(got.as_deref(), Some("a=1&b=2&apikey=real%20key%2F%2B%26"));
+    }
+
+    #[test]
+    fn keeps_other_parameters_verbatim() {
+        let key = secret("k");
+        let q = "x=%2F%20&y&apikeyish=1&z=a=b";
+        let got = rewrite_query(Some(q), &["apikey"], Some(("apikey", &key))).unwrap();
+        assert_eq!(got.as_deref(), Some("x=%2F%20&y&apikeyish=1&z=a=b&apikey=k"));
+        assert_eq!(rewrite_query(None, &["apikey"], None).unwrap(), None);
+        assert_eq!(rewrite_query(Some("apikey=1"), &["apikey"], None).unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_semicolon_smuggling() {
+        let got = rewrite_query(Some("a=1;apikey=evil"), &["apikey"], None);
+        assert!(matches!(got, Err(Refusal::BadRequest(_))));
+    }
+
+    #[test]
+    fn request_headers_drop_hop_by_hop_forwarding_and_credentials() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, X-Custom"),
+            ("x-custom", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-rjm-api-key", "evil"),
+            ("X-RJM-API-KEY", "evil2"),
+            ("x_rjm_api_key", "evil3"),
+            ("host", "evil.example"),
+            ("authorization", "Bearer x"),
+            ("accept", "application/json"),
+            ("content-type", "application/json"),
+        ] {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static(v));
+        }
+        let drop = [HeaderName::from_static("x-rjm-api-key"), header::AUTHORIZATION];
+        let out = request_headers(&h, &drop);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept", "content-type"]);
+    }
+
+    #[test]
+    fn connection_naming_the_credential_cannot_remove_the_injected_one() {
+        // Removal happens on the caller's map; injection happens afterwards on the result.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("X-RJM-API-Key"));
+        let mut out = request_headers(&h, &[HeaderName::from_static("x-rjm-api-key")]);
+        out.insert("x-rjm-api-key", HeaderValue::from_static("real"));
+        assert_eq!(out["x-rjm-api-key"], "real");
+        assert!(out.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn scrubs_raw_and_encoded_forms() {
+        let s = Scrubber::new(&[&secret("s3cr/t")]);
+        let got = s.scrub(b"a s3cr/t b s3cr%2Ft c s3cr%2ft").unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), "a [REDACTED] b [REDACTED] c [REDACTED]");
+        assert_eq!(s.scrub(b"nothing here"), None);
+    }
+
+    #[test]
+    fn response_headers_are_cleaned() {
+        let key = secret("topsecret");
+        let s = Scrubber::new(&[&key]);
+        let mut h = HeaderMap::new();
+        h.insert(header::LOCATION, HeaderValue::from_static("https://x/y?a=1&apikey=topsecret&ApiKey=q#f"));
+        h.insert("x-echo", HeaderValue::from_static("key=topsecret"));
+        h.insert("connection", HeaderValue::from_static("x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        response_headers(&mut h, &s, &["apikey"]);
+        assert_eq!(h[header::LOCATION], "https://x/y?a=1#f");
+        assert_eq!(h["x-echo"], "key=[REDACTED]");
+        assert!(h.get("x-hop").is_none() && h.get("connection").is_none() && h.get("keep-alive").is_none());
+    }
+
+    #[test]
+    fn scrubber_debug_is_redacted() {
+        let s = Scrubber::new(&[&secret("topsecret")]);
+        assert!(!format!("{s:?}").contains("topsecret"));
+    }
+}

@@ -1,0 +1,332 @@
+//! The two Magento BI presets: their operation tables (design §3), path matching with
+//! client-id pinning and id checks, and local validation of import upsert bodies.
+
+use http::Method;
+use serde_json::Value;
+
+use crate::error::Refusal;
+
+/// Which BI API a preset route fronts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// `rjmetrics-import`: key in the `apikey` query parameter.
+    Import,
+    /// `rjmetrics-export`: key in the `X-RJM-API-Key` header.
+    Export,
+}
+
+/// One segment of an operation's path pattern.
+#[derive(Debug, Clone, Copy)]
+enum Seg {
+    Lit(&'static str),
+    /// `v1` or `v2`.
+    Version,
+    /// The client id: digits equal to the route's `client_id`.
+    Cid,
+    /// `[A-Za-z0-9_-]{1,64}`.
+    Id,
+    /// `[A-Za-z0-9_]+`.
+    Table,
+}
+
+/// One operation of a preset.
+#[derive(Debug)]
+pub struct Operation {
+    pub name: &'static str,
+    pattern: &'static [Seg],
+    pub methods: &'static [Method],
+    /// False only for the import status check, which carries no key.
+    pub credential: bool,
+}
+
+const GET: &[Method] = &[Method::GET];
+const POST: &[Method] = &[Method::POST];
+const GET_POST: &[Method] = &[Method::GET, Method::POST];
+
+use Seg::{Cid, Id, Lit, Table, Version};
+
+const IMPORT_OPS: &[Operation] = &[
+    Operation { name: "status", pattern: &[], methods: GET, credential: false },
+    Operation {
+        name: "authenticate",
+        pattern: &[Version, Lit("client"), Cid, Lit("authenticate")],
+        methods: GET,
+        credential: true,
+    },
+    Operation {
+        name: "upsert",
+        pattern: &[Version, Lit("client"), Cid, Lit("table"), Table, Lit("data")],
+        methods: POST,
+        credential: true,
+    },
+];
+
+const fn export(name: &'static str, pattern: &'static [Seg], methods: &'static [Method]) -> Operation {
+    Operation { name, pattern, methods, credential: true }
+}
+
+const EXPORT_OPS: &[Operation] = &[
+    export("list_exports", &[Lit("0.1"), Lit("export")], GET),
+    export("download_export", &[Lit("0.1"), Lit("export"), Id], GET),
+    export("export_info", &[Lit("0.1"), Lit("export"), Id, Lit("info")], GET),
+    export("copy_export", &[Lit("0.1"), Lit("export"), Id, Lit("copy")], POST),
+    export("list_tables", &[Lit("0.1"), Lit("client"), Cid, Lit("table")], GET),
+    export("describe_table", &[Lit("0.1"), Lit("client"), Cid, Lit("table"), Id], GET),
+    export("export_table", &[Lit("0.1"), Lit("client"), Cid, Lit("table"), Id, Lit("export")], POST),
+    export("list_figures", &[Lit("0.1"), Lit("figure")], GET),
+    export("export_figure", &[Lit("0.1"), Lit("figure"), Id, Lit("export")], POST),
+    export("figure_info", &[Lit("0.1"), Lit("figure"), Id, Lit("info")], GET_POST),
+    export("list_charts", &[Lit("0.1"), Lit("chart")], GET),
+    export("export_chart", &[Lit("0.1"), Lit("chart"), Id, Lit("export")], POST),
+    export("chart_info", &[Lit("0.1"), Lit("chart"), Id, Lit("info")], GET_POST),
+    export("update_status", &[Lit("0.1"), Lit("client"), Cid, Lit("fullupdatestatus")], GET),
+];
+
+impl Preset {
+    /// Parses the config name of a preset.
+    pub fn from_name(name: &str) -> Option<Preset> {
+        match name {
+            "rjmetrics-import" => Some(Preset::Import),
+            "rjmetrics-export" => Some(Preset::Export),
+            _ => None,
+        }
+    }
+
+    /// The config name of this preset.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Import => "rjmetrics-import",
+            Preset::Export => "rjmetrics-export",
+        }
+    }
+
+    /// The production host used when a route names no `upstream`.
+    pub fn default_upstream(self) -> &'static str {
+        match self {
+            Preset::Import => "https://connect.rjmetrics.com",
+            Preset::Export => "https://api.rjmetrics.com",
+        }
+    }
+
+    /// Every operation of the preset, in table order.
+    pub fn operations(self) -> &'static [Operation] {
+        match self {
+            Preset::Import => IMPORT_OPS,
+            Preset::Export => EXPORT_OPS,
+        }
+    }
+
+    /// Matches a request to an operation. `remainder` is the path after the route's
+    /// prefix (empty or starting with `/`), already free of dot and empty segments.
+    /// `enabled` has bit `i` set when operation `i` is enabled on the route.
+    pub fn resolve(
+        self,
+        method: &Method,
+        remainder: &str,
+        client_id: &str,
+        enabled: u32,
+    ) -> Result<&'static Operation, Refusal> {
+        let segments: Vec<&str> = match remainder {
+            "" | "/" => Vec::new(),
+            rest => rest[1..].split('/').collect(),
+        };
+        let (index, op) = self
+            .operations()
+            .iter()
+            .enumerate()
+            .find(|(_, op)| shape_matches(op.pattern, &segments))
+            .ok_or(Refusal::UnknownOperation)?;
+        if enabled & (1 << index) == 0 {
+            return Err(Refusal::UnknownOperation);
+        }
+        for (seg, value) in op.pattern.iter().zip(&segments) {
+            match seg {
+                Cid if *value != client_id => return Err(Refusal::ClientMismatch),
+                Id if !is_id(value) => return Err(Refusal::InvalidPath("malformed id")),
+                Table if !is_table(value) => {
+                    return Err(Refusal::InvalidPath("table names are letters, digits and _"));
+                }
+                _ => {}
+            }
+        }
+        if !op.methods.contains(method) {
+            let allow: Vec<&str> = op.methods.iter().map(Method::as_str).collect();
+            return Err(Refusal::MethodNotAllowed(allow.join(", ")));
+        }
+        Ok(op)
+    }
+}
+
+fn shape_matches(pattern: &[Seg], segments: &[&str]) -> bool {
+    pattern.len() == segments.len()
+        && pattern.iter().zip(segments).all(|(seg, value)| match seg {
+            Lit(lit) => lit == value,
+            Version => *value == "v1" || *value == "v2",
+            Cid | Id | Table => true,
+        })
+}
+
+fn is_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn is_table(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Most records one upsert may carry.
+pub const MAX_RECORDS: usize = 100;
+
+/// Checks an upsert body as the Import API would (design §3): valid JSON; one object
+/// or an array of 1 to 100 objects; each with `keys`, a non-empty array of strings
+/// naming fields present in that object. The reason names the record index.
+pub fn validate_upsert(body: &[u8]) -> Result<(), String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not valid JSON ({e})"))?;
+    let records: Vec<&Value> = match &value {
+        Value::Object(_) => vec![&value],
+        Value::Array(items) if items.is_empty() || items.len() > MAX_RECORDS => {
+            return Err(format!("an array must hold 1 to {MAX_RECORDS} records, it holds {}", items.len()));
+        }
+        Value::Array(items) => items.iter().collect(),
+        _ => return Err("the body must be a JSON object or an array of objects".into()),
+    };
+    for (i, record) in records.iter().enumerate() {
+        let Value::Object(fields) = record else {
+            return Err(format!("record {i} is not an object"));
+        };
+        let Some(keys) = fields.get("keys") else {
+            return Err(format!("record {i} has no \"keys\" field"));
+        };
+        let keys = match keys.as_array() {
+            Some(keys) if !keys.is_empty() => keys,
+            _ => return Err(format!("record {i}: \"keys\" must be a non-empty array of field names")),
+        };
+        for key in keys {
+            let Some(name) = key.as_str() else {
+                return Err(format!("record {i}: \"keys\" must hold only strings"));
+            };
+            if !fields.contains_key(name) {
+                let shown: String = name.chars().take(64).collect();
+                return Err(format!("record {i}: key field {shown:?} is missing from the record"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: u32 = u32::MAX;
+
+    fn import(method: Method, rest: &str) -> Result<&'static str, Refusal> {
+        Preset::Import.resolve(&method, rest, "12345", ALL).map(|op| op.name)
+    }
+
+    fn export(method: Method, rest: &str) -> Result<&'static str, Refusal> {
+        Preset::Export.resolve(&method, rest, "12345", ALL).map(|op| op.name)
+    }
+
+    #[test]
+    fn import_operations_match() {
+        assert_eq!(import(Method::GET, ""), Ok("status"));
+        assert_eq!(import(Method::GET, "/"), Ok("status"));
+        assert_eq!(import(Method::GET, "/v2/client/12345/authenticate"), Ok("authenticate"));
+        assert_eq!(import(Method::GET, "/v1/client/12345/authenticate"), Ok("authenticate"));
+        assert_eq!(import(Method::POST, "/v2/client/12345/table/orders_2/data"), Ok("upsert"));
+    }
+
+    #[test]
+    fn import_refusals() {
+        assert_eq!(import(Method::GET, "/v2/client/999/authenticate"), Err(Refusal::ClientMismatch));
+        assert_eq!(import(Method::GET, "/v2/client/012345/authenticate"), Err(Refusal::ClientMismatch));
+        assert_eq!(import(Method::GET, "/v2/client/abc/authenticate"), Err(Refusal::ClientMismatch));
+        assert_eq!(
+            import(Method::POST, "/v2/client/12345/table/bad-name/data"),
+            Err(Refusal::InvalidPath("table names are letters, digits and _"))
+        );
+        assert_eq!(import(Method::GET, "/v3/client/12345/authenticate"), Err(Refusal::UnknownOperation));
+        assert_eq!(import(Method::GET, "/v2/client/12345/authorize"), Err(Refusal::UnknownOperation));
+        assert_eq!(
+            import(Method::GET, "/v2/client/12345/table/t/data"),
+            Err(Refusal::MethodNotAllowed("POST".into()))
+        );
+        assert_eq!(import(Method::POST, "/"), Err(Refusal::MethodNotAllowed("GET".into())));
+    }
+
+    #[test]
+    fn every_export_operation_matches() {
+        let cases = [
+            (Method::GET, "/0.1/export", "list_exports"),
+            (Method::GET, "/0.1/export/abc-1", "download_export"),
+            (Method::GET, "/0.1/export/abc/info", "export_info"),
+            (Method::POST, "/0.1/export/abc/copy", "copy_export"),
+            (Method::GET, "/0.1/client/12345/table", "list_tables"),
+            (Method::GET, "/0.1/client/12345/table/7", "describe_table"),
+            (Method::POST, "/0.1/client/12345/table/7/export", "export_table"),
+            (Method::GET, "/0.1/figure", "list_figures"),
+            (Method::POST, "/0.1/figure/9/export", "export_figure"),
+            (Method::GET, "/0.1/figure/9/info", "figure_info"),
+            (Method::POST, "/0.1/figure/9/info", "figure_info"),
+            (Method::GET, "/0.1/chart", "list_charts"),
+            (Method::POST, "/0.1/chart/9/export", "export_chart"),
+            (Method::GET, "/0.1/chart/9/info", "chart_info"),
+            (Method::POST, "/0.1/chart/9/info", "chart_info"),
+            (Method::GET, "/0.1/client/12345/fullupdatestatus", "update_status"),
+        ];
+        for (method, path, name) in cases {
+            assert_eq!(export(method, path), Ok(name), "{path}");
+        }
+    }
+
+    #[test]
+    fn export_refusals() {
+        assert_eq!(export(Method::GET, "/v1/tokens"), Err(Refusal::UnknownOperation));
+        assert_eq!(export(Method::GET, "/0.1/client/1/table"), Err(Refusal::ClientMismatch));
+        let long = format!("/0.1/export/{}", "a".repeat(65));
+        assert_eq!(export(Method::GET, &long), Err(Refusal::InvalidPath("malformed id")));
+        assert_eq!(export(Method::GET, "/0.1/export/a.b"), Err(Refusal::InvalidPath("malformed id")));
+        assert_eq!(
+            export(Method::DELETE, "/0.1/figure/9/info"),
+            Err(Refusal::MethodNotAllowed("GET, POST".into()))
+        );
+    }
+
+    #[test]
+    fn disabled_operations_are_unknown() {
+        // Only `authenticate` (index 1) enabled.
+        let got = Preset::Import.resolve(&Method::POST, "/v2/client/1/table/t/data", "1", 0b010);
+        assert_eq!(got.map(|op| op.name), Err(Refusal::UnknownOperation));
+        let got = Preset::Import.resolve(&Method::GET, "/v2/client/1/authenticate", "1", 0b010);
+        assert_eq!(got.map(|op| op.name), Ok("authenticate"));
+    }
+
+    #[test]
+    fn upsert_bodies_follow_the_vendor_rules() {
+        assert_eq!(validate_upsert(br#"{"keys":["id"],"id":1}"#), Ok(()));
+        assert_eq!(validate_upsert(br#"[{"keys":["a","b"],"a":1,"b":2}]"#), Ok(()));
+        let bad = [
+            (&br#"{"keys":["id"]"#[..], "not valid JSON"),
+            (br#"[]"#, "an array must hold 1 to 100 records, it holds 0"),
+            (br#"3"#, "the body must be a JSON object or an array of objects"),
+            (br#"[{"keys":["id"],"id":1}, 4]"#, "record 1 is not an object"),
+            (br#"[{"id":1}]"#, "record 0 has no \"keys\" field"),
+            (br#"[{"keys":[],"id":1}]"#, "record 0: \"keys\" must be a non-empty array"),
+            (br#"[{"keys":"id","id":1}]"#, "record 0: \"keys\" must be a non-empty array"),
+            (br#"[{"keys":[1],"id":1}]"#, "record 0: \"keys\" must hold only strings"),
+            (br#"[{"keys":["id"],"id":1},{"keys":["id"]}]"#, "record 1: key field \"id\" is missing"),
+        ];
+        for (body, reason) in bad {
+            let err = validate_upsert(body).unwrap_err();
+            assert!(err.starts_with(reason), "{err} / {reason}");
+        }
+        let hundred: Vec<String> = (0..100).map(|i| format!(r#"{{"keys":["id"],"id":{i}}}"#)).collect();
+        assert_eq!(validate_upsert(format!("[{}]", hundred.join(",")).as_bytes()), Ok(()));
+        let more = format!("[{},{}]", hundred.join(","), r#"{"keys":["id"],"id":100}"#);
+        assert_eq!(
+            validate_upsert(more.as_bytes()),
+            Err("an array must hold 1 to 100 records, it holds 101".into())
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! Listeners and connections: accept with a connection limit and EMFILE back-off,
+//! serve HTTP/1.1 and HTTP/2 (prior knowledge) on each connection, enforce the header
+//! and idle timeouts, and drain on shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::config::ServerSettings;
+use crate::gateway::Gateway;
+use crate::proxy::{self, ConnInfo};
+
+/// The raw answer to a connection over `max_connections`: it never reaches hyper.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-keygate-error: overloaded\r\nconnection: close\r\ncontent-length: 68\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keygate is at its connection limit\"}";
+
+/// A running gateway listener set.
+pub struct Server {
+    shutdown: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    max_connections: u32,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Server {
+    /// Starts accepting on `listeners` with the limits of `settings`.
+    pub fn start(gw: Arc<Gateway>, listeners: Vec<TcpListener>, settings: &ServerSettings) -> Server {
+        let (shutdown, _) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(settings.max_connections));
+        let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        for listener in listeners {
+            let limits = Limits::from(settings);
+            tokio::spawn(accept_loop(gw.clone(), listener, limits, permits.clone(), shutdown.subscribe()));
+        }
+        Server { shutdown, permits, max_connections: settings.max_connections as u32, addrs }
+    }
+
+    /// The bound addresses.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, closes idle connections, and waits up to `grace` for the rest.
+    /// Returns true when every connection finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        let drained = self.permits.acquire_many(self.max_connections);
+        matches!(tokio::time::timeout(grace, drained).await, Ok(Ok(_)))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+impl From<&ServerSettings> for Limits {
+    fn from(s: &ServerSettings) -> Limits {
+        Limits {
+            header_timeout: s.header_timeout,
+            idle_timeout: s.idle_timeout,
+            max_header_bytes: s.max_header_bytes,
+        }
+    }
+}
+
+async fn accept_loop(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_overloaded(stream));
+            continue;
+        };
+        let gw = gw.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            gw.metrics.connections_open.inc();
+            serve_connection(gw.clone(), stream, peer, limits, shutdown).await;
+            gw.metrics.connections_open.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn refuse_overloaded(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVERLOADED)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Where a connection is in its life, for the header and idle timeouts.
+#[derive(Debug, Default)]
+struct ConnState {
+    /// See the `PHASE_*` constants.
+    phase: AtomicU8,
+    /// When the current phase began, in ms since `epoch`.
+    since_ms: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+/// Waiting for the head of a request (the first, or after bytes of the next arrived).
+const PHASE_HEAD: u8 = 0;
+/// Keep-alive, nothing received since the last response.
+const PHASE_IDLE: u8 = 1;
+/// Requests are being served.
+const PHASE_BUSY: u8 = 2;
+/// HTTP/2: streams are managed by the protocol; only idleness is timed.
+const PHASE_H2: u8 = 3;
+
+struct Clock(Instant);
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+impl ConnState {
+    fn set(&self, phase: u8, clock: &Clock) {
+        self.since_ms.store(clock.now_ms(), Ordering::Relaxed);
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request as started; the returned guard ends it when the response is done.
+struct RequestGuard {
+    state: Arc<ConnState>,
+    clock: Arc<Clock>,
+    h2: bool,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if self.state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.state.set(if self.h2 { PHASE_H2 } else { PHASE_IDLE }, &self.clock);
+        }
+    }
+}
+
+async fn serve_connection(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let clock = Arc::new(Clock(Instant::now()));
+    let state = Arc::new(ConnState::default());
+    let io = Watched { inner: stream, state: state.clone(), clock: clock.clone(), sniffed: false };
+    let info = ConnInfo { peer, identities: Arc::from(Vec::new()) };
+
+    let svc_state = state.clone();
+    let svc_clock = clock.clone();
+    let service = service_fn(move |request| {
+        let h2 = request.version() == http::Version::HTTP_2;
+        if svc_state.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            svc_state.set(PHASE_BUSY, &svc_clock);
+        }
+        let guard = RequestGuard { state: svc_state.clone(), clock: svc_clock.clone(), h2 };
+        let gw = gw.clone();
+        let info = info.clone();
+        async move {
+            let response = proxy::handle(gw, info, request).await;
+            let response = response.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(
+                    crate::body::Metered::new(body, Default::default(), None, None)
+                        .with_guard(Box::new(guard)),
+                )
+            });
+            Ok::<_, Infallible>(response)
+        }
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // keygate times headers itself (see `watch_timeouts`): hyper's timer would also
+        // fire on idle keep-alive connections.
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+
+    let timeouts = watch_timeouts(state, clock, limits);
+    tokio::pin!(timeouts);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            expired = &mut timeouts => {
+                match expired {
+                    // Nothing in flight: closing loses nothing.
+                    Expired::Idle => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(1), connection.as_mut()).await;
+                    }
+                    Expired::Head => tracing::debug!(peer = %peer, "request head not received in time; closing"),
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum Expired {
+    Head,
+    Idle,
+}
+
+/// Resolves when the connection has spent too long waiting for a request head
+/// (`header_timeout`, from the connection's start or the first byte of the next
+/// request) or idle between requests (`idle_timeout`).
+async fn watch_timeouts(state: Arc<ConnState>, clock: Arc<Clock>, limits: Limits) -> Expired {
+    loop {
+        let phase = state.phase.load(Ordering::Relaxed);
+        let since = state.since_ms.load(Ordering::Relaxed);
+        let (limit, kind) = match phase {
+            PHASE_HEAD => (limits.header_timeout, Expired::Head),
+            PHASE_IDLE | PHASE_H2 => (limits.idle_timeout, Expired::Idle),
+            _ => {
+                tokio::time::sleep(limits.idle_timeout.min(limits.header_timeout)).await;
+                continue;
+            }
+        };
+        let deadline = clock.0 + Duration::from_millis(since) + limit;
+        tokio::time::sleep_until(deadline).await;
+        // Expired only if nothing moved meanwhile.
+        if state.phase.load(Ordering::Relaxed) == phase && state.since_ms.load(Ordering::Relaxed) == since {
+            return kind;
+        }
+    }
+}
+
+/// The caller's socket, noting when bytes of a new request arrive after idleness.
+struct Watched {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    clock: Arc<Clock>,
+    sniffed: bool,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            if !this.sniffed {
+                this.sniffed = true;
+                if read.starts_with(b"PRI * HTTP/2.0") {
+                    this.state.set(PHASE_H2, &this.clock);
+                }
+            }
+            match this.state.phase.load(Ordering::Relaxed) {
+                PHASE_IDLE => this.state.set(PHASE_HEAD, &this.clock),
+                // Activity on an HTTP/2 connection restarts its idle clock.
+                PHASE_H2 if this.state.in_flight.load(Ordering::Relaxed) == 0 => {
+                    this.state.set(PHASE_H2, &this.clock)
+                }
+                _ => {}
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
