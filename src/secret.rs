@@ -74,8 +74,8 @@ pub enum SecretProblem {
 /// Reads a secret file: the whole file, trailing whitespace trimmed.
 pub fn read_file(path: &Path) -> Result<Secret, SecretProblem> {
     let bytes = std::fs::read(path).map_err(|e| SecretProblem::Unreadable(e.kind().to_string()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))?;
     let text = Zeroizing::new(text);
     Secret::parse(&text)
 }
@@ -124,7 +124,10 @@ mod tests {
     #[test]
     fn refuses_empty_and_control_characters() {
         assert_eq!(Secret::parse(" \r\n"), Err(SecretProblem::Empty));
-        assert_eq!(Secret::parse("ab\u{0}c"), Err(SecretProblem::ControlCharacters));
+        assert_eq!(
+            Secret::parse("ab\u{0}c"),
+            Err(SecretProblem::ControlCharacters)
+        );
         assert_eq!(Secret::parse("a\nb"), Err(SecretProblem::ControlCharacters));
     }
 
