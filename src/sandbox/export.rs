@@ -25,7 +25,7 @@ pub(super) fn handle(
     segments: &[&str],
     body: &[u8],
 ) -> Resp {
-    if let Err(refused) = authorize(state, parts, peer) {
+    if let Some(refused) = refuse_caller(state, parts, peer) {
         return refused;
     }
     let method = &parts.method;
@@ -69,9 +69,9 @@ fn client(state: &State, method: &Method, cid: &str, rest: &[&str]) -> Resp {
 }
 
 fn only(method: &Method, allowed: &[Method], answer: impl FnOnce() -> Resp) -> Resp {
-    match respond::check_method(method, allowed) {
-        Ok(()) => answer(),
-        Err(refused) => refused,
+    match respond::refuse_method(method, allowed) {
+        None => answer(),
+        Some(refused) => refused,
     }
 }
 
@@ -79,23 +79,23 @@ fn forbidden(reason: &str) -> Resp {
     respond::error(StatusCode::FORBIDDEN, "Forbidden", vec![reason.to_owned()])
 }
 
-/// 403 unless the first `X-RJM-API-Key` is the export key and the peer is allowed.
-fn authorize(state: &State, parts: &Parts, peer: SocketAddr) -> Result<(), Resp> {
+/// The 403 refusal, unless the first `X-RJM-API-Key` is the export key and the peer is allowed.
+fn refuse_caller(state: &State, parts: &Parts, peer: SocketAddr) -> Option<Resp> {
     match parts.headers.get(KEY_HEADER) {
-        None => return Err(forbidden("the X-RJM-API-Key header is missing")),
+        None => return Some(forbidden("the X-RJM-API-Key header is missing")),
         Some(key) if !respond::same_key(key.as_bytes(), state.settings.export_key.expose()) => {
-            return Err(forbidden("the API key is not valid"));
+            return Some(forbidden("the API key is not valid"));
         }
         Some(_) => {}
     }
     let ip = canonical(peer.ip());
     let allow = &state.settings.export_allow;
     if !allow.is_empty() && !allow.iter().any(|net| net.contains(&ip)) {
-        return Err(forbidden(&format!(
+        return Some(forbidden(&format!(
             "this API key may not be used from {ip}"
         )));
     }
-    Ok(())
+    None
 }
 
 /// IPv4-mapped IPv6 peers are matched as the IPv4 address they carry.

@@ -13,7 +13,7 @@ const MAX_RECORDS: usize = 100;
 
 /// `GET /`: the unauthenticated "API is up" check.
 pub(super) fn status(method: &Method) -> Resp {
-    if let Err(refused) = respond::check_method(method, &[Method::GET]) {
+    if let Some(refused) = respond::refuse_method(method, &[Method::GET]) {
         return refused;
     }
     respond::json(StatusCode::OK, &json!({ "code": 200, "message": "ok" }))
@@ -23,22 +23,22 @@ pub(super) fn status(method: &Method) -> Resp {
 pub(super) fn handle(state: &State, parts: &Parts, segments: &[&str], body: &[u8]) -> Resp {
     match segments {
         ["client", cid, "authenticate"] => {
-            if let Err(refused) = respond::check_method(&parts.method, &[Method::GET]) {
+            if let Some(refused) = respond::refuse_method(&parts.method, &[Method::GET]) {
                 return refused;
             }
-            match authorize(state, parts, cid) {
-                Ok(()) => respond::json(
+            match refuse_key(state, parts, cid) {
+                None => respond::json(
                     StatusCode::OK,
                     &json!({ "code": 200, "message": "authenticated" }),
                 ),
-                Err(refused) => refused,
+                Some(refused) => refused,
             }
         }
         ["client", cid, "table", table, "data"] => {
-            if let Err(refused) = respond::check_method(&parts.method, &[Method::POST]) {
+            if let Some(refused) = respond::refuse_method(&parts.method, &[Method::POST]) {
                 return refused;
             }
-            if let Err(refused) = authorize(state, parts, cid) {
+            if let Some(refused) = refuse_key(state, parts, cid) {
                 return refused;
             }
             upsert(state, table, body)
@@ -47,8 +47,8 @@ pub(super) fn handle(state: &State, parts: &Parts, segments: &[&str], body: &[u8
     }
 }
 
-/// 401 unless the first `apikey` parameter is the import key and `cid` its client.
-fn authorize(state: &State, parts: &Parts, cid: &str) -> Result<(), Resp> {
+/// The 401 refusal, unless the first `apikey` parameter is the import key and `cid` its client.
+fn refuse_key(state: &State, parts: &Parts, cid: &str) -> Option<Resp> {
     let pairs = form::pairs(parts.uri.query().unwrap_or(""));
     let reason = match form::first(&pairs, "apikey") {
         None => "the apikey parameter is missing",
@@ -58,9 +58,9 @@ fn authorize(state: &State, parts: &Parts, cid: &str) -> Result<(), Resp> {
         Some(_) if cid.parse::<u64>().ok() != Some(state.settings.client_id) => {
             "the apikey is not valid for this client"
         }
-        Some(_) => return Ok(()),
+        Some(_) => return None,
     };
-    Err(respond::error(
+    Some(respond::error(
         StatusCode::UNAUTHORIZED,
         "Authorization failed",
         vec![reason.to_owned()],

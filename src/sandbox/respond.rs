@@ -41,10 +41,10 @@ pub(super) fn not_found() -> Resp {
     )
 }
 
-/// `Ok` when `method` is one of `allowed`, else a 405 naming them in `Allow`.
-pub(super) fn check_method(method: &Method, allowed: &[Method]) -> Result<(), Resp> {
+/// `None` when `method` is one of `allowed`, else the 405 refusal naming them in `Allow`.
+pub(super) fn refuse_method(method: &Method, allowed: &[Method]) -> Option<Resp> {
     if allowed.contains(method) {
-        return Ok(());
+        return None;
     }
     let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let mut response = error(
@@ -55,7 +55,7 @@ pub(super) fn check_method(method: &Method, allowed: &[Method]) -> Result<(), Re
     if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
         response.headers_mut().insert(ALLOW, value);
     }
-    Err(response)
+    Some(response)
 }
 
 /// Constant-time comparison of a presented credential with the real one.
