@@ -1,10 +1,203 @@
 //! A local stand-in for the BI import and export APIs (`keygate sandbox`).
+//!
+//! One listener serves both APIs the way `bi-api.md` describes the real service: the
+//! import API (`/`, `/v1|v2/client/{cid}/...`, key in the `apikey` query parameter) and the
+//! export API (`/0.1/...`, key in the `X-RJM-API-Key` header, per-key IP allowlist). It
+//! records every request it receives so gateway tests can assert exactly what arrived.
+//! Behaviour chosen where the vendor's docs are silent is listed in `docs/sandbox.md`.
 
-/// Placeholder until the sandbox lands.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {}
+mod cli;
+mod clock;
+mod export;
+mod form;
+mod import;
+mod reports;
+mod respond;
+mod server;
+mod store;
+mod table_file;
+mod tls;
 
-/// Placeholder until the sandbox lands.
-pub async fn run(_args: Args) -> Result<(), String> {
-    Err("the sandbox is not built yet".into())
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::secret::Secret;
+
+/// Requests kept by [`Sandbox::recorded`]; older ones are dropped first.
+const RECORD_LIMIT: usize = 10_000;
+
+/// Command-line flags of `keygate sandbox`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub listen: SocketAddr,
+    /// The numeric client id both keys belong to.
+    #[arg(long, default_value_t = 12345, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_id: u64,
+    /// Import API key (`apikey` query parameter). Generated and printed when absent.
+    #[arg(long, value_parser = cli::parse_secret, conflicts_with = "import_key_file")]
+    pub import_key: Option<Secret>,
+    /// File holding the import API key (trailing whitespace trimmed).
+    #[arg(long)]
+    pub import_key_file: Option<PathBuf>,
+    /// Export API key (`X-RJM-API-Key` header). Generated and printed when absent.
+    #[arg(long, value_parser = cli::parse_secret, conflicts_with = "export_key_file")]
+    pub export_key: Option<Secret>,
+    /// File holding the export API key (trailing whitespace trimmed).
+    #[arg(long)]
+    pub export_key_file: Option<PathBuf>,
+    /// Address or CIDR the export key may be used from (repeatable). Default: everyone.
+    #[arg(long, value_parser = cli::parse_cidr)]
+    pub export_allow: Vec<IpNet>,
+    /// Serve HTTPS with a certificate generated at start (ALPN h2 and http/1.1).
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// What a running sandbox needs; built from [`Args`] by [`run`] or directly by tests.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The client id both keys belong to; other ids in paths are refused.
+    pub client_id: u64,
+    /// The import API key (`apikey` query parameter).
+    pub import_key: Secret,
+    /// The export API key (`X-RJM-API-Key` header).
+    pub export_key: Secret,
+    /// Peers allowed to use the export key. Empty means every address.
+    pub export_allow: Vec<IpNet>,
+    /// Serve HTTPS with a freshly generated certificate instead of plain HTTP.
+    pub tls: bool,
+}
+
+/// One request as the sandbox received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// The method, e.g. `"POST"`.
+    pub method: String,
+    /// The path, still percent-encoded, without the query.
+    pub path: String,
+    /// The raw query string (without `?`), exactly as received.
+    pub query: Option<String>,
+    /// Header names lowercased, duplicates kept. Names appear in the order each was first
+    /// seen; the values of one name stay in arrival order. Includes the real keys.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body bytes read (reading stops just past the 5 MiB cap).
+    pub body_len: usize,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+}
+
+/// State shared by every connection of one sandbox.
+pub(crate) struct State {
+    settings: Settings,
+    store: Mutex<store::Store>,
+    record: Mutex<VecDeque<RecordedRequest>>,
+    started: SystemTime,
+}
+
+impl State {
+    fn push_record(&self, request: RecordedRequest) {
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        if record.len() == RECORD_LIMIT {
+            record.pop_front();
+        }
+        record.push_back(request);
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, store::Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running sandbox bound to a listener.
+pub struct Sandbox {
+    addr: SocketAddr,
+    ca_pem: Option<String>,
+    state: Arc<State>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Sandbox {
+    /// Serves on the given listener (it binds nothing itself) until [`Sandbox::shutdown`].
+    /// Spawns onto the current tokio runtime; fails when there is none, when the
+    /// listener has no address, or when the TLS certificate cannot be generated.
+    pub fn start(listener: TcpListener, settings: Settings) -> std::io::Result<Sandbox> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+        let addr = listener.local_addr()?;
+        let (tls_config, ca_pem) = if settings.tls {
+            let generated = tls::generate(addr.ip())?;
+            (Some(generated.config), Some(generated.ca_pem))
+        } else {
+            (None, None)
+        };
+        let state = Arc::new(State {
+            settings,
+            store: Mutex::new(store::Store::default()),
+            record: Mutex::new(VecDeque::new()),
+            started: SystemTime::now(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = runtime.spawn(server::accept_loop(listener, state.clone(), tls_config, stopped));
+        Ok(Sandbox { addr, ca_pem, state, stop, task })
+    }
+
+    /// The address the sandbox listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT` or `https://IP:PORT`; an unspecified listen address becomes loopback.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.ca_pem.is_some() { "https" } else { "http" };
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("{scheme}://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// PEM of the CA that signed the generated server certificate (only with TLS).
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
+    }
+
+    /// Every request received (the last 10,000), oldest first.
+    pub fn recorded(&self) -> Vec<RecordedRequest> {
+        let record = self.state.record.lock().unwrap_or_else(PoisonError::into_inner);
+        record.iter().cloned().collect()
+    }
+
+    /// Stops accepting, lets requests in flight finish (a few seconds at most), returns.
+    pub async fn shutdown(self) {
+        // Err only when the accept loop already ended; nothing left to stop then.
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// `keygate sandbox` entry point: parses nothing (clap already did), runs until
+/// Ctrl-C/SIGTERM. Prints where it listens and any key it generated, never a key it
+/// was given.
+pub async fn run(args: Args) -> Result<(), String> {
+    let (settings, generated) = cli::settings_from_args(&args)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("sandbox: cannot listen on {}: {e}", args.listen))?;
+    let sandbox =
+        Sandbox::start(listener, settings.clone()).map_err(|e| format!("sandbox: cannot start: {e}"))?;
+    println!("{}", cli::banner(&sandbox, &settings, &generated));
+    cli::wait_for_signal().await;
+    sandbox.shutdown().await;
+    Ok(())
 }

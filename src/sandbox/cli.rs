@@ -1,0 +1,197 @@
+//! Turning `keygate sandbox` flags into [`Settings`]: key files, generated keys, the
+//! start-up banner (which shows generated keys only) and waiting for a stop signal.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::{Args, Sandbox, Settings};
+use crate::secret::{self, Secret};
+
+/// Which keys [`settings_from_args`] generated (and so may print).
+#[derive(Debug, Default)]
+pub(super) struct Generated {
+    pub import: bool,
+    pub export: bool,
+}
+
+pub(super) fn settings_from_args(args: &Args) -> Result<(Settings, Generated), String> {
+    let mut generated = Generated::default();
+    let import_key = match (&args.import_key, &args.import_key_file) {
+        (Some(key), _) => key.clone(),
+        (None, Some(path)) => read_key(path, "--import-key-file")?,
+        (None, None) => {
+            generated.import = true;
+            generate_key()?
+        }
+    };
+    let export_key = match (&args.export_key, &args.export_key_file) {
+        (Some(key), _) => key.clone(),
+        (None, Some(path)) => read_key(path, "--export-key-file")?,
+        (None, None) => {
+            generated.export = true;
+            generate_key()?
+        }
+    };
+    let settings = Settings {
+        client_id: args.client_id,
+        import_key,
+        export_key,
+        export_allow: args.export_allow.clone(),
+        tls: args.tls,
+    };
+    Ok((settings, generated))
+}
+
+fn read_key(path: &std::path::Path, flag: &str) -> Result<Secret, String> {
+    secret::read_file(path).map_err(|problem| format!("sandbox: {flag} {}: {problem}", path.display()))
+}
+
+/// 16 random bytes as 32 lowercase hex characters, the shape of the vendor's sample keys.
+fn generate_key() -> Result<Secret, String> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes[..])
+        .map_err(|_| "sandbox: no system randomness to generate a key".to_owned())?;
+    Ok(Secret::new(hex::encode(bytes.as_ref())))
+}
+
+pub(super) fn banner(sandbox: &Sandbox, settings: &Settings, generated: &Generated) -> String {
+    let base = sandbox.base_url();
+    let mut lines = vec![
+        format!("keygate sandbox listening on {base}"),
+        format!("  import API: {base}/v2/client/{}/...", settings.client_id),
+        format!("  export API: {base}/0.1/..."),
+        format!("  client id:  {}", settings.client_id),
+    ];
+    for (name, key, was_generated) in [
+        ("import key", &settings.import_key, generated.import),
+        ("export key", &settings.export_key, generated.export),
+    ] {
+        // Only generated keys are shown: a key the operator supplied stays unprinted.
+        if was_generated {
+            lines.push(format!("  {name}: {} (generated)", key.expose()));
+        } else {
+            lines.push(format!("  {name}: fingerprint {}", key.fingerprint()));
+        }
+    }
+    if let Some(pem) = sandbox.ca_pem() {
+        lines.push("  CA certificate (trust it to call the sandbox over HTTPS):".to_owned());
+        lines.push(pem.trim_end().to_owned());
+    }
+    lines.join("\n")
+}
+
+pub(super) async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    // Without a SIGTERM handler, Ctrl-C still stops the sandbox; if even that cannot be
+    // installed, stopping right away beats running with no way to stop.
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub(super) fn parse_secret(raw: &str) -> Result<Secret, String> {
+    Secret::parse(raw).map_err(|problem| format!("the key {problem}"))
+}
+
+pub(super) fn parse_cidr(raw: &str) -> Result<IpNet, String> {
+    raw.parse::<IpNet>()
+        .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{raw}` is not an IP address or CIDR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use tokio::net::TcpListener;
+
+    use crate::sandbox::run;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        let mut all = vec!["sandbox"];
+        all.extend_from_slice(argv);
+        Cli::try_parse_from(all).map(|cli| cli.args)
+    }
+
+    #[test]
+    fn defaults_generate_both_keys() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.listen, "127.0.0.1:9091".parse().unwrap());
+        assert_eq!(args.client_id, 12345);
+        let (settings, generated) = settings_from_args(&args).unwrap();
+        assert!(generated.import && generated.export);
+        for key in [&settings.import_key, &settings.export_key] {
+            assert_eq!(key.expose().len(), 32);
+            assert!(key.expose().bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        }
+        assert_ne!(settings.import_key, settings.export_key);
+    }
+
+    #[test]
+    fn given_keys_are_used_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("export.key");
+        std::fs::write(&file, "export-secret-from-file\n").unwrap();
+        let args = parse(&[
+            "--import-key",
+            "import-secret-on-cli",
+            "--export-key-file",
+            file.to_str().unwrap(),
+            "--export-allow",
+            "10.0.0.0/8",
+            "--export-allow",
+            "192.0.2.7",
+            "--client-id",
+            "7",
+        ])
+        .unwrap();
+        assert!(!format!("{args:?}").contains("import-secret-on-cli"));
+        let (settings, generated) = settings_from_args(&args).unwrap();
+        assert!(!generated.import && !generated.export);
+        assert_eq!(settings.import_key.expose(), "import-secret-on-cli");
+        assert_eq!(settings.export_key.expose(), "export-secret-from-file");
+        assert_eq!(settings.export_allow.len(), 2);
+        assert_eq!(settings.export_allow[1], "192.0.2.7/32".parse::<IpNet>().unwrap());
+    }
+
+    #[test]
+    fn refuses_conflicting_or_bad_flags() {
+        assert!(parse(&["--import-key", "a", "--import-key-file", "f"]).is_err());
+        assert!(parse(&["--export-allow", "not-a-cidr"]).is_err());
+        assert!(parse(&["--client-id", "0"]).is_err());
+        assert!(parse(&["--export-key", ""]).is_err());
+    }
+
+    #[tokio::test]
+    async fn run_reports_unreadable_key_file() {
+        let args = parse(&["--import-key-file", "/nonexistent/keygate/key"]).unwrap();
+        let err = run(args).await.unwrap_err();
+        assert!(err.contains("--import-key-file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn run_reports_address_in_use() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let args = parse(&["--listen", &addr]).unwrap();
+        let err = run(args).await.unwrap_err();
+        assert!(err.contains("cannot listen"), "{err}");
+    }
+}

@@ -1,0 +1,171 @@
+//! The Data Import API: status, authenticate, and the upsert endpoint with the vendor's
+//! body rules. `v1` paths behave exactly like `v2`.
+
+use http::request::Parts;
+use http::{Method, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::respond::{self, Resp};
+use super::{State, form};
+
+/// Most data points one upsert request may hold.
+const MAX_RECORDS: usize = 100;
+
+/// `GET /`: the unauthenticated "API is up" check.
+pub(super) fn status(method: &Method) -> Resp {
+    if let Some(refused) = respond::refuse_method(method, &[Method::GET]) {
+        return refused;
+    }
+    respond::json(StatusCode::OK, &json!({ "code": 200, "message": "ok" }))
+}
+
+/// Routes `/v1|v2/...`; `segments` start after the version.
+pub(super) fn handle(state: &State, parts: &Parts, segments: &[&str], body: &[u8]) -> Resp {
+    match segments {
+        ["client", cid, "authenticate"] => {
+            if let Some(refused) = respond::refuse_method(&parts.method, &[Method::GET]) {
+                return refused;
+            }
+            match refuse_key(state, parts, cid) {
+                None => respond::json(StatusCode::OK, &json!({ "code": 200, "message": "authenticated" })),
+                Some(refused) => refused,
+            }
+        }
+        ["client", cid, "table", table, "data"] => {
+            if let Some(refused) = respond::refuse_method(&parts.method, &[Method::POST]) {
+                return refused;
+            }
+            if let Some(refused) = refuse_key(state, parts, cid) {
+                return refused;
+            }
+            upsert(state, table, body)
+        }
+        _ => respond::not_found(),
+    }
+}
+
+/// The 401 refusal, unless the first `apikey` parameter is the import key and `cid` its client.
+fn refuse_key(state: &State, parts: &Parts, cid: &str) -> Option<Resp> {
+    let pairs = form::pairs(parts.uri.query().unwrap_or(""));
+    let reason = match form::first(&pairs, "apikey") {
+        None => "the apikey parameter is missing",
+        Some(key) if !respond::same_key(key.as_bytes(), state.settings.import_key.expose()) => {
+            "the apikey is not valid"
+        }
+        Some(_) if cid.parse::<u64>().ok() != Some(state.settings.client_id) => {
+            "the apikey is not valid for this client"
+        }
+        Some(_) => return None,
+    };
+    Some(respond::error(StatusCode::UNAUTHORIZED, "Authorization failed", vec![reason.to_owned()]))
+}
+
+fn upsert(state: &State, table: &str, body: &[u8]) -> Resp {
+    if table.is_empty() || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        let reason = "table names may contain only letters, digits and underscores".to_owned();
+        return respond::error(StatusCode::BAD_REQUEST, "Bad Request", vec![reason]);
+    }
+    match validate(body) {
+        Ok(records) => {
+            let count = records.len();
+            state.store().upsert(table, records);
+            respond::json(StatusCode::CREATED, &json!({ "code": 201, "message": "created", "count": count }))
+        }
+        Err(reasons) => respond::error(StatusCode::BAD_REQUEST, "Bad Request", reasons),
+    }
+}
+
+/// Applies the vendor's rules; on failure returns every reason found (record indexes
+/// count from 0).
+pub(super) fn validate(body: &[u8]) -> Result<Vec<Map<String, Value>>, Vec<String>> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| vec![format!("the body is not valid JSON: {e}")])?;
+    let items = match value {
+        Value::Object(record) => vec![Value::Object(record)],
+        Value::Array(items) if items.is_empty() => {
+            return Err(vec!["the array holds no data points (send 1 to 100)".to_owned()]);
+        }
+        Value::Array(items) if items.len() > MAX_RECORDS => {
+            return Err(vec![format!("at most {MAX_RECORDS} data points per request, got {}", items.len())]);
+        }
+        Value::Array(items) => items,
+        _ => {
+            return Err(vec!["the body must be a JSON object or an array of objects".to_owned()]);
+        }
+    };
+    let mut records = Vec::with_capacity(items.len());
+    let mut reasons = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Value::Object(record) => match check_keys(&record) {
+                Ok(()) => records.push(record),
+                Err(reason) => reasons.push(format!("record {index}: {reason}")),
+            },
+            _ => reasons.push(format!("record {index}: is not a JSON object")),
+        }
+    }
+    if reasons.is_empty() { Ok(records) } else { Err(reasons) }
+}
+
+fn check_keys(record: &Map<String, Value>) -> Result<(), String> {
+    let names = match record.get("keys") {
+        None => return Err("the keys field is missing".to_owned()),
+        Some(Value::Array(names)) if !names.is_empty() => names,
+        Some(_) => return Err("keys must be a non-empty array of field names".to_owned()),
+    };
+    for name in names {
+        match name {
+            Value::String(name) if name == "keys" => {
+                return Err("keys cannot name itself".to_owned());
+            }
+            Value::String(name) if record.contains_key(name) => {}
+            Value::String(name) => {
+                return Err(format!("key field {name:?} is not present in the record"));
+            }
+            _ => return Err("keys must contain only strings".to_owned()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(body: &str) -> Vec<String> {
+        validate(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn accepts_one_object_or_an_array() {
+        assert_eq!(validate(br#"{"keys":["id"],"id":1}"#).unwrap().len(), 1);
+        assert_eq!(validate(br#"[{"keys":["a","b"],"a":1,"b":null}]"#).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn names_each_failing_record() {
+        let body =
+            r#"[{"keys":["id"],"id":1},{"id":2},{"keys":[],"id":3},{"keys":[1],"id":4},{"keys":["x"]},5]"#;
+        assert_eq!(
+            reasons(body),
+            [
+                "record 1: the keys field is missing",
+                "record 2: keys must be a non-empty array of field names",
+                "record 3: keys must contain only strings",
+                "record 4: key field \"x\" is not present in the record",
+                "record 5: is not a JSON object",
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_shapes() {
+        assert_eq!(reasons("[]"), ["the array holds no data points (send 1 to 100)"]);
+        assert_eq!(reasons("3"), ["the body must be a JSON object or an array of objects"]);
+        assert!(reasons("{").as_slice()[0].starts_with("the body is not valid JSON: "));
+        let many = format!("[{}]", vec![r#"{"keys":["id"],"id":1}"#; 101].join(","));
+        assert_eq!(reasons(&many), ["at most 100 data points per request, got 101"]);
+        let hundred = format!("[{}]", vec![r#"{"keys":["id"],"id":1}"#; 100].join(","));
+        assert_eq!(validate(hundred.as_bytes()).unwrap().len(), 100);
+    }
+}
