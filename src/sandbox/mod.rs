@@ -7,6 +7,7 @@
 //! Behaviour chosen where the vendor's docs are silent is listed in `docs/sandbox.md`.
 
 mod cli;
+pub use cli::generate_key;
 mod clock;
 mod export;
 mod form;
