@@ -1199,12 +1199,24 @@ fn dashboard_uses_the_datasource_variable() {
         }
     }
     assert!(queried > 0);
-    for v in vars.iter().filter(|v| v["type"] == "query") {
-        assert_eq!(
-            v["datasource"]["uid"], "${datasource}",
-            "variable {}",
-            v["name"]
-        );
+    // Every other data source reference too (variables, annotations), except Grafana's
+    // built-in annotation source.
+    fn datasources<'a>(v: &'a Json, out: &mut Vec<&'a Json>) {
+        match v {
+            Json::Object(map) => {
+                if let Some(ds) = map.get("datasource") {
+                    out.push(ds);
+                }
+                map.values().for_each(|v| datasources(v, out));
+            }
+            Json::Array(items) => items.iter().for_each(|v| datasources(v, out)),
+            _ => {}
+        }
+    }
+    let mut refs = Vec::new();
+    datasources(&dash, &mut refs);
+    for ds in refs.into_iter().filter(|ds| ds["type"] != "grafana") {
+        assert_eq!(ds["uid"], "${datasource}", "data source reference {ds}");
     }
     // The panels the operator guide promises.
     let all = serde_json::to_string(&dash).expect("JSON");
