@@ -744,8 +744,7 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
             format!("{probe} path {} should be one of {paths:?}", get["path"]),
         );
         check(
-            container_port(kg, &get["port"]).is_some()
-                && container_port(kg, &get["port"]) == admin_port,
+            admin_port.is_some() && container_port(kg, &get["port"]) == admin_port,
             format!(
                 "{probe} port {} is not the admin port {admin_port:?}",
                 get["port"]
