@@ -51,11 +51,12 @@ impl App {
             None => None,
         };
         let settings = snapshot.server.clone();
+        let tls = snapshot.tls.clone();
         for w in &snapshot.warnings {
             tracing::warn!(warning = %w, "config warning");
         }
         let gateway = Gateway::new(snapshot, Arc::new(Metrics::new()));
-        let server = Server::start(gateway.clone(), listeners, &settings);
+        let server = Server::start(gateway.clone(), listeners, &settings, tls);
         for addr in server.local_addrs() {
             tracing::info!(listener = "gateway", addr = %addr, "listening");
         }

@@ -188,6 +188,9 @@ impl Metrics {
         self.generation.set(snapshot.generation as i64);
         self.last_reload_successful.set(1);
         self.last_reload_success_timestamp.set(unix(snapshot.loaded_at));
+        if let Some(tls) = &snapshot.tls {
+            self.set_tls_expiry(unix(tls.not_after));
+        }
         self.secret_loaded.reset();
         for s in &snapshot.secrets {
             self.secret_loaded.with_label_values(&[&s.name]).set(unix(s.loaded_at));

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::config::ServerSettings;
 use crate::gateway::Gateway;
 use crate::proxy::{self, ConnInfo};
+use crate::tls::ServerTls;
 
 /// The raw answer to a connection over `max_connections`: it never reaches hyper.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-keygate-error: overloaded\r\nconnection: close\r\ncontent-length: 68\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keygate is at its connection limit\"}";
@@ -35,14 +36,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts accepting on `listeners` with the limits of `settings`.
-    pub fn start(gw: Arc<Gateway>, listeners: Vec<TcpListener>, settings: &ServerSettings) -> Server {
+    /// Starts accepting on `listeners` with the limits of `settings`. With `tls`, every
+    /// connection speaks TLS, using the certificate of the snapshot current when it
+    /// was accepted.
+    pub fn start(
+        gw: Arc<Gateway>,
+        listeners: Vec<TcpListener>,
+        settings: &ServerSettings,
+        tls: Option<ServerTls>,
+    ) -> Server {
         let (shutdown, _) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(settings.max_connections));
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         for listener in listeners {
             let limits = Limits::from(settings);
-            tokio::spawn(accept_loop(gw.clone(), listener, limits, permits.clone(), shutdown.subscribe()));
+            let accept = Accept { gw: gw.clone(), limits, permits: permits.clone(), tls: tls.clone() };
+            tokio::spawn(accept_loop(accept, listener, shutdown.subscribe()));
         }
         Server { shutdown, permits, max_connections: settings.max_connections as u32, addrs }
     }
@@ -78,13 +87,17 @@ impl From<&ServerSettings> for Limits {
     }
 }
 
-async fn accept_loop(
+/// What the accept loop hands each connection.
+struct Accept {
     gw: Arc<Gateway>,
-    listener: TcpListener,
     limits: Limits,
     permits: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    /// The TLS settings at start; `None` for plain HTTP.
+    tls: Option<ServerTls>,
+}
+
+async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let Accept { gw, limits, permits, tls } = accept;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -111,9 +124,36 @@ async fn accept_loop(
         };
         let gw = gw.clone();
         let shutdown = shutdown.clone();
+        // Each new connection takes the certificate of the current snapshot.
+        let tls = tls.as_ref().map(|start| gw.snapshot().tls.clone().unwrap_or_else(|| start.clone()));
         tokio::spawn(async move {
             gw.metrics.connections_open.inc();
-            serve_connection(gw.clone(), stream, peer, limits, shutdown).await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => {
+                    let info = ConnInfo { peer, identities: Arc::from(Vec::new()) };
+                    serve_connection(gw.clone(), stream, info, limits, shutdown).await;
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+                    // The handshake counts against the header timeout, like slow headers.
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let identities = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(crate::tls::identities)
+                                .unwrap_or_default();
+                            let info = ConnInfo { peer, identities: Arc::from(identities) };
+                            serve_connection(gw.clone(), stream, info, limits, shutdown).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             gw.metrics.connections_open.dec();
             drop(permit);
         });
@@ -174,19 +214,19 @@ impl Drop for RequestGuard {
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<I>(
     gw: Arc<Gateway>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: I,
+    info: ConnInfo,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
     let clock = Arc::new(Clock(Instant::now()));
     let state = Arc::new(ConnState::default());
     let io = Watched { inner: stream, state: state.clone(), clock: clock.clone(), sniffed: false };
-    let info = ConnInfo { peer, identities: Arc::from(Vec::new()) };
-
     let svc_state = state.clone();
     let svc_clock = clock.clone();
     let service = service_fn(move |request| {
@@ -286,14 +326,14 @@ async fn watch_timeouts(state: Arc<ConnState>, clock: Arc<Clock>, limits: Limits
 }
 
 /// The caller's socket, noting when bytes of a new request arrive after idleness.
-struct Watched {
-    inner: TcpStream,
+struct Watched<I> {
+    inner: I,
     state: Arc<ConnState>,
     clock: Arc<Clock>,
     sniffed: bool,
 }
 
-impl AsyncRead for Watched {
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -323,7 +363,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

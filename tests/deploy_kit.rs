@@ -48,10 +48,8 @@ const CONTRACT_METRICS: &[&str] = &[
     "keygate_tls_cert_expiry_timestamp_seconds",
     "keygate_build_info",
 ];
-const CONTRACT_HISTOGRAMS: &[&str] = &[
-    "keygate_request_duration_seconds",
-    "keygate_upstream_duration_seconds",
-];
+const CONTRACT_HISTOGRAMS: &[&str] =
+    &["keygate_request_duration_seconds", "keygate_upstream_duration_seconds"];
 /// The standard process collector's metrics (Linux).
 const PROCESS_METRICS: &[&str] = &[
     "process_cpu_seconds_total",
@@ -76,11 +74,7 @@ fn repo() -> PathBuf {
 /// Runs `probe`; true when it succeeds. Otherwise fails the test when
 /// `KEYGATE_REQUIRE_TOOLS=1`, else prints why the test is skipped and returns false.
 fn have_tool(test: &str, tool: &str, install: &str, probe: &mut Command) -> bool {
-    let ok = probe
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = probe.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if ok {
         return true;
     }
@@ -90,10 +84,7 @@ fn have_tool(test: &str, tool: &str, install: &str, probe: &mut Command) -> bool
     }
     // Straight to the process's stderr: the test harness captures eprintln! of passing
     // tests, and a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {msg}; set KEYGATE_REQUIRE_TOOLS=1 to fail instead"
-    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED {msg}; set KEYGATE_REQUIRE_TOOLS=1 to fail instead");
     false
 }
 
@@ -107,16 +98,11 @@ fn have_pyyaml(test: &str) -> bool {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// Every YAML document of `path`, as JSON (through python3 + PyYAML, the parser
@@ -125,12 +111,7 @@ fn yaml_docs(path: &Path) -> Vec<Json> {
     const SCRIPT: &str = "import json, sys, yaml\n\
         json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None], sys.stdout)";
     let out = run(Command::new("python3").arg("-c").arg(SCRIPT).arg(path));
-    assert!(
-        out.status.success(),
-        "{} is not valid YAML:\n{}",
-        path.display(),
-        text(&out)
-    );
+    assert!(out.status.success(), "{} is not valid YAML:\n{}", path.display(), text(&out));
     serde_json::from_slice(&out.stdout).expect("python3 printed JSON")
 }
 
@@ -144,11 +125,7 @@ fn files_with_ext(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("directory entry").path())
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| exts.contains(&e))
-        })
+        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)))
         .collect();
     files.sort();
     files
@@ -254,14 +231,7 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
         "limitk",
         "limit_ratio",
     ];
-    const LABEL_LISTS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
+    const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
     let bare = strip_spans(&strip_spans(expr, '{', '}'), '[', ']');
     let chars: Vec<char> = bare.chars().collect();
     let mut names = BTreeSet::new();
@@ -271,8 +241,7 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
         if c.is_ascii_digit() || c == '.' || c == '$' {
             // Numbers, durations ("10m", "1e3") and dashboard variables.
             i += 1;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_.{}".contains(chars[i]))
-            {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_.{}".contains(chars[i])) {
                 i += 1;
             }
             continue;
@@ -320,10 +289,7 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
 /// query itself when it is plain PromQL.
 fn grafana_variable_promql(query: &str) -> String {
     let q = query.trim();
-    match q
-        .strip_prefix("label_values(")
-        .and_then(|r| r.strip_suffix(')'))
-    {
+    match q.strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')) {
         Some(args) => match args.rsplit_once(',') {
             Some((selector, _label)) if !selector.trim().is_empty() => selector.to_string(),
             _ => String::new(), // label_values(label): no metric
@@ -344,10 +310,8 @@ fn dashboard_file() -> PathBuf {
 fn alert_rules() -> Vec<Json> {
     let doc = yaml_doc(&rules_file());
     let groups = doc["groups"].as_array().expect("groups: a list");
-    let rules: Vec<Json> = groups
-        .iter()
-        .flat_map(|g| g["rules"].as_array().expect("rules: a list").clone())
-        .collect();
+    let rules: Vec<Json> =
+        groups.iter().flat_map(|g| g["rules"].as_array().expect("rules: a list").clone()).collect();
     assert!(!rules.is_empty(), "no rules in {}", rules_file().display());
     rules
 }
@@ -439,10 +403,7 @@ fn kubernetes_manifests_validate_against_schemas() {
             .args(["-m", "kubernetes_validate", "--strict", "-k", version])
             .args(&files));
         let report = text(&out);
-        assert!(
-            out.status.success(),
-            "kubernetes-validate (k8s {version}) failed:\n{report}"
-        );
+        assert!(out.status.success(), "kubernetes-validate (k8s {version}) failed:\n{report}");
         // A document without a schema only warns (exit 0): a typo in apiVersion would
         // pass silently. Only the CRDs may lack one.
         for line in report.lines().filter(|l| !l.starts_with("INFO")) {
@@ -453,14 +414,8 @@ fn kubernetes_manifests_validate_against_schemas() {
             });
             assert!(crd, "kubernetes-validate (k8s {version}): {line}");
         }
-        let passes = report
-            .lines()
-            .filter(|l| l.contains(" passed for resource "))
-            .count();
-        assert_eq!(
-            passes, expected_passes,
-            "not every manifest was validated (k8s {version}):\n{report}"
-        );
+        let passes = report.lines().filter(|l| l.contains(" passed for resource ")).count();
+        assert_eq!(passes, expected_passes, "not every manifest was validated (k8s {version}):\n{report}");
     }
 }
 
@@ -483,11 +438,7 @@ fn manifests() -> Manifests {
         assert_eq!(docs.len(), 1, "expected one {kind} under deploy/kubernetes");
         docs.remove(0)
     };
-    Manifests {
-        deployment: one("Deployment"),
-        config_map: one("ConfigMap"),
-        pod_monitor: one("PodMonitor"),
-    }
+    Manifests { deployment: one("Deployment"), config_map: one("ConfigMap"), pod_monitor: one("PodMonitor") }
 }
 
 fn pod_spec(m: &Manifests) -> &Json {
@@ -495,16 +446,11 @@ fn pod_spec(m: &Manifests) -> &Json {
 }
 
 fn containers(pod: &Json) -> impl Iterator<Item = &Json> {
-    ["initContainers", "containers"]
-        .into_iter()
-        .filter_map(|k| pod[k].as_array())
-        .flatten()
+    ["initContainers", "containers"].into_iter().filter_map(|k| pod[k].as_array()).flatten()
 }
 
 fn keygate_container(pod: &Json) -> &Json {
-    containers(pod)
-        .find(|c| c["name"] == "keygate")
-        .expect("a container named keygate")
+    containers(pod).find(|c| c["name"] == "keygate").expect("a container named keygate")
 }
 
 fn volume<'a>(pod: &'a Json, name: &str) -> &'a Json {
@@ -518,11 +464,9 @@ fn volume<'a>(pod: &'a Json, name: &str) -> &'a Json {
 fn container_port(container: &Json, port: &Json) -> Option<u64> {
     match port {
         Json::Number(n) => n.as_u64(),
-        Json::String(name) => container["ports"]
-            .as_array()?
-            .iter()
-            .find(|p| p["name"] == *name)?["containerPort"]
-            .as_u64(),
+        Json::String(name) => {
+            container["ports"].as_array()?.iter().find(|p| p["name"] == *name)?["containerPort"].as_u64()
+        }
         _ => None,
     }
 }
@@ -537,11 +481,7 @@ fn embedded_config(m: &Manifests) -> (toml::Table, String) {
         .iter()
         .map(|a| a.as_str().expect("string arg"))
         .collect();
-    assert_eq!(
-        args.first(),
-        Some(&"run"),
-        "keygate must be started with `run`"
-    );
+    assert_eq!(args.first(), Some(&"run"), "keygate must be started with `run`");
     let path = args
         .windows(2)
         .find(|w| w[0] == "--config" || w[0] == "-c")
@@ -561,9 +501,8 @@ fn embedded_config(m: &Manifests) -> (toml::Table, String) {
     let raw = m.config_map["data"][file]
         .as_str()
         .unwrap_or_else(|| panic!("ConfigMap {cm_name} has no key {file}"));
-    let table = raw
-        .parse::<toml::Table>()
-        .unwrap_or_else(|e| panic!("embedded {file} is not valid TOML: {e}"));
+    let table =
+        raw.parse::<toml::Table>().unwrap_or_else(|e| panic!("embedded {file} is not valid TOML: {e}"));
     (table, path.to_string())
 }
 
@@ -593,9 +532,8 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
     };
 
     // Native sidecar: a restartable init container.
-    let is_init = pod["initContainers"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["name"] == "keygate"));
+    let is_init =
+        pod["initContainers"].as_array().is_some_and(|cs| cs.iter().any(|c| c["name"] == "keygate"));
     check(
         !is_init || kg["restartPolicy"] == "Always",
         "keygate in initContainers needs restartPolicy: Always (native sidecar)".into(),
@@ -608,16 +546,8 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
         .and_then(|g| g.as_table())
         .cloned()
         .unwrap_or_default();
-    let secrets = cfg
-        .get("secrets")
-        .and_then(|s| s.as_table())
-        .cloned()
-        .unwrap_or_default();
-    let routes = cfg
-        .get("routes")
-        .and_then(|r| r.as_array())
-        .cloned()
-        .unwrap_or_default();
+    let secrets = cfg.get("secrets").and_then(|s| s.as_table()).cloned().unwrap_or_default();
+    let routes = cfg.get("routes").and_then(|r| r.as_array()).cloned().unwrap_or_default();
     check(!routes.is_empty(), "keygate.toml has no [[routes]]".into());
     let mut used_secrets = BTreeSet::new();
     for r in &routes {
@@ -646,22 +576,12 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
     let mounts = kg["volumeMounts"].as_array().cloned().unwrap_or_default();
     let secret_dirs: Vec<String> = mounts
         .iter()
-        .filter(|vm| {
-            volume(pod, vm["name"].as_str().unwrap_or(""))
-                .get("secret")
-                .is_some()
-        })
+        .filter(|vm| volume(pod, vm["name"].as_str().unwrap_or("")).get("secret").is_some())
         .map(|vm| vm["mountPath"].as_str().unwrap_or("").to_string())
         .collect();
-    check(
-        !secret_dirs.is_empty(),
-        "keygate mounts no Secret volume".into(),
-    );
+    check(!secret_dirs.is_empty(), "keygate mounts no Secret volume".into());
     for (name, s) in &secrets {
-        check(
-            used_secrets.contains(name),
-            format!("[secrets.{name}] is used by no route"),
-        );
+        check(used_secrets.contains(name), format!("[secrets.{name}] is used by no route"));
         let file = s.get("file").and_then(|f| f.as_str());
         check(
             s.get("value").is_none() && s.get("env").is_none(),
@@ -669,10 +589,9 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
         );
         check(
             file.is_some_and(|f| {
-                secret_dirs.iter().any(|d| {
-                    f.strip_prefix(d.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
-                })
+                secret_dirs
+                    .iter()
+                    .any(|d| f.strip_prefix(d.as_str()).is_some_and(|rest| rest.starts_with('/')))
             }),
             format!("[secrets.{name}] file {file:?} is not under a Secret mount {secret_dirs:?}"),
         );
@@ -680,22 +599,13 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
     for vm in &mounts {
         check(
             vm.get("subPath").is_none() && vm.get("subPathExpr").is_none(),
-            format!(
-                "keygate mount {} uses subPath: it would never see updates",
-                vm["name"]
-            ),
+            format!("keygate mount {} uses subPath: it would never see updates", vm["name"]),
         );
-        check(
-            vm["readOnly"] == true,
-            format!("keygate mount {} is not readOnly", vm["name"]),
-        );
+        check(vm["readOnly"] == true, format!("keygate mount {} is not readOnly", vm["name"]));
     }
     for v in pod["volumes"].as_array().into_iter().flatten() {
         if let Some(mode) = v["secret"]["defaultMode"].as_u64() {
-            check(
-                mode & 0o007 == 0,
-                format!("Secret volume {} is world-accessible ({mode:o})", v["name"]),
-            );
+            check(mode & 0o007 == 0, format!("Secret volume {} is world-accessible ({mode:o})", v["name"]));
         }
     }
     // Only keygate may see the keys: no other container mounts a Secret or reads one
@@ -703,13 +613,8 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
     for c in containers(pod).filter(|c| c["name"] != "keygate") {
         for vm in c["volumeMounts"].as_array().into_iter().flatten() {
             check(
-                volume(pod, vm["name"].as_str().unwrap_or(""))
-                    .get("secret")
-                    .is_none(),
-                format!(
-                    "container {} mounts Secret volume {}",
-                    c["name"], vm["name"]
-                ),
+                volume(pod, vm["name"].as_str().unwrap_or("")).get("secret").is_none(),
+                format!("container {} mounts Secret volume {}", c["name"], vm["name"]),
             );
         }
         let env = serde_json::to_string(&c["env"]).unwrap_or_default();
@@ -722,10 +627,7 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
     // Admin listener, probes and scrape annotations.
     let admin = toml_str(&cfg, &["admin", "listen"]).unwrap_or("");
     let admin_port = port_of(admin);
-    check(
-        admin_port.is_some(),
-        format!("[admin] listen {admin:?} has no port"),
-    );
+    check(admin_port.is_some(), format!("[admin] listen {admin:?} has no port"));
     check(
         admin.starts_with("0.0.0.0:") || admin.starts_with("[::]:"),
         format!("[admin] listen {admin:?} must be on the pod IP for kubelet and Prometheus"),
@@ -745,31 +647,16 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
         );
         check(
             admin_port.is_some() && container_port(kg, &get["port"]) == admin_port,
-            format!(
-                "{probe} port {} is not the admin port {admin_port:?}",
-                get["port"]
-            ),
+            format!("{probe} port {} is not the admin port {admin_port:?}", get["port"]),
         );
     }
     let ann = &m.deployment["spec"]["template"]["metadata"]["annotations"];
+    check(ann["prometheus.io/scrape"] == "true", "prometheus.io/scrape is not \"true\"".into());
     check(
-        ann["prometheus.io/scrape"] == "true",
-        "prometheus.io/scrape is not \"true\"".into(),
+        ann["prometheus.io/port"].as_str().and_then(|p| p.parse().ok()) == admin_port,
+        format!("prometheus.io/port {} is not the admin port", ann["prometheus.io/port"]),
     );
-    check(
-        ann["prometheus.io/port"]
-            .as_str()
-            .and_then(|p| p.parse().ok())
-            == admin_port,
-        format!(
-            "prometheus.io/port {} is not the admin port",
-            ann["prometheus.io/port"]
-        ),
-    );
-    check(
-        ann["prometheus.io/path"] == "/metrics",
-        "prometheus.io/path is not /metrics".into(),
-    );
+    check(ann["prometheus.io/path"] == "/metrics", "prometheus.io/path is not /metrics".into());
 
     // The app talks to the gateway on loopback, at each route's prefix.
     let listen = toml_str(&cfg, &["server", "listen"]).unwrap_or("");
@@ -785,16 +672,11 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
     for r in &routes {
         let prefix = r.get("prefix").and_then(|p| p.as_str()).unwrap_or("?");
         let url = format!("http://{listen}{prefix}");
-        check(
-            app_urls.contains(&url),
-            format!("no app container is pointed at {url}"),
-        );
+        check(app_urls.contains(&url), format!("no app container is pointed at {url}"));
     }
     for want in ["/import", "/export"] {
         check(
-            routes
-                .iter()
-                .any(|r| r.get("prefix").and_then(|p| p.as_str()) == Some(want)),
+            routes.iter().any(|r| r.get("prefix").and_then(|p| p.as_str()) == Some(want)),
             format!("no route with prefix {want}"),
         );
     }
@@ -802,10 +684,7 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
     // Shutdown: the pod waits longer than keygate drains.
     let grace = toml_str(&cfg, &["server", "shutdown_grace"]).unwrap_or("20s");
     let grace_ms = duration_ms(grace);
-    check(
-        grace_ms.is_some(),
-        format!("shutdown_grace {grace:?} is not a duration"),
-    );
+    check(grace_ms.is_some(), format!("shutdown_grace {grace:?} is not a duration"));
     let tgps = pod["terminationGracePeriodSeconds"].as_u64();
     check(
         tgps.is_some_and(|t| Some(t * 1000) > grace_ms),
@@ -813,26 +692,16 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
     );
 
     // One worker thread for a one-CPU limit.
-    let threads = cfg
-        .get("server")
-        .and_then(|s| s.get("worker_threads"))
-        .and_then(|w| w.as_integer());
-    check(
-        threads == Some(1),
-        format!("worker_threads is {threads:?}, want 1"),
-    );
+    let threads = cfg.get("server").and_then(|s| s.get("worker_threads")).and_then(|w| w.as_integer());
+    check(threads == Some(1), format!("worker_threads is {threads:?}, want 1"));
     let limits = &kg["resources"]["limits"];
     check(
         matches!(limits["cpu"].as_str(), Some("1" | "1000m")) || limits["cpu"] == 1,
         format!("keygate cpu limit is {}, want 1", limits["cpu"]),
     );
+    check(limits["memory"].is_string(), "keygate has no memory limit".into());
     check(
-        limits["memory"].is_string(),
-        "keygate has no memory limit".into(),
-    );
-    check(
-        kg["resources"]["requests"]["cpu"].is_string()
-            && kg["resources"]["requests"]["memory"].is_string(),
+        kg["resources"]["requests"]["cpu"].is_string() && kg["resources"]["requests"]["memory"].is_string(),
         "keygate has no resource requests".into(),
     );
 
@@ -844,36 +713,20 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
         "keygate must run with runAsNonRoot: true".into(),
     );
     check(sc["runAsUser"] != 0, "keygate must not run as uid 0".into());
+    check(sc["readOnlyRootFilesystem"] == true, "keygate needs readOnlyRootFilesystem".into());
+    check(sc["allowPrivilegeEscalation"] == false, "keygate needs allowPrivilegeEscalation: false".into());
     check(
-        sc["readOnlyRootFilesystem"] == true,
-        "keygate needs readOnlyRootFilesystem".into(),
-    );
-    check(
-        sc["allowPrivilegeEscalation"] == false,
-        "keygate needs allowPrivilegeEscalation: false".into(),
-    );
-    check(
-        sc["capabilities"]["drop"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|c| c == "ALL")),
+        sc["capabilities"]["drop"].as_array().is_some_and(|d| d.iter().any(|c| c == "ALL")),
         "keygate must drop ALL capabilities".into(),
     );
-    check(
-        sc["capabilities"]["add"].is_null(),
-        "keygate must add no capability".into(),
-    );
+    check(sc["capabilities"]["add"].is_null(), "keygate must add no capability".into());
     check(
         sc["seccompProfile"]["type"] == "RuntimeDefault"
-            || (sc["seccompProfile"].is_null()
-                && psc["seccompProfile"]["type"] == "RuntimeDefault"),
+            || (sc["seccompProfile"].is_null() && psc["seccompProfile"]["type"] == "RuntimeDefault"),
         "keygate needs seccompProfile RuntimeDefault".into(),
     );
 
-    assert!(
-        errors.is_empty(),
-        "deploy/kubernetes:\n- {}",
-        errors.join("\n- ")
-    );
+    assert!(errors.is_empty(), "deploy/kubernetes:\n- {}", errors.join("\n- "));
 }
 
 /// PodMonitor is a CRD: kubernetes-validate has no schema for it, so its structure is
@@ -887,23 +740,14 @@ fn podmonitor_scrapes_the_sidecar_admin_port() {
     let pm = &m.pod_monitor;
     let kg = keygate_container(pod_spec(&m));
     let only = |v: &Json, allowed: &[&str], what: &str| {
-        let obj = v
-            .as_object()
-            .unwrap_or_else(|| panic!("{what} must be a mapping"));
+        let obj = v.as_object().unwrap_or_else(|| panic!("{what} must be a mapping"));
         for k in obj.keys() {
             assert!(allowed.contains(&k.as_str()), "{what}: unknown field {k:?}");
         }
     };
     assert_eq!(pm["apiVersion"], CRD_API_VERSION);
-    only(
-        pm,
-        &["apiVersion", "kind", "metadata", "spec"],
-        "PodMonitor",
-    );
-    assert!(
-        pm["metadata"]["name"].is_string(),
-        "PodMonitor needs a name"
-    );
+    only(pm, &["apiVersion", "kind", "metadata", "spec"], "PodMonitor");
+    assert!(pm["metadata"]["name"].is_string(), "PodMonitor needs a name");
     let spec = &pm["spec"];
     only(
         spec,
@@ -918,16 +762,10 @@ fn podmonitor_scrapes_the_sidecar_admin_port() {
         ],
         "PodMonitor.spec",
     );
-    let pod_labels = m.deployment["spec"]["template"]["metadata"]["labels"]
-        .as_object()
-        .expect("pod template labels");
-    let wanted = spec["selector"]["matchLabels"]
-        .as_object()
-        .expect("spec.selector.matchLabels");
-    assert!(
-        !wanted.is_empty(),
-        "an empty selector would scrape every pod"
-    );
+    let pod_labels =
+        m.deployment["spec"]["template"]["metadata"]["labels"].as_object().expect("pod template labels");
+    let wanted = spec["selector"]["matchLabels"].as_object().expect("spec.selector.matchLabels");
+    assert!(!wanted.is_empty(), "an empty selector would scrape every pod");
     for (k, v) in wanted {
         assert_eq!(
             pod_labels.get(k),
@@ -936,17 +774,10 @@ fn podmonitor_scrapes_the_sidecar_admin_port() {
         );
     }
     let duration = |v: &Json, what: &str| {
-        let s = v
-            .as_str()
-            .unwrap_or_else(|| panic!("{what} must be a string"));
-        assert!(
-            duration_ms(s).is_some(),
-            "{what} {s:?} is not a Prometheus duration"
-        );
+        let s = v.as_str().unwrap_or_else(|| panic!("{what} must be a string"));
+        assert!(duration_ms(s).is_some(), "{what} {s:?} is not a Prometheus duration");
     };
-    let endpoints = spec["podMetricsEndpoints"]
-        .as_array()
-        .expect("podMetricsEndpoints: a list");
+    let endpoints = spec["podMetricsEndpoints"].as_array().expect("podMetricsEndpoints: a list");
     assert!(!endpoints.is_empty());
     let admin_port_name = kg["ports"]
         .as_array()
@@ -976,15 +807,7 @@ fn podmonitor_scrapes_the_sidecar_admin_port() {
         for r in &relabelings {
             only(
                 r,
-                &[
-                    "action",
-                    "sourceLabels",
-                    "separator",
-                    "targetLabel",
-                    "regex",
-                    "modulus",
-                    "replacement",
-                ],
+                &["action", "sourceLabels", "separator", "targetLabel", "regex", "modulus", "replacement"],
                 "relabelings[]",
             );
             let action = r["action"].as_str().unwrap_or("replace");
@@ -1021,12 +844,7 @@ fn podmonitor_scrapes_the_sidecar_admin_port() {
 // ---------------------------------------------------------------------------------
 
 fn have_promtool(test: &str) -> bool {
-    have_tool(
-        test,
-        "promtool",
-        "apt-get install prometheus",
-        Command::new("promtool").arg("--version"),
-    )
+    have_tool(test, "promtool", "apt-get install prometheus", Command::new("promtool").arg("--version"))
 }
 
 #[test]
@@ -1036,17 +854,10 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         return;
     }
     let dir = repo().join("deploy/prometheus");
-    let out = run(Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(rules_file()));
-    assert!(
-        out.status.success(),
-        "promtool check rules:\n{}",
-        text(&out)
-    );
-    let out = run(Command::new("promtool")
-        .args(["test", "rules", "keygate-alerts.test.yml"])
-        .current_dir(&dir));
+    let out = run(Command::new("promtool").args(["check", "rules"]).arg(rules_file()));
+    assert!(out.status.success(), "promtool check rules:\n{}", text(&out));
+    let out =
+        run(Command::new("promtool").args(["test", "rules", "keygate-alerts.test.yml"]).current_dir(&dir));
     assert!(out.status.success(), "promtool test rules:\n{}", text(&out));
 }
 
@@ -1068,9 +879,7 @@ fn dashboard_queries_are_valid_promql() {
             .replace("$route", ".*");
         assert!(!q.contains('$'), "unhandled dashboard variable in {q}");
         let quoted = serde_json::to_string(&q).expect("JSON string"); // valid YAML too
-        rules.push_str(&format!(
-            "      - record: dashboard:query_{i}\n        expr: {quoted}\n"
-        ));
+        rules.push_str(&format!("      - record: dashboard:query_{i}\n        expr: {quoted}\n"));
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dashboard-queries.yml");
@@ -1119,10 +928,7 @@ fn every_alert_is_documented_tested_and_linked_to_its_runbook() {
             continue;
         };
         for key in ["summary", "description", "runbook_url"] {
-            if rule["annotations"][key]
-                .as_str()
-                .is_none_or(|s| s.trim().is_empty())
-            {
+            if rule["annotations"][key].as_str().is_none_or(|s| s.trim().is_empty()) {
                 errors.push(format!("{alert}: no {key} annotation"));
             }
         }
@@ -1163,13 +969,10 @@ fn every_alert_is_documented_tested_and_linked_to_its_runbook() {
 #[test]
 fn dashboard_uses_the_datasource_variable() {
     let dash = dashboard();
-    let vars = dash["templating"]["list"]
-        .as_array()
-        .expect("templating.list");
+    let vars = dash["templating"]["list"].as_array().expect("templating.list");
     assert!(
-        vars.iter().any(|v| v["name"] == "datasource"
-            && v["type"] == "datasource"
-            && v["query"] == "prometheus"),
+        vars.iter()
+            .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"),
         "the dashboard needs a `datasource` variable of type datasource (prometheus)"
     );
     let mut ids = BTreeSet::new();
@@ -1179,26 +982,14 @@ fn dashboard_uses_the_datasource_variable() {
             continue;
         }
         let title = p["title"].as_str().unwrap_or("?");
-        assert!(
-            ids.insert(p["id"].as_u64().expect("panel id")),
-            "duplicate panel id in {title}"
-        );
+        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate panel id in {title}");
         assert!(p["gridPos"]["w"].is_u64(), "{title}: no gridPos");
-        assert_eq!(
-            p["datasource"]["uid"], "${datasource}",
-            "{title}: datasource"
-        );
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}: datasource");
         let targets = p["targets"].as_array().expect("targets");
         assert!(!targets.is_empty(), "{title}: no queries");
         for t in targets {
-            assert_eq!(
-                t["datasource"]["uid"], "${datasource}",
-                "{title}: target datasource"
-            );
-            assert!(
-                t["expr"].as_str().is_some_and(|e| !e.is_empty()),
-                "{title}: empty expr"
-            );
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}: target datasource");
+            assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()), "{title}: empty expr");
             queried += 1;
         }
     }
@@ -1237,10 +1028,7 @@ fn dashboard_uses_the_datasource_variable() {
         "keygate_requests_in_flight",
         "keygate_connections_open",
     ] {
-        assert!(
-            all.contains(needle),
-            "the dashboard shows nothing of {needle}"
-        );
+        assert!(all.contains(needle), "the dashboard shows nothing of {needle}");
     }
 }
 
@@ -1260,21 +1048,12 @@ fn rules_and_dashboard_use_only_contract_metrics() {
             || PROCESS_METRICS.contains(&n)
             || SYNTHETIC_METRICS.contains(&n)
     };
-    let unknown: Vec<String> = names
-        .iter()
-        .filter(|(n, _)| !known(n))
-        .map(|(n, used)| format!("{n} (in {used:?})"))
-        .collect();
-    assert!(
-        unknown.is_empty(),
-        "not keygate metrics (design §6): {unknown:?}"
-    );
+    let unknown: Vec<String> =
+        names.iter().filter(|(n, _)| !known(n)).map(|(n, used)| format!("{n} (in {used:?})")).collect();
+    assert!(unknown.is_empty(), "not keygate metrics (design §6): {unknown:?}");
     // Histograms are only ever read through their series.
     for h in CONTRACT_HISTOGRAMS {
-        assert!(
-            !names.contains_key(*h),
-            "{h} has no series of its own; use {h}_bucket"
-        );
+        assert!(!names.contains_key(*h), "{h} has no series of its own; use {h}_bucket");
     }
 }
 
@@ -1294,18 +1073,10 @@ fn promql_metric_names_finds_selectors_only() {
         ["a_total", "b_total", "c"]
     );
     assert_eq!(names("x - time() < 14 * 86400"), ["x"]);
-    assert_eq!(
-        names(r#"label_replace(a{l="\"}{"}, "d", "$1", "s", "(.*)")"#),
-        ["a"]
-    );
+    assert_eq!(names(r#"label_replace(a{l="\"}{"}, "d", "$1", "s", "(.*)")"#), ["a"]);
     assert_eq!(names(r#"absent(up{job="keygate"})"#), ["up"]);
     assert_eq!(names("sum(rate(a[1m])) by (route)"), ["a"]);
-    assert_eq!(
-        names(&grafana_variable_promql(
-            "label_values(m{j=~\"$job\"}, instance)"
-        )),
-        ["m"]
-    );
+    assert_eq!(names(&grafana_variable_promql("label_values(m{j=~\"$job\"}, instance)")), ["m"]);
 }
 
 // ---------------------------------------------------------------------------------
@@ -1348,10 +1119,7 @@ fn systemd_unit_is_hardened_and_verifies() {
         .find(|(k, _)| *k == "TimeoutStopSec")
         .and_then(|(_, v)| duration_ms(v))
         .expect("TimeoutStopSec");
-    assert!(
-        stop > 20_000,
-        "TimeoutStopSec must exceed shutdown_grace (20s)"
-    );
+    assert!(stop > 20_000, "TimeoutStopSec must exceed shutdown_grace (20s)");
 
     let test = "systemd_unit_is_hardened_and_verifies";
     if !have_tool(
@@ -1365,27 +1133,16 @@ fn systemd_unit_is_hardened_and_verifies() {
     // verify checks that ExecStart's binary exists: point it at the one cargo built.
     let dir = tempfile::tempdir().expect("tempdir");
     let copy = dir.path().join("keygate.service");
-    std::fs::write(
-        &copy,
-        unit.replace("/usr/bin/keygate", env!("CARGO_BIN_EXE_keygate")),
-    )
-    .expect("write unit");
+    std::fs::write(&copy, unit.replace("/usr/bin/keygate", env!("CARGO_BIN_EXE_keygate")))
+        .expect("write unit");
     let out = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
     // Unknown or misspelt directives only print a warning, so any output is a failure.
-    assert!(
-        out.status.success() && text(&out).trim().is_empty(),
-        "systemd-analyze verify:\n{}",
-        text(&out)
-    );
+    assert!(out.status.success() && text(&out).trim().is_empty(), "systemd-analyze verify:\n{}", text(&out));
     // Offline exposure score (0-100 in tenths): 20 = "2.0 OK".
     let out = run(Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
         .arg(&copy));
-    assert!(
-        out.status.success(),
-        "systemd-analyze security: exposure above 2.0\n{}",
-        text(&out)
-    );
+    assert!(out.status.success(), "systemd-analyze security: exposure above 2.0\n{}", text(&out));
 }
 
 // ---------------------------------------------------------------------------------
@@ -1452,10 +1209,7 @@ fn parse_response(raw: &[u8]) -> (u16, String, Vec<u8>) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head}"));
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         let mut out = Vec::new();
         let mut rest = &body[..];
         while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
@@ -1497,8 +1251,7 @@ fn read_all(r: &mut impl Read) -> Vec<u8> {
 fn connect(addr: SocketAddr) -> TcpStream {
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
     tcp
 }
 
@@ -1508,17 +1261,11 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
     parse_response(&read_all(&mut tcp))
 }
 
-fn https_get(
-    addr: SocketAddr,
-    path: &str,
-    tls: &Arc<rustls::ClientConfig>,
-) -> (u16, String, Vec<u8>) {
+fn https_get(addr: SocketAddr, path: &str, tls: &Arc<rustls::ClientConfig>) -> (u16, String, Vec<u8>) {
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
     let conn = rustls::ClientConnection::new(tls.clone(), name).expect("TLS client");
     let mut stream = rustls::StreamOwned::new(conn, connect(addr));
-    stream
-        .write_all(&request_bytes(path))
-        .unwrap_or_else(|e| panic!("TLS request to {addr}{path}: {e}"));
+    stream.write_all(&request_bytes(path)).unwrap_or_else(|e| panic!("TLS request to {addr}{path}: {e}"));
     parse_response(&read_all(&mut stream))
 }
 
@@ -1548,9 +1295,7 @@ fn tail(lines: &Lines) -> String {
 
 /// A string field of a JSON log line: top level, or tracing's nested `fields`.
 fn log_field<'a>(line: &'a Json, key: &str) -> Option<&'a str> {
-    line.get(key)
-        .or_else(|| line.get("fields").and_then(|f| f.get(key)))
-        .and_then(Json::as_str)
+    line.get(key).or_else(|| line.get("fields").and_then(|f| f.get(key))).and_then(Json::as_str)
 }
 
 /// Names of the samples in a Prometheus text exposition.
@@ -1568,14 +1313,9 @@ fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
     if !have_pyyaml("every_metric_in_rules_and_dashboard_is_exported_by_keygate") {
         return;
     }
-    let wanted: BTreeMap<String, BTreeSet<String>> = kit_metric_names()
-        .into_iter()
-        .filter(|(n, _)| !SYNTHETIC_METRICS.contains(&n.as_str()))
-        .collect();
-    assert!(
-        wanted.len() > 10,
-        "suspiciously few metric names: {wanted:?}"
-    );
+    let wanted: BTreeMap<String, BTreeSet<String>> =
+        kit_metric_names().into_iter().filter(|(n, _)| !SYNTHETIC_METRICS.contains(&n.as_str())).collect();
+    assert!(wanted.len() > 10, "suspiciously few metric names: {wanted:?}");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let write_private = |name: &str, body: &str| {
@@ -1614,12 +1354,7 @@ fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
         q(&key),
         q(&secret),
         // Answered 401 by the upstream; the shadow list refuses loopback callers.
-        route(
-            "ok",
-            &upstream,
-            "127.0.0.0/8",
-            "shadow_allow = [\"10.0.0.0/8\"]"
-        ),
+        route("ok", &upstream, "127.0.0.0/8", "shadow_allow = [\"10.0.0.0/8\"]"),
         // Nothing listens: a connect error.
         route("down", &closed, "127.0.0.0/8", ""),
         // Loopback callers are refused.
@@ -1642,13 +1377,8 @@ fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
     let stderr = collect_lines(child.stderr.take().expect("stderr"), None);
     let pid = child.id();
     let _guard = KillOnDrop(child);
-    let diagnostics = || {
-        format!(
-            "\n--- keygate stdout ---\n{}\n--- keygate stderr ---\n{}",
-            tail(&stdout),
-            tail(&stderr)
-        )
-    };
+    let diagnostics =
+        || format!("\n--- keygate stdout ---\n{}\n--- keygate stderr ---\n{}", tail(&stdout), tail(&stderr));
 
     // Discover the bound ports from the "listening" log lines.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1658,10 +1388,7 @@ fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
         let line = match rx.recv_timeout(left) {
             Ok(line) => line,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!(
-                    "keygate did not log both listeners in time{}",
-                    diagnostics()
-                )
+                panic!("keygate did not log both listeners in time{}", diagnostics())
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 panic!("keygate exited before listening{}", diagnostics())
@@ -1684,16 +1411,13 @@ fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
 
     // Traffic, so that the labelled series exist.
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(ck.cert.der().clone())
-        .expect("trust the test cert");
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    roots.add(ck.cert.der().clone()).expect("trust the test cert");
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tls = Arc::new(tls);
     for (path, want) in [

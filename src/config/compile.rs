@@ -84,6 +84,7 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
         .collect();
     let groups = groups(&mut ctx, &f.callers.groups);
     let secrets = secrets(&mut ctx, &f.secrets);
+    let tls = f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t));
 
     let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = previous
         .map(|p| p.routes.routes().iter().map(|r| (r.upstream.key().clone(), r.upstream.clone())).collect())
@@ -122,6 +123,7 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
         callers: Callers { trusted_proxies: AddrSet::new(&trusted), groups },
         secrets: secrets.into_values().collect(),
         routes: RouteTable::new(routes),
+        tls,
         watched: inputs.named_files(),
         digest: inputs.digest,
         warnings: ctx.warnings,
@@ -160,6 +162,34 @@ fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
         shutdown_grace: ctx.duration("server", "shutdown_grace", &s.shutdown_grace, Duration::from_secs(20)),
         worker_threads,
         tls: s.tls.clone(),
+    }
+}
+
+fn server_tls(ctx: &mut Ctx, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
+    let mut read = |field: &str, path: &PathBuf| match ctx.inputs.file_bytes(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            ctx.problems.push(Problem {
+                location: "server.tls".into(),
+                field: field.into(),
+                message: format!("{} cannot be read: {e}", path.display()),
+            });
+            None
+        }
+    };
+    let cert = read("cert", &t.cert);
+    let key = read("key", &t.key);
+    let ca = match &t.client_ca {
+        Some(p) => Some(read("client_ca", p)?),
+        None => None,
+    };
+    let (cert, key) = (cert?, key?);
+    match crate::tls::server_tls(cert, key, ca) {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            ctx.problem("server.tls", "", e.to_string());
+            None
+        }
     }
 }
 

@@ -133,6 +133,8 @@ pub struct Snapshot {
     pub callers: Callers,
     pub secrets: Vec<LoadedSecret>,
     pub routes: RouteTable,
+    /// The compiled `[server.tls]`, when callers speak TLS to keygate.
+    pub tls: Option<crate::tls::ServerTls>,
     /// Files whose change triggers a reload.
     pub watched: Vec<PathBuf>,
     /// SHA-256 over every input; equal digests mean a no-op reload.
