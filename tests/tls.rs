@@ -1,0 +1,333 @@
+//! Inbound TLS and mTLS (design §2 `[server.tls]`, §4 identities): client certificates
+//! from a CA generated at test time; identities allowed on one route and refused on
+//! another; a missing, foreign or expired client certificate fails the handshake; the
+//! serving certificate rotates on disk for new connections while open ones keep working;
+//! a mismatched certificate on reload keeps the old pair.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate::app::App;
+use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca { cert, key }
+}
+
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+fn leaf(ca: &Ca, sans: Vec<SanType>, expired: bool) -> Leaf {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = sans;
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+}
+
+fn uri(s: &str) -> SanType {
+    SanType::URI(s.try_into().unwrap())
+}
+
+fn server_leaf(ca: &Ca) -> Leaf {
+    leaf(ca, vec![SanType::DnsName("localhost".try_into().unwrap())], false)
+}
+
+/// An upstream that answers 200 "ok" to everything.
+async fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    server_ca: Ca,
+    client_ca: Ca,
+    app: App,
+    addr: SocketAddr,
+}
+
+impl Setup {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca("keygate test server CA");
+    let client_ca = ca("keygate test client CA");
+    let server = server_leaf(&server_ca);
+    write(&dir.path().join("server.crt"), &server.cert_pem);
+    write(&dir.path().join("server.key"), &server.key_pem);
+    write(&dir.path().join("clients.crt"), &client_ca.cert.pem());
+    let up = upstream().await;
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[server.tls]
+cert = "{d}/server.crt"
+key = "{d}/server.key"
+client_ca = "{d}/clients.crt"
+[reload]
+debounce = "20ms"
+poll_interval = "1h"
+[log]
+level = "error"
+access = false
+[callers.groups.etl]
+identities = ["spiffe://test/etl"]
+[callers.groups.reports]
+identities = ["spiffe://test/reports", "reports.internal"]
+[secrets.k]
+value = "tls-test-sentinel-key"
+[[routes]]
+name = "etl-only"
+prefix = "/etl"
+upstream = "http://{up}"
+inject = {{ header = "X-Api-Key" }}
+secret = "k"
+allow = ["etl"]
+[[routes]]
+name = "reports-only"
+prefix = "/reports"
+upstream = "http://{up}"
+inject = {{ header = "X-Api-Key" }}
+secret = "k"
+allow = ["reports"]
+"#,
+        d = dir.path().display()
+    );
+    let path = dir.path().join("keygate.toml");
+    write(&path, &config);
+    let snapshot = keygate::config::load(&path, 1, None).unwrap();
+    let app = App::start(snapshot, Some(path), None).await.unwrap();
+    let addr = app.local_addrs()[0];
+    Setup { dir, server_ca, client_ca, app, addr }
+}
+
+fn client_config(server_ca: &Ca, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server_ca.cert.der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(leaf) => {
+            let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes()).unwrap().unwrap();
+            let key: PrivateKeyDer<'static> = key;
+            builder.with_client_auth_cert(vec![leaf.der.clone()], key).unwrap()
+        }
+    };
+    Arc::new(config)
+}
+
+async fn connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn http(stream: TlsStream<TcpStream>) -> hyper::Result<Sender> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn get(sender: &mut Sender, path: &str) -> hyper::Result<(u16, String, Option<String>)> {
+    let req = hyper::Request::get(path).header("host", "localhost").body(Empty::new()).unwrap();
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let code = resp.headers().get("x-keygate-error").map(|v| v.to_str().unwrap().to_owned());
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned(), code))
+}
+
+/// A request over a fresh mTLS connection: `Err` when the handshake or the first
+/// exchange fails (TLS 1.3 reports a refused client certificate on the first read).
+async fn request(s: &Setup, client: Option<&Leaf>, path: &str) -> Result<(u16, Option<String>), String> {
+    let stream = connect(s.addr, client_config(&s.server_ca, client)).await.map_err(|e| e.to_string())?;
+    let mut sender = http(stream).await.map_err(|e| e.to_string())?;
+    let (status, _, code) = get(&mut sender, path).await.map_err(|e| e.to_string())?;
+    Ok((status, code))
+}
+
+#[tokio::test]
+async fn identity_is_allowed_on_its_route_and_refused_on_another() {
+    let s = setup().await;
+    let etl = leaf(&s.client_ca, vec![uri("spiffe://test/etl")], false);
+    assert_eq!(request(&s, Some(&etl), "/etl/x").await, Ok((200, None)));
+    assert_eq!(request(&s, Some(&etl), "/reports/x").await, Ok((403, Some("caller_not_allowed".into()))));
+    // DNS-name identities count too.
+    let reports = leaf(&s.client_ca, vec![SanType::DnsName("reports.internal".try_into().unwrap())], false);
+    assert_eq!(request(&s, Some(&reports), "/reports/x").await, Ok((200, None)));
+    assert_eq!(request(&s, Some(&reports), "/etl/x").await, Ok((403, Some("caller_not_allowed".into()))));
+    s.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_foreign_or_expired_client_certificates_fail_the_handshake() {
+    let s = setup().await;
+    let foreign = leaf(&ca("someone else"), vec![uri("spiffe://test/etl")], false);
+    let expired = leaf(&s.client_ca, vec![uri("spiffe://test/etl")], true);
+    assert!(request(&s, None, "/etl/x").await.is_err(), "no certificate must fail");
+    assert!(request(&s, Some(&foreign), "/etl/x").await.is_err(), "foreign CA must fail");
+    assert!(request(&s, Some(&expired), "/etl/x").await.is_err(), "expired must fail");
+    // And the listener is still fine afterwards.
+    let etl = leaf(&s.client_ca, vec![uri("spiffe://test/etl")], false);
+    assert_eq!(request(&s, Some(&etl), "/etl/x").await, Ok((200, None)));
+    s.app.shutdown().await;
+}
+
+async fn served_certificate(s: &Setup, client: &Leaf) -> CertificateDer<'static> {
+    let stream = connect(s.addr, client_config(&s.server_ca, Some(client))).await.unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn rotated_certificate_serves_new_connections_while_open_ones_keep_working() {
+    let s = setup().await;
+    let etl = leaf(&s.client_ca, vec![uri("spiffe://test/etl")], false);
+    let old = served_certificate(&s, &etl).await;
+
+    // A keep-alive connection opened before the rotation.
+    let mut open =
+        http(connect(s.addr, client_config(&s.server_ca, Some(&etl))).await.unwrap()).await.unwrap();
+    assert_eq!(get(&mut open, "/etl/before").await.unwrap().0, 200);
+
+    let new = server_leaf(&s.server_ca);
+    // Key first, then certificate: the pair is briefly mismatched, which must not apply.
+    write(&s.path("server.key"), &new.key_pem);
+    write(&s.path("server.crt"), &new.cert_pem);
+    eventually("new connections get the new certificate", || async {
+        served_certificate(&s, &etl).await == new.der
+    })
+    .await;
+    assert_ne!(old, new.der);
+
+    // The old connection still works, with the certificate it started with.
+    assert_eq!(get(&mut open, "/etl/after").await.unwrap().0, 200);
+
+    let expiry = rcgen_not_after(&new.der);
+    let metrics = s.app.gateway.metrics.render();
+    assert!(
+        metrics.contains(&format!("keygate_tls_cert_expiry_timestamp_seconds {expiry}")),
+        "expiry metric must follow the new certificate:\n{metrics}"
+    );
+    s.app.shutdown().await;
+}
+
+fn rcgen_not_after(der: &CertificateDer<'_>) -> i64 {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    cert.validity().not_after.timestamp()
+}
+
+#[tokio::test]
+async fn mismatched_certificate_on_reload_keeps_the_old_pair() {
+    let s = setup().await;
+    let etl = leaf(&s.client_ca, vec![uri("spiffe://test/etl")], false);
+    let old = served_certificate(&s, &etl).await;
+    let other = server_leaf(&s.server_ca);
+    // A new certificate without its key: the pair does not match.
+    write(&s.path("server.crt"), &other.cert_pem);
+    eventually("the failed reload is counted", || async {
+        s.app.gateway.metrics.render().contains("keygate_config_reloads_total{result=\"failure\"} 1")
+    })
+    .await;
+    assert_eq!(served_certificate(&s, &etl).await, old);
+    assert!(s.app.gateway.metrics.render().contains("keygate_config_last_reload_successful 0"));
+    assert_eq!(request(&s, Some(&etl), "/etl/x").await, Ok((200, None)));
+    s.app.shutdown().await;
+}
+
+#[test]
+fn bad_certificate_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca("a");
+    let one = server_leaf(&server_ca);
+    let two = server_leaf(&server_ca);
+    write(&dir.path().join("s.crt"), &one.cert_pem);
+    write(&dir.path().join("s.key"), &two.key_pem);
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{d}/s.crt\"\nkey = \"{d}/s.key\"\n\
+         [secrets.k]\nvalue = \"v\"\n[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:9\"\n\
+         inject = {{ query = \"k\" }}\nsecret = \"k\"\nallow = [\"127.0.0.1\"]\n",
+        d = dir.path().display()
+    );
+    let path = dir.path().join("k.toml");
+    write(&path, &config);
+    let problems = keygate::config::load(&path, 1, None).unwrap_err().to_string();
+    assert!(problems.contains("server.tls: the certificate does not match the key"), "{problems}");
+
+    write(&dir.path().join("s.crt"), "not a certificate");
+    let problems = keygate::config::load(&path, 1, None).unwrap_err().to_string();
+    assert!(problems.contains("server.tls: cert: holds no PEM certificate"), "{problems}");
+}
