@@ -1,0 +1,296 @@
+//! Callers (design §4) over real connections from different source addresses: groups,
+//! CIDR edges, IPv4-mapped peers on a dual-stack listener, trusted-proxy chains,
+//! shadow mode, the admin allow list, and a non-loopback IPv6 caller in a network
+//! namespace when the machine allows creating one.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::{Gateway, Upstream, sample, send_from};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn config(listen: &str, upstream: &Upstream, extra_routes: &str, callers: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+[admin]
+listen = "127.0.0.1:0"
+allow = ["127.0.0.2/32"]
+[log]
+level = "error"
+access = false
+{callers}
+[secrets.k]
+value = "callers-test-sentinel"
+[[routes]]
+name = "two-only"
+prefix = "/two"
+upstream = "http://{up}"
+inject = {{ header = "X-Api-Key" }}
+secret = "k"
+allow = ["127.0.0.2/32"]
+{extra_routes}
+"#,
+        up = upstream.addr
+    )
+}
+
+#[tokio::test]
+async fn slash_32_admits_exactly_one_source_address() {
+    let up = Upstream::start(200).await;
+    let gw = Gateway::start(&config("127.0.0.1:0", &up, "", "")).await;
+    let to = gw.addr();
+    assert_eq!(send_from(ip("127.0.0.2"), to, "GET", "/two/x", &[]).await.status, 200);
+    for other in ["127.0.0.1", "127.0.0.3"] {
+        let a = send_from(ip(other), to, "GET", "/two/x", &[]).await;
+        assert_eq!((a.status, a.error.as_deref()), (403, Some("caller_not_allowed")), "{other}");
+    }
+    assert_eq!(up.seen().len(), 1, "refused callers reach nothing upstream");
+}
+
+#[tokio::test]
+async fn groups_name_callers_in_metrics_and_admit_by_membership() {
+    let up = Upstream::start(200).await;
+    let callers = r#"
+[callers.groups.etl]
+cidrs = ["127.0.0.2/32", "127.0.0.3/32"]
+[callers.groups.loop]
+cidrs = ["127.0.0.0/8"]
+"#;
+    let routes = format!(
+        r#"
+[[routes]]
+name = "etl"
+prefix = "/etl"
+upstream = "http://{}"
+inject = {{ header = "X-Api-Key" }}
+secret = "k"
+allow = ["etl"]
+"#,
+        up.addr
+    );
+    let gw = Gateway::start(&config("127.0.0.1:0", &up, &routes, callers)).await;
+    let to = gw.addr();
+    assert_eq!(send_from(ip("127.0.0.2"), to, "GET", "/etl/a", &[]).await.status, 200);
+    assert_eq!(send_from(ip("127.0.0.3"), to, "GET", "/etl/a", &[]).await.status, 200);
+    assert_eq!(send_from(ip("127.0.0.4"), to, "GET", "/etl/a", &[]).await.status, 403);
+    let m = gw.metrics();
+    // The first group that admits a caller names it; the label set stays closed.
+    assert_eq!(sample(&m, r#"keygate_requests_total{caller="etl",code="200",operation="get",route="etl"}"#), Some(2.0));
+    assert_eq!(sample(&m, r#"keygate_requests_total{caller="loop",code="403",operation="-",route="etl"}"#), Some(1.0));
+    assert!(!m.contains("127.0.0."), "no caller address in any label:\n{m}");
+}
+
+#[tokio::test]
+async fn dual_stack_listener_matches_ipv4_rules_for_mapped_peers_and_ipv6_rules_for_v6() {
+    let up = Upstream::start(200).await;
+    let routes = format!(
+        r#"
+[[routes]]
+name = "v6"
+prefix = "/v6"
+upstream = "http://{}"
+inject = {{ header = "X-Api-Key" }}
+secret = "k"
+allow = ["::1/128"]
+"#,
+        up.addr
+    );
+    let Ok(gw) = tokio::spawn(async move { Gateway::start(&config("[::]:0", &up, &routes, "")).await }).await else {
+        eprintln!("skipped: this machine cannot listen on [::]");
+        return;
+    };
+    let port = gw.addr().port();
+    let v4 = std::net::SocketAddr::new(ip("127.0.0.1"), port);
+    let v6 = std::net::SocketAddr::new(ip("::1"), port);
+    // An IPv4 caller arrives as ::ffff:127.0.0.2 and must match 127.0.0.2/32.
+    assert_eq!(send_from(ip("127.0.0.2"), v4, "GET", "/two/x", &[]).await.status, 200);
+    assert_eq!(send_from(ip("127.0.0.3"), v4, "GET", "/two/x", &[]).await.status, 403);
+    assert_eq!(send_from(ip("::1"), v6, "GET", "/v6/x", &[]).await.status, 200);
+    assert_eq!(send_from(ip("::1"), v6, "GET", "/two/x", &[]).await.status, 403);
+    assert_eq!(send_from(ip("127.0.0.2"), v4, "GET", "/v6/x", &[]).await.status, 403);
+}
+
+fn proxy_config(up: &Upstream) -> String {
+    let callers = r#"
+[callers]
+trusted_proxies = ["127.0.0.9/32", "10.9.0.0/16"]
+"#;
+    let routes = format!(
+        r#"
+[[routes]]
+name = "office"
+prefix = "/office"
+upstream = "http://{}"
+inject = {{ header = "X-Api-Key" }}
+secret = "k"
+allow = ["10.1.0.0/16"]
+"#,
+        up.addr
+    );
+    config("127.0.0.1:0", up, &routes, callers)
+}
+
+#[tokio::test]
+async fn trusted_proxy_chains_are_walked_from_the_right() {
+    let up = Upstream::start(200).await;
+    let gw = Gateway::start(&proxy_config(&up)).await;
+    let to = gw.addr();
+    let proxy = ip("127.0.0.9");
+    let cases: &[(&[&str], u16)] = &[
+        // Spoofed entries on the left are never reached.
+        (&["6.6.6.6, 10.1.2.3"], 200),
+        (&["10.1.2.3, 6.6.6.6"], 403),
+        // Trusted hops are skipped; several header lines form one list.
+        (&["10.1.2.3", "10.9.0.5"], 200),
+        (&["6.6.6.6, 10.1.2.3, 10.9.0.7, 10.9.0.8"], 200),
+        // Every entry trusted: the leftmost is the caller.
+        (&["10.9.0.1, 10.9.0.2"], 403),
+        // Malformed entries make the caller unknown.
+        (&["10.1.2.3, not-an-ip"], 403),
+        (&["10.1.2.3,,10.9.0.2"], 403),
+        // No header: the trusted peer itself is the caller.
+        (&[], 403),
+    ];
+    for (xff, want) in cases {
+        let headers: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
+        let a = send_from(proxy, to, "GET", "/office/r", &headers).await;
+        assert_eq!(a.status, *want, "X-Forwarded-For {xff:?}: {}", a.body);
+        if *want == 403 {
+            assert_eq!(a.error.as_deref(), Some("caller_not_allowed"));
+        }
+    }
+    // Nothing about callers travels upstream.
+    for seen in up.seen() {
+        assert!(
+            seen.headers.iter().all(|(n, _)| n != "x-forwarded-for" && n != "forwarded" && n != "x-real-ip"),
+            "{seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn untrusted_peers_cannot_claim_an_address() {
+    let up = Upstream::start(200).await;
+    let gw = Gateway::start(&proxy_config(&up)).await;
+    for header in ["x-forwarded-for", "x-real-ip", "forwarded"] {
+        let value = if header == "forwarded" { "for=10.1.2.3" } else { "10.1.2.3" };
+        let a = send_from(ip("127.0.0.8"), gw.addr(), "GET", "/office/r", &[(header, value)]).await;
+        assert_eq!(a.status, 403, "{header}");
+    }
+    // Forwarded and X-Real-IP are never believed, even from a trusted proxy.
+    for (header, value) in [("x-real-ip", "10.1.2.3"), ("forwarded", "for=10.1.2.3")] {
+        let a = send_from(ip("127.0.0.9"), gw.addr(), "GET", "/office/r", &[(header, value)]).await;
+        assert_eq!(a.status, 403, "{header}");
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn shadow_allow_counts_without_deciding() {
+    let up = Upstream::start(200).await;
+    let routes = format!(
+        r#"
+[[routes]]
+name = "trial"
+prefix = "/trial"
+upstream = "http://{}"
+inject = {{ header = "X-Api-Key" }}
+secret = "k"
+allow = ["127.0.0.0/8"]
+shadow_allow = ["127.0.0.2/32"]
+"#,
+        up.addr
+    );
+    let gw = Gateway::start(&config("127.0.0.1:0", &up, &routes, "")).await;
+    let to = gw.addr();
+    assert_eq!(sample(&gw.metrics(), r#"keygate_shadow_denied_total{route="trial"}"#), Some(0.0));
+    assert_eq!(send_from(ip("127.0.0.2"), to, "GET", "/trial/a", &[]).await.status, 200);
+    assert_eq!(send_from(ip("127.0.0.3"), to, "GET", "/trial/a", &[]).await.status, 200);
+    assert_eq!(send_from(ip("127.0.0.4"), to, "GET", "/trial/a", &[]).await.status, 200);
+    assert_eq!(sample(&gw.metrics(), r#"keygate_shadow_denied_total{route="trial"}"#), Some(2.0));
+}
+
+#[tokio::test]
+async fn admin_allow_guards_metrics_and_config_but_not_probes() {
+    let up = Upstream::start(200).await;
+    let gw = Gateway::start(&config("127.0.0.1:0", &up, "", "")).await;
+    let admin = gw.app.admin_addr.unwrap();
+    for path in ["/metrics", "/config"] {
+        let a = send_from(ip("127.0.0.1"), admin, "GET", path, &[]).await;
+        assert_eq!((a.status, a.error.as_deref()), (403, Some("caller_not_allowed")), "{path}");
+        assert_eq!(send_from(ip("127.0.0.2"), admin, "GET", path, &[]).await.status, 200, "{path}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(send_from(ip("127.0.0.3"), admin, "GET", path, &[]).await.status, 200, "{path}");
+    }
+}
+
+/// A caller on a non-loopback IPv6 address, from a network namespace this test creates
+/// (veth pair fd00:6b67::1 ↔ fd00:6b67::2). Needs root and iproute2; skipped otherwise.
+#[tokio::test]
+async fn ipv6_caller_from_a_network_namespace() {
+    use std::process::Command;
+    let ns = format!("kg{}", std::process::id());
+    let veth = format!("kgv{}", std::process::id() % 100_000);
+    let peer = format!("{veth}p");
+    let run = |args: &[&str]| Command::new("ip").args(args).output().map(|o| o.status.success()).unwrap_or(false);
+    if !run(&["netns", "add", &ns]) {
+        eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
+        return;
+    }
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.1]).output();
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone(), veth.clone());
+    let setup: &[&[&str]] = &[
+        &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+        &["link", "set", &peer, "netns", &ns],
+        &["addr", "add", "fd00:6b67::1/64", "dev", &veth, "nodad"],
+        &["link", "set", &veth, "up"],
+        &["-n", &ns, "addr", "add", "fd00:6b67::2/64", "dev", &peer, "nodad"],
+        &["-n", &ns, "link", "set", &peer, "up"],
+        &["-n", &ns, "link", "set", "lo", "up"],
+    ];
+    for args in setup {
+        assert!(run(args), "ip {args:?} failed");
+    }
+
+    let up = Upstream::start(200).await;
+    let routes = format!(
+        r#"
+[[routes]]
+name = "lab"
+prefix = "/lab"
+upstream = "http://{}"
+inject = {{ header = "X-Api-Key" }}
+secret = "k"
+allow = ["fd00:6b67::2/128"]
+"#,
+        up.addr
+    );
+    let gw = Gateway::start(&config("[fd00:6b67::1]:0", &up, &routes, "")).await;
+    let port = gw.addr().port();
+    let ns_name = ns.clone();
+    let fetch = move |path: &str| {
+        let url = format!("http://[fd00:6b67::1]:{port}{path}");
+        let script = "import sys, urllib.request, urllib.error\n\
+                      try:\n  print(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n\
+                      except urllib.error.HTTPError as e:\n  print(e.code)";
+        let out = Command::new("ip").args(["netns", "exec", &ns_name, "python3", "-c", script, &url]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (lab, two) = tokio::task::spawn_blocking(move || (fetch("/lab/x"), fetch("/two/x"))).await.unwrap();
+    assert_eq!(lab, "200");
+    assert_eq!(two, "403");
+    assert_eq!(up.seen().len(), 1);
+}
