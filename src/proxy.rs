@@ -93,6 +93,11 @@ async fn pipeline(
         .with_label_values(&[&route.name, target.operation])
         .observe(started.elapsed().as_secs_f64());
     let response = match result {
+        // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
+        // on would tell the caller a tunnel exists.
+        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            return Err(upstream_failure(gw, &route, Failure::Protocol, bytes_in));
+        }
         Ok(response) => response,
         Err(failure) => return Err(upstream_failure(gw, &route, failure, bytes_in)),
     };
