@@ -86,13 +86,11 @@ async fn connection_naming_the_credential_header_cannot_remove_the_real_key() {
 #[tokio::test]
 async fn hop_by_hop_and_bi_credentials_never_reach_the_upstream() {
     let (sb, gw) = import_gateway().await;
-    let request = format!(
-        "GET /export/0.1/chart HTTP/1.1\r\nHost: keygate.test\r\n\
+    let request = "GET /export/0.1/chart HTTP/1.1\r\nHost: keygate.test\r\n\
          Connection: keep-alive, X-Custom-Hop\r\nX-Custom-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
          Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\n\
          Trailer: X-T\r\nUpgrade: websocket\r\nAuthorization: Bearer caller\r\nCookie: a=b\r\n\
-         X-Kept: yes\r\nConnection: close\r\n\r\n"
-    );
+         X-Kept: yes\r\nConnection: close\r\n\r\n";
     let reply = raw_once(gw.addr, request.as_bytes()).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let seen = sb.recorded();
@@ -200,7 +198,7 @@ async fn host_sent_upstream_is_the_upstreams_whatever_the_caller_says() {
     let seen = sb.recorded();
     assert_eq!(seen.len(), requests.len());
     for r in &seen {
-        assert_eq!(recorded_header(r, "host"), [upstream_host.clone()]);
+        assert_eq!(recorded_header(r, "host"), [upstream_host.as_str()]);
         assert_eq!(r.path, format!("/v2/client/{CID}/authenticate"));
     }
     // Two Host lines: still routed by path, still sent with the upstream's one Host.
@@ -209,7 +207,7 @@ async fn host_sent_upstream_is_the_upstreams_whatever_the_caller_says() {
     assert_eq!(reply.status, 200);
     assert_eq!(sb.recorded().len(), requests.len() + 1);
     for r in sb.recorded() {
-        assert_eq!(recorded_header(&r, "host"), [upstream_host.clone()]);
+        assert_eq!(recorded_header(&r, "host"), [upstream_host.as_str()]);
     }
 }
 
