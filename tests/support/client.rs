@@ -105,21 +105,48 @@ impl Raw {
         self.stream.write_all(bytes).await.expect("write");
     }
 
-    /// Reads more bytes; false at EOF or on a reset.
+    /// Reads more bytes; false at EOF or on a reset; panics after `limit` of silence.
     async fn fill(&mut self, limit: Duration) -> bool {
+        match self.try_fill(limit).await {
+            Some(more) => more,
+            None => panic!("no bytes from keygate within {limit:?}; have {:?}", self.peek()),
+        }
+    }
+
+    /// Like `fill`, but None after `limit` of silence.
+    async fn try_fill(&mut self, limit: Duration) -> Option<bool> {
         if self.eof {
-            return false;
+            return Some(false);
         }
         let mut chunk = [0u8; 16 * 1024];
         match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
-            Err(_) => panic!("no bytes from keygate within {limit:?}; have {:?}", self.peek()),
+            Err(_) => None,
             Ok(Ok(0)) | Ok(Err(_)) => {
                 self.eof = true;
-                false
+                Some(false)
             }
             Ok(Ok(n)) => {
                 self.buf.extend_from_slice(&chunk[..n]);
-                true
+                Some(true)
+            }
+        }
+    }
+
+    /// Every response until keygate closes the connection or stays quiet for `quiet`;
+    /// the flag says whether it closed.
+    pub async fn responses_until_close(&mut self, quiet: Duration) -> (Vec<Reply>, bool) {
+        let mut replies = Vec::new();
+        loop {
+            if self.buf.is_empty() {
+                match self.try_fill(quiet).await {
+                    None => return (replies, false),
+                    Some(false) => return (replies, true),
+                    Some(true) => {}
+                }
+            }
+            match self.response().await {
+                Some(reply) => replies.push(reply),
+                None => return (replies, true),
             }
         }
     }

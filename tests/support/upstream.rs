@@ -34,6 +34,8 @@ pub struct Recorded {
     pub body_len: u64,
     /// True when the body was exactly the [`PatternBody`] byte pattern.
     pub body_is_pattern: bool,
+    /// False when the body ended in an error (cut, broken framing).
+    pub body_complete: bool,
 }
 
 impl Recorded {
@@ -190,6 +192,7 @@ async fn handle(
         headers: parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect(),
         body_len: verifier.offset,
         body_is_pattern: verifier.intact(),
+        body_complete: !verifier.broken,
     };
     let answer = handler(&recorded);
     rec.lock().expect("lock").push(recorded);
