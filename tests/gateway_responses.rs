@@ -208,3 +208,33 @@ async fn connect_is_refused_and_never_tunnels() {
     assert!((400..500).contains(&reply.status), "{}", reply.status);
     assert!(up.recorded().is_empty());
 }
+
+#[tokio::test]
+async fn admin_endpoints_show_fingerprints_never_keys() {
+    let sb = sandbox(false).await;
+    let gw = GatewayBuilder::new()
+        .route(RouteSpec::import(&sb.base_url()))
+        .route(RouteSpec::export(&sb.base_url()))
+        .start()
+        .await;
+    assert_eq!(get(gw.addr, &format!("{}?apikey={IMPORT_KEY}", auth_path()), &[]).await.status, 200);
+    assert_eq!(get(gw.addr, "/export/0.1/chart", &[]).await.status, 200);
+    let metrics = get(gw.admin, "/metrics", &[]).await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.text().contains("keygate_requests_total"));
+    let config = get(gw.admin, "/config", &[]).await;
+    assert_eq!(config.status, 200);
+    let fingerprint = keygate::secret::Secret::new(IMPORT_KEY.to_owned()).fingerprint();
+    let secrets = config.json()["secrets"].clone();
+    assert!(
+        secrets
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "bi_import" && s["fingerprint"] == fingerprint),
+        "{secrets}"
+    );
+    for reply in [&metrics, &config] {
+        assert_no_key(&reply.dump());
+    }
+}

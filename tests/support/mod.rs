@@ -94,6 +94,7 @@ impl RouteSpec {
 /// Builds a config in a temporary directory and starts keygate on it in-process.
 pub struct GatewayBuilder {
     dir: tempfile::TempDir,
+    listen: String,
     server: Vec<String>,
     extra: String,
     routes: Vec<RouteSpec>,
@@ -105,7 +106,19 @@ impl GatewayBuilder {
         for (name, key) in [("bi_import", IMPORT_KEY), ("bi_export", EXPORT_KEY), ("generic", GENERIC_KEY)] {
             write_private(&dir.path().join(format!("{name}.key")), &format!("{key}\n"));
         }
-        GatewayBuilder { dir, server: Vec::new(), extra: String::new(), routes: Vec::new() }
+        GatewayBuilder {
+            dir,
+            listen: "\"127.0.0.1:0\"".to_owned(),
+            server: Vec::new(),
+            extra: String::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Replaces the gateway's `listen` value (TOML source text).
+    pub fn listen(mut self, value: &str) -> GatewayBuilder {
+        self.listen = value.to_owned();
+        self
     }
 
     /// Adds a `[server]` line, e.g. `max_connections = 1`.
@@ -136,7 +149,7 @@ impl GatewayBuilder {
     /// The config text this builder produces.
     pub fn config_text(&self) -> String {
         let d = self.dir.path().display();
-        let mut text = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+        let mut text = format!("[server]\nlisten = {}\n", self.listen);
         for line in &self.server {
             text.push_str(line);
             text.push('\n');
@@ -157,9 +170,9 @@ impl GatewayBuilder {
         std::fs::write(&path, self.config_text()).expect("write config");
         let snapshot = keygate::config::load(&path, 1, None).unwrap_or_else(|p| panic!("config: {p}"));
         let app = App::start(snapshot, None, None).await.expect("start keygate");
-        let addr = app.local_addrs()[0];
+        let addrs = app.local_addrs().to_vec();
         let admin = app.admin_addr.expect("admin listener");
-        TestGateway { app: Some(app), addr, admin, _dir: self.dir }
+        TestGateway { app: Some(app), addr: addrs[0], addrs, admin, _dir: self.dir }
     }
 }
 
@@ -172,7 +185,10 @@ impl Default for GatewayBuilder {
 /// A running in-process keygate.
 pub struct TestGateway {
     app: Option<App>,
+    /// The first gateway listener.
     pub addr: SocketAddr,
+    /// Every gateway listener, in config order.
+    pub addrs: Vec<SocketAddr>,
     pub admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -304,6 +320,18 @@ pub fn assert_no_key(text: &str) {
     for key in [IMPORT_KEY, EXPORT_KEY, GENERIC_KEY, "SENTINELgenericKEY%2F"] {
         assert!(!text.contains(key), "a key leaked: {text}");
     }
+}
+
+/// One GET from a client socket bound to `from` (any 127.0.0.0/8 address, or ::1).
+pub async fn get_from(from: std::net::IpAddr, to: SocketAddr, target: &str) -> Reply {
+    let socket = match from {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket.bind(SocketAddr::new(from, 0)).expect("bind client");
+    let stream = socket.connect(to).await.expect("connect");
+    client::send_on(stream, client::request(http::Method::GET, target, &[], b"")).await
 }
 
 /// A loopback port that nothing listens on (bound, read, released).
