@@ -39,13 +39,16 @@ pub enum BodyError {
     /// No bytes arrived for longer than the idle timeout.
     #[error("body stalled past the idle timeout")]
     Idle,
+    /// The body itself failed (e.g. broken chunked framing from the sender).
+    #[error("body could not be read")]
+    Broken,
 }
 
 /// Counters shared between a metered body and whoever reports on it.
 #[derive(Debug, Default)]
 pub struct Meter {
     bytes: AtomicU64,
-    /// 0 = fine, 1 = too large, 2 = idle.
+    /// 0 = fine, 1 = too large, 2 = idle, 3 = broken.
     failure: AtomicU64,
 }
 
@@ -60,6 +63,7 @@ impl Meter {
         match self.failure.load(Ordering::Relaxed) {
             1 => Some(BodyError::TooLarge),
             2 => Some(BodyError::Idle),
+            3 => Some(BodyError::Broken),
             _ => None,
         }
     }
@@ -68,6 +72,7 @@ impl Meter {
         let code = match error {
             BodyError::TooLarge => 1,
             BodyError::Idle => 2,
+            BodyError::Broken => 3,
         };
         self.failure.store(code, Ordering::Relaxed);
         Box::new(error)
@@ -126,7 +131,11 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Err(error))) => {
+                // Noted so a broken request body is blamed on the caller, not the upstream.
+                let _ = this.meter.fail(BodyError::Broken);
+                Poll::Ready(Some(Err(error.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let Some(idle) = this.idle else { return Poll::Pending };

@@ -93,6 +93,11 @@ async fn pipeline(
         .with_label_values(&[&route.name, target.operation])
         .observe(started.elapsed().as_secs_f64());
     let response = match result {
+        // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
+        // on would tell the caller a tunnel exists.
+        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            return Err(upstream_failure(gw, &route, Failure::Protocol, bytes_in));
+        }
         Ok(response) => response,
         Err(failure) => return Err(upstream_failure(gw, &route, failure, bytes_in)),
     };
@@ -224,7 +229,7 @@ fn body_refusal(bytes_in: &Meter) -> Refusal {
     match bytes_in.failure() {
         Some(BodyError::TooLarge) => Refusal::BodyTooLarge,
         Some(BodyError::Idle) => Refusal::BadRequest("the request body stalled"),
-        None => Refusal::BadRequest("the request body could not be read"),
+        Some(BodyError::Broken) | None => Refusal::BadRequest("the request body could not be read"),
     }
 }
 

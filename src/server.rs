@@ -25,7 +25,7 @@ use crate::proxy::{self, ConnInfo};
 use crate::tls::ServerTls;
 
 /// The raw answer to a connection over `max_connections`: it never reaches hyper.
-const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-keygate-error: overloaded\r\nconnection: close\r\ncontent-length: 68\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keygate is at its connection limit\"}";
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-keygate-error: overloaded\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keygate is at its connection limit\"}";
 
 /// A running gateway listener set.
 pub struct Server {

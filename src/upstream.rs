@@ -182,6 +182,12 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
             if io.kind() == io::ErrorKind::TimedOut {
                 return Failure::Timeout;
             }
+            // `io::Error::source()` skips the error it wraps (hyper-rustls wraps
+            // tokio-rustls' io::Error, which wraps the rustls::Error): step into it.
+            if let Some(inner) = io.get_ref() {
+                source = Some(inner);
+                continue;
+            }
         }
         if e.to_string().contains("connect timeout") {
             return Failure::Timeout;

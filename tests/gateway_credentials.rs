@@ -1,0 +1,261 @@
+//! Credentials and identity through the gateway, against the recording BI sandbox and
+//! a recording fake upstream: the real key arrives exactly once whatever the caller
+//! sends, caller copies and hop-by-hop headers never leave, forwarding headers are
+//! neither forwarded nor believed, and the upstream is chosen by config only.
+
+mod support;
+
+use support::client::{Raw, get, raw_once};
+use support::upstream::{FakeUpstream, ok};
+use support::*;
+
+fn auth_path() -> String {
+    format!("/import/v2/client/{CID}/authenticate")
+}
+
+async fn import_gateway() -> (keygate::sandbox::Sandbox, TestGateway) {
+    let sb = sandbox(false).await;
+    let gw = GatewayBuilder::new()
+        .route(RouteSpec::import(&sb.base_url()))
+        .route(RouteSpec::export(&sb.base_url()))
+        .start()
+        .await;
+    (sb, gw)
+}
+
+#[tokio::test]
+async fn import_key_arrives_exactly_once_whatever_apikey_the_caller_sends() {
+    let (sb, gw) = import_gateway().await;
+    let queries = [
+        "",
+        "?apikey=evil",
+        "?apikey=a&apikey=b",
+        "?APIKEY=x",
+        "?%61pikey=x",
+        "?ApiKey=&x=1&apikey[]=y&api%4Bey=z",
+        "?x=1&apikey=evil&y=2",
+    ];
+    for q in queries {
+        let reply = get(gw.addr, &format!("{}{q}", auth_path()), &[]).await;
+        assert_eq!(reply.status, 200, "{q}: {}", reply.text());
+        assert_no_key(&reply.dump());
+    }
+    let seen = sb.recorded();
+    assert_eq!(seen.len(), queries.len());
+    for (r, q) in seen.iter().zip(queries) {
+        assert_eq!(r.path, format!("/v2/client/{CID}/authenticate"));
+        assert_eq!(query_params(r.query.as_deref(), "apikey"), [format!("apikey={IMPORT_KEY}")], "{q}");
+        assert!(!r.query.as_deref().unwrap_or("").contains("evil"), "{q}");
+    }
+    // Other parameters keep their order and bytes.
+    assert_eq!(seen[6].query.as_deref(), Some(format!("x=1&y=2&apikey={IMPORT_KEY}").as_str()));
+}
+
+#[tokio::test]
+async fn export_key_header_arrives_exactly_once_whatever_the_caller_sends() {
+    let (sb, gw) = import_gateway().await;
+    let cases: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("X-RJM-API-Key", "evil")],
+        &[("X-RJM-API-Key", "evil"), ("x-rjm-api-key", "evil2")],
+        &[("X-RJM-API-KEY", "evil"), ("Connection", "X-RJM-API-Key")],
+    ];
+    for headers in cases {
+        let reply = get(gw.addr, "/export/0.1/figure", headers).await;
+        assert_eq!(reply.status, 200, "{headers:?}: {}", reply.text());
+    }
+    let seen = sb.recorded();
+    assert_eq!(seen.len(), cases.len());
+    for r in &seen {
+        assert_eq!(r.path, "/0.1/figure");
+        assert_eq!(recorded_header(r, "x-rjm-api-key"), [EXPORT_KEY]);
+        assert!(recorded_header(r, "connection").iter().all(|v| !v.to_ascii_lowercase().contains("rjm")));
+    }
+}
+
+#[tokio::test]
+async fn connection_naming_the_credential_header_cannot_remove_the_real_key() {
+    let up = FakeUpstream::start(ok()).await;
+    let gw = GatewayBuilder::new().route(RouteSpec::generic(&up.url())).start().await;
+    let reply = get(gw.addr, "/generic/x", &[("Connection", "Authorization, keep-alive")]).await;
+    assert_eq!(reply.status, 200);
+    let seen = up.recorded();
+    assert_eq!(seen[0].header("authorization"), [format!("Bearer {GENERIC_KEY}")]);
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_bi_credentials_never_reach_the_upstream() {
+    let (sb, gw) = import_gateway().await;
+    let request = "GET /export/0.1/chart HTTP/1.1\r\nHost: keygate.test\r\n\
+         Connection: keep-alive, X-Custom-Hop\r\nX-Custom-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+         Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\n\
+         Trailer: X-T\r\nUpgrade: websocket\r\nAuthorization: Bearer caller\r\nCookie: a=b\r\n\
+         X-Kept: yes\r\nConnection: close\r\n\r\n";
+    let reply = raw_once(gw.addr, request.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = sb.recorded();
+    assert_eq!(seen.len(), 1);
+    let names: Vec<&str> = seen[0].headers.iter().map(|(n, _)| n.as_str()).collect();
+    for gone in [
+        "connection",
+        "x-custom-hop",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "authorization",
+        "cookie",
+    ] {
+        assert!(!names.contains(&gone), "{gone} was forwarded: {names:?}");
+    }
+    assert_eq!(recorded_header(&seen[0], "x-kept"), ["yes"]);
+    assert_eq!(recorded_header(&seen[0], "x-rjm-api-key"), [EXPORT_KEY]);
+}
+
+#[tokio::test]
+async fn header_names_with_underscores_are_never_forwarded() {
+    let (sb, gw) = import_gateway().await;
+    let request = "GET /export/0.1/figure HTTP/1.1\r\nHost: x\r\nX_RJM_API_Key: evil\r\n\
+                   X_Other: 1\r\nConnection: close\r\n\r\n";
+    let reply = raw_once(gw.addr, request.as_bytes()).await;
+    // keygate drops such headers (design: "dropped or refused, never forwarded").
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(sb.recorded().len(), 1);
+    for r in sb.recorded() {
+        assert!(r.headers.iter().all(|(n, _)| !n.contains('_')), "{:?}", r.headers);
+        assert_eq!(recorded_header(&r, "x-rjm-api-key"), [EXPORT_KEY]);
+    }
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_not_forwarded_and_not_believed_from_untrusted_peers() {
+    let up = FakeUpstream::start(ok()).await;
+    let gw = GatewayBuilder::new()
+        .route(RouteSpec::generic(&up.url()))
+        .route(
+            RouteSpec::generic(&up.url())
+                .set("name", "\"private\"")
+                .set("prefix", "\"/private\"")
+                .set("allow", "[\"10.0.0.0/8\"]"),
+        )
+        .start()
+        .await;
+    let spoof: &[(&str, &str)] =
+        &[("X-Forwarded-For", "10.1.2.3"), ("Forwarded", "for=10.1.2.3"), ("X-Real-IP", "10.1.2.3")];
+    let denied = get(gw.addr, "/private/x", spoof).await;
+    assert_refusal(&denied, 403, "caller_not_allowed");
+    assert!(up.recorded().is_empty());
+
+    let allowed = get(gw.addr, "/generic/x", spoof).await;
+    assert_eq!(allowed.status, 200);
+    let seen = up.recorded();
+    assert_eq!(seen.len(), 1);
+    for name in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+        assert!(seen[0].header(name).is_empty(), "{name} forwarded");
+    }
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies_and_still_not_forwarded() {
+    let up = FakeUpstream::start(ok()).await;
+    let gw = GatewayBuilder::new()
+        .extra("[callers]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .route(RouteSpec::generic(&up.url()).set("allow", "[\"10.0.0.0/8\"]"))
+        .start()
+        .await;
+    let inside = get(gw.addr, "/generic/x", &[("X-Forwarded-For", "10.9.9.9")]).await;
+    assert_eq!(inside.status, 200);
+    let outside = get(gw.addr, "/generic/x", &[("X-Forwarded-For", "10.9.9.9, 192.0.2.1")]).await;
+    assert_refusal(&outside, 403, "caller_not_allowed");
+    let garbage = get(gw.addr, "/generic/x", &[("X-Forwarded-For", "not-an-ip")]).await;
+    assert_refusal(&garbage, 403, "caller_not_allowed");
+    let seen = up.recorded();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].header("x-forwarded-for").is_empty());
+}
+
+#[tokio::test]
+async fn host_sent_upstream_is_the_upstreams_whatever_the_caller_says() {
+    let (sb, gw) = import_gateway().await;
+    let upstream_host = sb.local_addr().to_string();
+    let requests = [
+        format!("GET {} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n", auth_path()),
+        format!(
+            "GET http://evil.example{} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+            auth_path()
+        ),
+        format!(
+            "GET http://evil.example:9{} HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+            auth_path()
+        ),
+    ];
+    for request in &requests {
+        let reply = raw_once(gw.addr, request.as_bytes()).await;
+        assert_eq!(reply.status, 200, "{request}: {}", reply.text());
+    }
+    let seen = sb.recorded();
+    assert_eq!(seen.len(), requests.len());
+    for r in &seen {
+        assert_eq!(recorded_header(r, "host"), [upstream_host.as_str()]);
+        assert_eq!(r.path, format!("/v2/client/{CID}/authenticate"));
+    }
+    // Two Host lines: still routed by path, still sent with the upstream's one Host.
+    let dup = format!("GET {} HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", auth_path());
+    let reply = raw_once(gw.addr, dup.as_bytes()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sb.recorded().len(), requests.len() + 1);
+    for r in sb.recorded() {
+        assert_eq!(recorded_header(&r, "host"), [upstream_host.as_str()]);
+    }
+}
+
+#[tokio::test]
+async fn path_tricks_are_never_forwarded() {
+    let (sb, gw) = import_gateway().await;
+    let long = format!("/import/{}", "a/".repeat(4000));
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("/import/../x".into(), 400, "invalid_path"),
+        ("/import/./v2/client/12345/authenticate".into(), 400, "invalid_path"),
+        ("/import/%2e%2e/x".into(), 400, "invalid_path"),
+        ("/import/%2E%2E/export/0.1/figure".into(), 400, "invalid_path"),
+        ("//import/v2/client/12345/authenticate".into(), 400, "invalid_path"),
+        ("/import//v2/client/12345/authenticate".into(), 400, "invalid_path"),
+        ("/import%2Fv2/client/12345/authenticate".into(), 400, "invalid_path"),
+        ("/import/v2%2fclient/12345/authenticate".into(), 400, "invalid_path"),
+        ("/import/v2/client/12345/authenticate%00".into(), 400, "invalid_path"),
+        ("/import\\v2/client/12345/authenticate".into(), 400, "invalid_path"),
+        ("/IMPORT/v2/client/12345/authenticate".into(), 404, "no_route"),
+        ("/importer/v2/client/12345/authenticate".into(), 404, "no_route"),
+        ("/import/v2/client/12345;x/authenticate".into(), 403, "client_mismatch"),
+        ("/import/v2/client/12345/authenticate;x".into(), 404, "unknown_operation"),
+        ("/import/v2/client/12345/table/t;x/data".into(), 400, "invalid_path"),
+        (long, 404, "unknown_operation"),
+    ];
+    for (path, status, code) in &cases {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let reply = raw_once(gw.addr, request.as_bytes()).await;
+        assert_refusal(&reply, *status, code);
+    }
+    assert!(sb.recorded().is_empty(), "forwarded: {:?}", sb.recorded());
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_decided_one_by_one() {
+    let (sb, gw) = import_gateway().await;
+    let allowed = format!("GET {}?apikey=x HTTP/1.1\r\nHost: x\r\n\r\n", auth_path());
+    let denied = "GET /import/v2/client/999/authenticate?apikey=y HTTP/1.1\r\nHost: x\r\n\r\n";
+    let allowed_again = format!("GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", auth_path());
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.send(format!("{allowed}{denied}{allowed_again}").as_bytes()).await;
+    let first = raw.response().await.expect("first");
+    let second = raw.response().await.expect("second");
+    let third = raw.response().await.expect("third");
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_refusal(&second, 403, "client_mismatch");
+    assert_eq!(third.status, 200);
+    let seen = sb.recorded();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|r| r.path == format!("/v2/client/{CID}/authenticate")));
+}
