@@ -81,8 +81,14 @@ allow = ["etl"]
     assert_eq!(send_from(ip("127.0.0.4"), to, "GET", "/etl/a", &[]).await.status, 403);
     let m = gw.metrics();
     // The first group that admits a caller names it; the label set stays closed.
-    assert_eq!(sample(&m, r#"keygate_requests_total{caller="etl",code="200",operation="get",route="etl"}"#), Some(2.0));
-    assert_eq!(sample(&m, r#"keygate_requests_total{caller="loop",code="403",operation="-",route="etl"}"#), Some(1.0));
+    assert_eq!(
+        sample(&m, r#"keygate_requests_total{caller="etl",code="200",operation="get",route="etl"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, r#"keygate_requests_total{caller="loop",code="403",operation="-",route="etl"}"#),
+        Some(1.0)
+    );
     assert!(!m.contains("127.0.0."), "no caller address in any label:\n{m}");
 }
 
@@ -101,7 +107,8 @@ allow = ["::1/128"]
 "#,
         up.addr
     );
-    let Ok(gw) = tokio::spawn(async move { Gateway::start(&config("[::]:0", &up, &routes, "")).await }).await else {
+    let Ok(gw) = tokio::spawn(async move { Gateway::start(&config("[::]:0", &up, &routes, "")).await }).await
+    else {
         eprintln!("skipped: this machine cannot listen on [::]");
         return;
     };
@@ -239,7 +246,8 @@ async fn ipv6_caller_from_a_network_namespace() {
     let ns = format!("kg{}", std::process::id());
     let veth = format!("kgv{}", std::process::id() % 100_000);
     let peer = format!("{veth}p");
-    let run = |args: &[&str]| Command::new("ip").args(args).output().map(|o| o.status.success()).unwrap_or(false);
+    let run =
+        |args: &[&str]| Command::new("ip").args(args).output().map(|o| o.status.success()).unwrap_or(false);
     if !run(&["netns", "add", &ns]) {
         eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
         return;
@@ -286,7 +294,10 @@ allow = ["fd00:6b67::2/128"]
         let script = "import sys, urllib.request, urllib.error\n\
                       try:\n  print(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n\
                       except urllib.error.HTTPError as e:\n  print(e.code)";
-        let out = Command::new("ip").args(["netns", "exec", &ns_name, "python3", "-c", script, &url]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns_name, "python3", "-c", script, &url])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     let (lab, two) = tokio::task::spawn_blocking(move || (fetch("/lab/x"), fetch("/two/x"))).await.unwrap();

@@ -11,7 +11,7 @@ use common::{Gateway, Upstream, eventually, sample, send};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-fn config(ok: &Upstream, denied: &Upstream, closed_port: u16) -> String {
+fn config(ok: &Upstream, denied: &Upstream, closed_port: u16, hang: SocketAddr) -> String {
     format!(
         r#"
 [server]
@@ -48,6 +48,14 @@ inject = {{ query = "key" }}
 secret = "k"
 allow = ["local"]
 [[routes]]
+name = "hang"
+prefix = "/hang"
+upstream = "http://{hang}"
+inject = {{ query = "key" }}
+secret = "k"
+allow = ["local"]
+response_timeout = "2s"
+[[routes]]
 name = "nobody"
 prefix = "/nobody"
 upstream = "http://{ok}"
@@ -65,10 +73,23 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// An upstream that accepts connections and never answers.
+async fn hanging() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
 async fn setup() -> (Gateway, Upstream, Upstream) {
     let ok = Upstream::start(200).await;
     let denied = Upstream::start(401).await;
-    let gw = Gateway::start(&config(&ok, &denied, closed_port())).await;
+    let gw = Gateway::start(&config(&ok, &denied, closed_port(), hanging().await)).await;
     (gw, ok, denied)
 }
 
@@ -87,7 +108,8 @@ async fn scripted_traffic_gives_exact_metric_lines() {
     assert_eq!(send(to, "GET", "/ok/../x").await.status, 400);
 
     // The access guard finishes when the body is done; the last one may lag a hair.
-    eventually("in-flight back to zero", || async { gw.metrics().contains("keygate_requests_in_flight 0") }).await;
+    eventually("in-flight back to zero", || async { gw.metrics().contains("keygate_requests_in_flight 0") })
+        .await;
     let m = gw.metrics();
     let expect = [
         (r#"keygate_requests_total{caller="local",code="200",operation="get",route="ok"}"#, 2.0),
@@ -218,7 +240,10 @@ fn find_tool(name: &str) -> Option<String> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     if found.is_none() {
-        assert!(std::env::var("KEYGATE_REQUIRE_TOOLS").as_deref() != Ok("1"), "{name} is required but missing");
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "{name} is required but missing"
+        );
         eprintln!("skipped: {name} is not installed (apt-get install prometheus)");
     }
     found
@@ -243,6 +268,13 @@ async fn readyz_turns_503_at_once_on_shutdown_and_config_shows_fingerprints() {
     assert_eq!(fingerprint, keygate::secret::Secret::parse("observability-sentinel").unwrap().fingerprint());
     assert!(!config.body.contains("observability-sentinel"));
 
+    // A request in flight keeps the drain (and the admin listener) going meanwhile.
+    let to = gw.addr();
+    let in_flight = tokio::spawn(async move { send(to, "GET", "/hang/x").await });
+    eventually("the request is in flight", || async {
+        sample(&gw.metrics(), "keygate_requests_in_flight") == Some(1.0)
+    })
+    .await;
     let Gateway { app, dir: _dir } = gw;
     let gateway = app.gateway.clone();
     let draining = tokio::spawn(app.shutdown());
@@ -252,5 +284,9 @@ async fn readyz_turns_503_at_once_on_shutdown_and_config_shows_fingerprints() {
     })
     .await;
     assert!(gateway.is_shutting_down());
-    assert!(draining.await.unwrap(), "nothing was in flight, so the drain completes");
+    // The in-flight request finishes on its own terms (its upstream timeout), then the
+    // drain completes well within shutdown_grace.
+    let answer = in_flight.await.unwrap();
+    assert_eq!((answer.status, answer.error.as_deref()), (504, Some("upstream_timeout")));
+    assert!(draining.await.unwrap(), "the drain completes once the request is done");
 }

@@ -47,7 +47,12 @@ impl Upstream {
                             let headers = req
                                 .headers()
                                 .iter()
-                                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .map(|(n, v)| {
+                                    (
+                                        n.as_str().to_owned(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
                                 .collect();
                             record.lock().unwrap().push(Seen {
                                 method: req.method().to_string(),
@@ -56,7 +61,8 @@ impl Upstream {
                                 headers,
                             });
                             let _ = req.into_body().collect().await;
-                            let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                            let mut resp =
+                                hyper::Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
                             *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                             resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
                             Ok::<_, Infallible>(resp)
