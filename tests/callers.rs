@@ -3,17 +3,29 @@
 //! shadow mode, the admin allow list, and a non-loopback IPv6 caller in a network
 //! namespace when the machine allows creating one.
 
-mod common;
+mod support;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use common::{Gateway, Upstream, sample, send_from};
+use http::Method;
+use support::client::{Reply, request};
+use support::upstream::{FakeUpstream, status};
+use support::{TestGateway, sample};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn config(listen: &str, upstream: &Upstream, extra_routes: &str, callers: &str) -> String {
+/// One GET from a client bound to `from`.
+async fn call(from: IpAddr, to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    support::send_from(from, to, request(Method::GET, path, headers, b"")).await
+}
+
+fn code(reply: &Reply) -> (u16, Option<String>) {
+    (reply.status, reply.header("x-keygate-error"))
+}
+
+fn config(listen: &str, upstream: &FakeUpstream, extra_routes: &str, callers: &str) -> String {
     format!(
         r#"
 [server]
@@ -42,20 +54,20 @@ allow = ["127.0.0.2/32"]
 
 #[tokio::test]
 async fn slash_32_admits_exactly_one_source_address() {
-    let up = Upstream::start(200).await;
-    let gw = Gateway::start(&config("127.0.0.1:0", &up, "", "")).await;
-    let to = gw.addr();
-    assert_eq!(send_from(ip("127.0.0.2"), to, "GET", "/two/x", &[]).await.status, 200);
+    let up = FakeUpstream::start(status(200)).await;
+    let gw = TestGateway::from_config(&config("127.0.0.1:0", &up, "", "")).await;
+    let to = gw.addr;
+    assert_eq!(call(ip("127.0.0.2"), to, "/two/x", &[]).await.status, 200);
     for other in ["127.0.0.1", "127.0.0.3"] {
-        let a = send_from(ip(other), to, "GET", "/two/x", &[]).await;
-        assert_eq!((a.status, a.error.as_deref()), (403, Some("caller_not_allowed")), "{other}");
+        let a = call(ip(other), to, "/two/x", &[]).await;
+        assert_eq!(code(&a), (403, Some("caller_not_allowed".into())), "{other}");
     }
-    assert_eq!(up.seen().len(), 1, "refused callers reach nothing upstream");
+    assert_eq!(up.recorded().len(), 1, "refused callers reach nothing upstream");
 }
 
 #[tokio::test]
 async fn groups_name_callers_in_metrics_and_admit_by_membership() {
-    let up = Upstream::start(200).await;
+    let up = FakeUpstream::start(status(200)).await;
     let callers = r#"
 [callers.groups.etl]
 cidrs = ["127.0.0.2/32", "127.0.0.3/32"]
@@ -74,11 +86,11 @@ allow = ["etl"]
 "#,
         up.addr
     );
-    let gw = Gateway::start(&config("127.0.0.1:0", &up, &routes, callers)).await;
-    let to = gw.addr();
-    assert_eq!(send_from(ip("127.0.0.2"), to, "GET", "/etl/a", &[]).await.status, 200);
-    assert_eq!(send_from(ip("127.0.0.3"), to, "GET", "/etl/a", &[]).await.status, 200);
-    assert_eq!(send_from(ip("127.0.0.4"), to, "GET", "/etl/a", &[]).await.status, 403);
+    let gw = TestGateway::from_config(&config("127.0.0.1:0", &up, &routes, callers)).await;
+    let to = gw.addr;
+    assert_eq!(call(ip("127.0.0.2"), to, "/etl/a", &[]).await.status, 200);
+    assert_eq!(call(ip("127.0.0.3"), to, "/etl/a", &[]).await.status, 200);
+    assert_eq!(call(ip("127.0.0.4"), to, "/etl/a", &[]).await.status, 403);
     let m = gw.metrics();
     // The first group that admits a caller names it; the label set stays closed.
     assert_eq!(
@@ -94,7 +106,7 @@ allow = ["etl"]
 
 #[tokio::test]
 async fn dual_stack_listener_matches_ipv4_rules_for_mapped_peers_and_ipv6_rules_for_v6() {
-    let up = Upstream::start(200).await;
+    let up = FakeUpstream::start(status(200)).await;
     let routes = format!(
         r#"
 [[routes]]
@@ -107,23 +119,24 @@ allow = ["::1/128"]
 "#,
         up.addr
     );
-    let Ok(gw) = tokio::spawn(async move { Gateway::start(&config("[::]:0", &up, &routes, "")).await }).await
-    else {
+    // The upstream stays here: it stops when dropped.
+    let text = config("[::]:0", &up, &routes, "");
+    let Ok(gw) = tokio::spawn(async move { TestGateway::from_config(&text).await }).await else {
         eprintln!("skipped: this machine cannot listen on [::]");
         return;
     };
-    let port = gw.addr().port();
+    let port = gw.addr.port();
     let v4 = std::net::SocketAddr::new(ip("127.0.0.1"), port);
     let v6 = std::net::SocketAddr::new(ip("::1"), port);
     // An IPv4 caller arrives as ::ffff:127.0.0.2 and must match 127.0.0.2/32.
-    assert_eq!(send_from(ip("127.0.0.2"), v4, "GET", "/two/x", &[]).await.status, 200);
-    assert_eq!(send_from(ip("127.0.0.3"), v4, "GET", "/two/x", &[]).await.status, 403);
-    assert_eq!(send_from(ip("::1"), v6, "GET", "/v6/x", &[]).await.status, 200);
-    assert_eq!(send_from(ip("::1"), v6, "GET", "/two/x", &[]).await.status, 403);
-    assert_eq!(send_from(ip("127.0.0.2"), v4, "GET", "/v6/x", &[]).await.status, 403);
+    assert_eq!(call(ip("127.0.0.2"), v4, "/two/x", &[]).await.status, 200);
+    assert_eq!(call(ip("127.0.0.3"), v4, "/two/x", &[]).await.status, 403);
+    assert_eq!(call(ip("::1"), v6, "/v6/x", &[]).await.status, 200);
+    assert_eq!(call(ip("::1"), v6, "/two/x", &[]).await.status, 403);
+    assert_eq!(call(ip("127.0.0.2"), v4, "/v6/x", &[]).await.status, 403);
 }
 
-fn proxy_config(up: &Upstream) -> String {
+fn proxy_config(up: &FakeUpstream) -> String {
     let callers = r#"
 [callers]
 trusted_proxies = ["127.0.0.9/32", "10.9.0.0/16"]
@@ -145,9 +158,9 @@ allow = ["10.1.0.0/16"]
 
 #[tokio::test]
 async fn trusted_proxy_chains_are_walked_from_the_right() {
-    let up = Upstream::start(200).await;
-    let gw = Gateway::start(&proxy_config(&up)).await;
-    let to = gw.addr();
+    let up = FakeUpstream::start(status(200)).await;
+    let gw = TestGateway::from_config(&proxy_config(&up)).await;
+    let to = gw.addr;
     let proxy = ip("127.0.0.9");
     let cases: &[(&[&str], u16)] = &[
         // Spoofed entries on the left are never reached.
@@ -166,14 +179,14 @@ async fn trusted_proxy_chains_are_walked_from_the_right() {
     ];
     for (xff, want) in cases {
         let headers: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
-        let a = send_from(proxy, to, "GET", "/office/r", &headers).await;
-        assert_eq!(a.status, *want, "X-Forwarded-For {xff:?}: {}", a.body);
+        let a = call(proxy, to, "/office/r", &headers).await;
+        assert_eq!(a.status, *want, "X-Forwarded-For {xff:?}: {}", a.text());
         if *want == 403 {
-            assert_eq!(a.error.as_deref(), Some("caller_not_allowed"));
+            assert_eq!(code(&a), (403, Some("caller_not_allowed".into())));
         }
     }
     // Nothing about callers travels upstream.
-    for seen in up.seen() {
+    for seen in up.recorded() {
         assert!(
             seen.headers.iter().all(|(n, _)| n != "x-forwarded-for" && n != "forwarded" && n != "x-real-ip"),
             "{seen:?}"
@@ -183,24 +196,24 @@ async fn trusted_proxy_chains_are_walked_from_the_right() {
 
 #[tokio::test]
 async fn untrusted_peers_cannot_claim_an_address() {
-    let up = Upstream::start(200).await;
-    let gw = Gateway::start(&proxy_config(&up)).await;
+    let up = FakeUpstream::start(status(200)).await;
+    let gw = TestGateway::from_config(&proxy_config(&up)).await;
     for header in ["x-forwarded-for", "x-real-ip", "forwarded"] {
         let value = if header == "forwarded" { "for=10.1.2.3" } else { "10.1.2.3" };
-        let a = send_from(ip("127.0.0.8"), gw.addr(), "GET", "/office/r", &[(header, value)]).await;
+        let a = call(ip("127.0.0.8"), gw.addr, "/office/r", &[(header, value)]).await;
         assert_eq!(a.status, 403, "{header}");
     }
     // Forwarded and X-Real-IP are never believed, even from a trusted proxy.
     for (header, value) in [("x-real-ip", "10.1.2.3"), ("forwarded", "for=10.1.2.3")] {
-        let a = send_from(ip("127.0.0.9"), gw.addr(), "GET", "/office/r", &[(header, value)]).await;
+        let a = call(ip("127.0.0.9"), gw.addr, "/office/r", &[(header, value)]).await;
         assert_eq!(a.status, 403, "{header}");
     }
-    assert!(up.seen().is_empty());
+    assert!(up.recorded().is_empty());
 }
 
 #[tokio::test]
 async fn shadow_allow_counts_without_deciding() {
-    let up = Upstream::start(200).await;
+    let up = FakeUpstream::start(status(200)).await;
     let routes = format!(
         r#"
 [[routes]]
@@ -214,27 +227,27 @@ shadow_allow = ["127.0.0.2/32"]
 "#,
         up.addr
     );
-    let gw = Gateway::start(&config("127.0.0.1:0", &up, &routes, "")).await;
-    let to = gw.addr();
+    let gw = TestGateway::from_config(&config("127.0.0.1:0", &up, &routes, "")).await;
+    let to = gw.addr;
     assert_eq!(sample(&gw.metrics(), r#"keygate_shadow_denied_total{route="trial"}"#), Some(0.0));
-    assert_eq!(send_from(ip("127.0.0.2"), to, "GET", "/trial/a", &[]).await.status, 200);
-    assert_eq!(send_from(ip("127.0.0.3"), to, "GET", "/trial/a", &[]).await.status, 200);
-    assert_eq!(send_from(ip("127.0.0.4"), to, "GET", "/trial/a", &[]).await.status, 200);
+    assert_eq!(call(ip("127.0.0.2"), to, "/trial/a", &[]).await.status, 200);
+    assert_eq!(call(ip("127.0.0.3"), to, "/trial/a", &[]).await.status, 200);
+    assert_eq!(call(ip("127.0.0.4"), to, "/trial/a", &[]).await.status, 200);
     assert_eq!(sample(&gw.metrics(), r#"keygate_shadow_denied_total{route="trial"}"#), Some(2.0));
 }
 
 #[tokio::test]
 async fn admin_allow_guards_metrics_and_config_but_not_probes() {
-    let up = Upstream::start(200).await;
-    let gw = Gateway::start(&config("127.0.0.1:0", &up, "", "")).await;
-    let admin = gw.app.admin_addr.unwrap();
+    let up = FakeUpstream::start(status(200)).await;
+    let gw = TestGateway::from_config(&config("127.0.0.1:0", &up, "", "")).await;
+    let admin = gw.admin;
     for path in ["/metrics", "/config"] {
-        let a = send_from(ip("127.0.0.1"), admin, "GET", path, &[]).await;
-        assert_eq!((a.status, a.error.as_deref()), (403, Some("caller_not_allowed")), "{path}");
-        assert_eq!(send_from(ip("127.0.0.2"), admin, "GET", path, &[]).await.status, 200, "{path}");
+        let a = call(ip("127.0.0.1"), admin, path, &[]).await;
+        assert_eq!(code(&a), (403, Some("caller_not_allowed".into())), "{path}");
+        assert_eq!(call(ip("127.0.0.2"), admin, path, &[]).await.status, 200, "{path}");
     }
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(send_from(ip("127.0.0.3"), admin, "GET", path, &[]).await.status, 200, "{path}");
+        assert_eq!(call(ip("127.0.0.3"), admin, path, &[]).await.status, 200, "{path}");
     }
 }
 
@@ -273,7 +286,7 @@ async fn ipv6_caller_from_a_network_namespace() {
         assert!(run(args), "ip {args:?} failed");
     }
 
-    let up = Upstream::start(200).await;
+    let up = FakeUpstream::start(status(200)).await;
     let routes = format!(
         r#"
 [[routes]]
@@ -286,8 +299,8 @@ allow = ["fd00:6b67::2/128"]
 "#,
         up.addr
     );
-    let gw = Gateway::start(&config("[fd00:6b67::1]:0", &up, &routes, "")).await;
-    let port = gw.addr().port();
+    let gw = TestGateway::from_config(&config("[fd00:6b67::1]:0", &up, &routes, "")).await;
+    let port = gw.addr.port();
     let ns_name = ns.clone();
     let fetch = move |path: &str| {
         let url = format!("http://[fd00:6b67::1]:{port}{path}");
@@ -303,5 +316,5 @@ allow = ["fd00:6b67::2/128"]
     let (lab, two) = tokio::task::spawn_blocking(move || (fetch("/lab/x"), fetch("/two/x"))).await.unwrap();
     assert_eq!(lab, "200");
     assert_eq!(two, "403");
-    assert_eq!(up.seen().len(), 1);
+    assert_eq!(up.recorded().len(), 1);
 }

@@ -2,16 +2,29 @@
 //! scripted traffic, label cardinality closed under random paths and methods, the scrape
 //! passes `promtool check metrics`, `/readyz` and `/config`.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Gateway, Upstream, eventually, sample, send};
+use http::Method;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use support::client::{Reply, request};
+use support::upstream::{Answer, FakeUpstream, status};
+use support::{TestGateway, eventually, sample};
 
-fn config(ok: &Upstream, denied: &Upstream, closed_port: u16, hang: SocketAddr) -> String {
+async fn send(to: SocketAddr, method: &str, path: &str) -> Reply {
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    support::client::send(to, request(method, path, &[], b"")).await
+}
+
+fn code(reply: &Reply) -> (u16, Option<String>) {
+    (reply.status, reply.header("x-keygate-error"))
+}
+
+fn config(ok: &FakeUpstream, denied: &FakeUpstream, closed_port: u16, hang: SocketAddr) -> String {
     format!(
         r#"
 [server]
@@ -68,35 +81,20 @@ allow = []
     )
 }
 
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// An upstream that accepts connections and never answers.
-async fn hanging() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    addr
-}
-
-async fn setup() -> (Gateway, Upstream, Upstream) {
-    let ok = Upstream::start(200).await;
-    let denied = Upstream::start(401).await;
-    let gw = Gateway::start(&config(&ok, &denied, closed_port(), hanging().await)).await;
-    (gw, ok, denied)
+/// The gateway, and the upstreams it needs alive: 200, 401 and one that never answers.
+async fn setup() -> (TestGateway, [FakeUpstream; 3]) {
+    let ok = FakeUpstream::start(status(200)).await;
+    let denied = FakeUpstream::start(status(401)).await;
+    let hang = FakeUpstream::start(std::sync::Arc::new(|_: &support::upstream::Recorded| Answer::Hang)).await;
+    let closed = support::closed_port().port();
+    let gw = TestGateway::from_config(&config(&ok, &denied, closed, hang.addr)).await;
+    (gw, [ok, denied, hang])
 }
 
 #[tokio::test]
 async fn scripted_traffic_gives_exact_metric_lines() {
-    let (gw, _ok, _denied) = setup().await;
-    let to = gw.addr();
+    let (gw, _upstreams) = setup().await;
+    let to = gw.addr;
     assert_eq!(send(to, "GET", "/ok/a").await.status, 200);
     assert_eq!(send(to, "GET", "/ok/b").await.status, 200);
     assert_eq!(send(to, "POST", "/ok/c").await.status, 200);
@@ -108,8 +106,10 @@ async fn scripted_traffic_gives_exact_metric_lines() {
     assert_eq!(send(to, "GET", "/ok/../x").await.status, 400);
 
     // The access guard finishes when the body is done; the last one may lag a hair.
-    eventually("in-flight back to zero", || async { gw.metrics().contains("keygate_requests_in_flight 0") })
-        .await;
+    eventually("in-flight back to zero", Duration::from_secs(10), || async {
+        gw.metrics().contains("keygate_requests_in_flight 0")
+    })
+    .await;
     let m = gw.metrics();
     let expect = [
         (r#"keygate_requests_total{caller="local",code="200",operation="get",route="ok"}"#, 2.0),
@@ -192,11 +192,11 @@ async fn random_requests(to: SocketAddr, seed: u64, n: usize) {
 
 #[tokio::test]
 async fn random_paths_and_methods_do_not_grow_label_sets() {
-    let (gw, _ok, _denied) = setup().await;
-    random_requests(gw.addr(), 0x1234_5678, 10_000).await;
+    let (gw, _upstreams) = setup().await;
+    random_requests(gw.addr, 0x1234_5678, 10_000).await;
     let after_first = gw.metrics();
     let count = series_count(&after_first);
-    random_requests(gw.addr(), 0x8765_4321, 10_000).await;
+    random_requests(gw.addr, 0x8765_4321, 10_000).await;
     let after_second = gw.metrics();
     assert_eq!(series_count(&after_second), count, "new series appeared:\n{after_second}");
     // Unknown routes collapse to "-", and no raw path or method leaks into a label.
@@ -207,11 +207,11 @@ async fn random_paths_and_methods_do_not_grow_label_sets() {
 
 #[tokio::test]
 async fn scrape_passes_promtool_check_metrics() {
-    let (gw, _ok, _denied) = setup().await;
-    let to = gw.addr();
+    let (gw, _upstreams) = setup().await;
+    let to = gw.addr;
     send(to, "GET", "/ok/a").await;
     send(to, "GET", "/down/a").await;
-    let admin = gw.app.admin_addr.unwrap();
+    let admin = gw.admin;
     let scrape = send(admin, "GET", "/metrics").await;
     assert_eq!(scrape.status, 200);
     assert!(scrape.headers["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
@@ -223,7 +223,7 @@ async fn scrape_passes_promtool_check_metrics() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), scrape.body.as_bytes()).unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &scrape.body).unwrap();
     let out = child.wait_with_output().unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool check metrics failed:\n{report}");
@@ -251,42 +251,42 @@ fn find_tool(name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn readyz_turns_503_at_once_on_shutdown_and_config_shows_fingerprints() {
-    let (gw, _ok, _denied) = setup().await;
-    let admin = gw.app.admin_addr.unwrap();
+    let (gw, _upstreams) = setup().await;
+    let admin = gw.admin;
     let ready = send(admin, "GET", "/readyz").await;
-    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(send(admin, "GET", "/healthz").await.status, 200);
 
     let config = send(admin, "GET", "/config").await;
     assert_eq!(config.status, 200);
-    let doc: serde_json::Value = serde_json::from_str(&config.body).unwrap();
+    let doc = config.json();
     assert_eq!(doc["generation"], 1);
     assert_eq!(doc["routes"][0]["name"], "ok");
     assert_eq!(doc["routes"][0]["operations"], serde_json::json!(["GET", "POST"]));
     assert_eq!(doc["secrets"][0]["name"], "k");
     let fingerprint = doc["secrets"][0]["fingerprint"].as_str().unwrap();
     assert_eq!(fingerprint, keygate::secret::Secret::parse("observability-sentinel").unwrap().fingerprint());
-    assert!(!config.body.contains("observability-sentinel"));
+    assert!(!config.text().contains("observability-sentinel"));
 
     // A request in flight keeps the drain (and the admin listener) going meanwhile.
-    let to = gw.addr();
+    let to = gw.addr;
     let in_flight = tokio::spawn(async move { send(to, "GET", "/hang/x").await });
-    eventually("the request is in flight", || async {
+    eventually("the request is in flight", Duration::from_secs(10), || async {
         sample(&gw.metrics(), "keygate_requests_in_flight") == Some(1.0)
     })
     .await;
-    let Gateway { app, dir: _dir } = gw;
+    let mut gw = gw;
+    let app = gw.take_app();
     let gateway = app.gateway.clone();
     let draining = tokio::spawn(app.shutdown());
-    eventually("readyz says shutting_down", || async {
-        let r = send(admin, "GET", "/readyz").await;
-        r.status == 503 && r.error.as_deref() == Some("shutting_down")
+    eventually("readyz says shutting_down", Duration::from_secs(10), || async {
+        code(&send(admin, "GET", "/readyz").await) == (503, Some("shutting_down".into()))
     })
     .await;
     assert!(gateway.is_shutting_down());
     // The in-flight request finishes on its own terms (its upstream timeout), then the
     // drain completes well within shutdown_grace.
     let answer = in_flight.await.unwrap();
-    assert_eq!((answer.status, answer.error.as_deref()), (504, Some("upstream_timeout")));
+    assert_eq!(code(&answer), (504, Some("upstream_timeout".into())));
     assert!(draining.await.unwrap(), "the drain completes once the request is done");
 }

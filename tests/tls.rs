@@ -4,20 +4,21 @@
 //! serving certificate rotates on disk for new connections while open ones keep working;
 //! a mismatched certificate on reload keeps the old pair.
 
-use std::convert::Infallible;
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use keygate::app::App;
 use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
+use support::upstream::FakeUpstream;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -61,32 +62,13 @@ fn server_leaf(ca: &Ca) -> Leaf {
     leaf(ca, vec![SanType::DnsName("localhost".try_into().unwrap())], false)
 }
 
-/// An upstream that answers 200 "ok" to everything.
-async fn upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 struct Setup {
     dir: tempfile::TempDir,
     server_ca: Ca,
     client_ca: Ca,
     app: App,
     addr: SocketAddr,
+    _upstream: FakeUpstream,
 }
 
 impl Setup {
@@ -109,7 +91,8 @@ async fn setup() -> Setup {
     write(&dir.path().join("server.crt"), &server.cert_pem);
     write(&dir.path().join("server.key"), &server.key_pem);
     write(&dir.path().join("clients.crt"), &client_ca.cert.pem());
-    let up = upstream().await;
+    let upstream = FakeUpstream::start(support::upstream::status(200)).await;
+    let up = upstream.addr;
     let config = format!(
         r#"
 [server]
@@ -152,7 +135,7 @@ allow = ["reports"]
     let snapshot = keygate::config::load(&path, 1, None).unwrap();
     let app = App::start(snapshot, Some(path), None).await.unwrap();
     let addr = app.local_addrs()[0];
-    Setup { dir, server_ca, client_ca, app, addr }
+    Setup { dir, server_ca, client_ca, app, addr, _upstream: upstream }
 }
 
 fn client_config(server_ca: &Ca, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
@@ -240,16 +223,12 @@ async fn served_certificate(s: &Setup, client: &Leaf) -> CertificateDer<'static>
     stream.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually(what, Duration::from_secs(10), check).await
 }
 
 #[tokio::test]

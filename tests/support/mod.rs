@@ -166,13 +166,8 @@ impl GatewayBuilder {
     }
 
     pub async fn start(self) -> TestGateway {
-        let path = self.dir.path().join("keygate.toml");
-        std::fs::write(&path, self.config_text()).expect("write config");
-        let snapshot = keygate::config::load(&path, 1, None).unwrap_or_else(|p| panic!("config: {p}"));
-        let app = App::start(snapshot, None, None).await.expect("start keygate");
-        let addrs = app.local_addrs().to_vec();
-        let admin = app.admin_addr.expect("admin listener");
-        TestGateway { app: Some(app), addr: addrs[0], addrs, admin, _dir: self.dir }
+        let text = self.config_text();
+        TestGateway::launch(self.dir, &text).await
     }
 }
 
@@ -194,6 +189,26 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
+    /// Starts keygate in-process on a whole config text (which must have an `[admin]`).
+    pub async fn from_config(text: &str) -> TestGateway {
+        TestGateway::launch(tempfile::tempdir().expect("temp dir"), text).await
+    }
+
+    async fn launch(dir: tempfile::TempDir, text: &str) -> TestGateway {
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, text).expect("write config");
+        let snapshot = keygate::config::load(&path, 1, None).unwrap_or_else(|p| panic!("config: {p}"));
+        let app = App::start(snapshot, None, None).await.expect("start keygate");
+        let addrs = app.local_addrs().to_vec();
+        let admin = app.admin_addr.expect("admin listener");
+        TestGateway { app: Some(app), addr: addrs[0], addrs, admin, _dir: dir }
+    }
+
+    /// The running app.
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("running")
+    }
+
     /// The Prometheus text of this gateway's registry.
     pub fn metrics(&self) -> String {
         self.app.as_ref().expect("running").gateway.metrics.render()
@@ -324,6 +339,15 @@ pub fn assert_no_key(text: &str) {
 
 /// One GET from a client socket bound to `from` (any 127.0.0.0/8 address, or ::1).
 pub async fn get_from(from: std::net::IpAddr, to: SocketAddr, target: &str) -> Reply {
+    send_from(from, to, client::request(http::Method::GET, target, &[], b"")).await
+}
+
+/// One request from a client socket bound to `from`.
+pub async fn send_from(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Reply {
     let socket = match from {
         std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -331,7 +355,12 @@ pub async fn get_from(from: std::net::IpAddr, to: SocketAddr, target: &str) -> R
     .expect("socket");
     socket.bind(SocketAddr::new(from, 0)).expect("bind client");
     let stream = socket.connect(to).await.expect("connect");
-    client::send_on(stream, client::request(http::Method::GET, target, &[], b"")).await
+    client::send_on(stream, req).await
+}
+
+/// The value of the sample line `series`, matched exactly (name and full label set).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A loopback port that nothing listens on (bound, read, released).

@@ -92,6 +92,11 @@ pub fn ok() -> Handler {
     })
 }
 
+/// Answers `status` with a small JSON body to everything.
+pub fn status(status: u16) -> Handler {
+    Arc::new(move |_: &Recorded| reply(status, &[("content-type", "application/json")], "{\"ok\":true}"))
+}
+
 /// A running fake upstream; stops when dropped.
 pub struct FakeUpstream {
     pub addr: SocketAddr,
