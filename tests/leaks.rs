@@ -139,6 +139,9 @@ allow = ["10.0.0.0/8"]
     )
 }
 
+/// A scripted request: method, target, headers, body.
+type Call = (Method, String, Vec<(&'static str, &'static str)>, &'static [u8]);
+
 struct Keygate {
     child: Child,
     out: Arc<Mutex<String>>,
@@ -218,7 +221,7 @@ async fn no_key_appears_in_anything_a_caller_or_operator_can_see() {
     let mut kg = spawn(&cfg_path);
     let (gw, admin) = (kg.gateway, kg.admin);
     let cid = "/v2/client/12345";
-    let calls: Vec<(Method, String, Vec<(&str, &str)>, &[u8])> = vec![
+    let calls: Vec<Call> = vec![
         (Method::GET, format!("/import{cid}/authenticate?apikey=dummy"), vec![], b""),
         (Method::POST, format!("/import{cid}/table/redirect/data"), vec![], br#"[{"keys":["id"],"id":1}]"#),
         (
