@@ -256,9 +256,27 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
+            format!("line {line}, column {column}: {}{message}", route_context(text, before))
         }
         None => message,
+    }
+}
+
+/// `routes[N] "name": ` when the error sits inside the N-th `[[routes]]` table, so a
+/// typo in a route's key is reported against that route.
+fn route_context(text: &str, before: &str) -> String {
+    let tables: Vec<&str> = before.lines().map(str::trim).filter(|l| l.starts_with('[')).collect();
+    if tables.last() != Some(&"[[routes]]") {
+        return String::new();
+    }
+    let index = tables.iter().filter(|l| **l == "[[routes]]").count() - 1;
+    // The name is found by a syntax-only parse (types and unknown keys are not checked).
+    let name = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("routes")?.as_array()?.get(index)?.get("name")?.as_str().map(str::to_owned));
+    match name {
+        Some(name) => format!("routes[{index}] {name:?}: "),
+        None => format!("routes[{index}]: "),
     }
 }
 
@@ -309,5 +327,13 @@ mod tests {
         let msg = describe_toml_error(text, &err);
         assert!(!msg.contains("sentinel"), "{msg}");
         assert!(msg.starts_with("line "), "{msg}");
+    }
+
+    #[test]
+    fn unknown_route_keys_name_the_route() {
+        let text = "[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\nalow = []\n";
+        let err = toml::from_str::<schema::File>(text).unwrap_err();
+        let msg = describe_toml_error(text, &err);
+        assert!(msg.starts_with("line 5, column 1: routes[1] \"b\": unknown field `alow`"), "{msg}");
     }
 }
