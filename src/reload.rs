@@ -76,6 +76,7 @@ impl Reloader {
             // The files say what is running: any earlier failure is moot now.
             self.state().last_failure = None;
             self.gw.metrics.last_reload_successful.set(1);
+            tracing::debug!(trigger, "inputs unchanged; nothing to apply");
             return Outcome::Unchanged;
         }
         let next = match config::compile(&inputs, current.generation + 1, Some(&current)) {
