@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -122,11 +122,11 @@ impl Reloader {
     /// after start is not lost), then reloads in a task until the task is aborted.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         let this = Arc::new(self);
-        let (tx, rx) = mpsc::unbounded_channel::<()>();
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
         let mut watches = Watches::start(tx);
         let hup = hangup_stream();
         if let Some(w) = watches.as_mut() {
-            w.update(&this.watch_list(&this.gw.snapshot()));
+            w.update(&this.watch_list(&this.gw.snapshot()), &mut BTreeSet::new());
         }
         // A change made between the first read and the watches raised no event.
         tokio::spawn(run(this, watches, rx, hup, true))
@@ -136,15 +136,17 @@ impl Reloader {
 async fn run(
     this: Arc<Reloader>,
     mut watches: Option<Watches>,
-    mut rx: mpsc::UnboundedReceiver<()>,
+    mut rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     mut hup: Hangup,
     mut recheck: bool,
 ) {
+    // Paths that left or entered a directory: a watch on one of them may have ended.
+    let mut moved: BTreeSet<PathBuf> = BTreeSet::new();
     loop {
         let snapshot = this.gw.snapshot();
         if let Some(w) = watches.as_mut() {
             // Re-resolves symlinks and notices replaced or deleted directories.
-            recheck |= w.update(&this.watch_list(&snapshot));
+            recheck |= w.update(&this.watch_list(&snapshot), &mut moved);
         }
         drop(snapshot);
         if recheck {
@@ -159,13 +161,17 @@ async fn run(
             _ = tokio::time::sleep(timing.poll_interval) => {
                 attempt(&this, "poll").await;
             }
-            Some(()) = rx.recv() => {
+            Some(paths) = rx.recv() => {
+                moved.extend(paths);
                 // Trailing-edge debounce: wait for a quiet spell, then re-read.
                 let mut deadline = Instant::now() + timing.debounce;
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(deadline) => break,
-                        Some(()) = rx.recv() => deadline = Instant::now() + timing.debounce,
+                        Some(paths) = rx.recv() => {
+                            moved.extend(paths);
+                            deadline = Instant::now() + timing.debounce;
+                        }
                     }
                 }
                 attempt(&this, "event").await;
@@ -196,10 +202,10 @@ struct Watches {
 }
 
 impl Watches {
-    fn start(tx: mpsc::UnboundedSender<()>) -> Option<Watches> {
+    fn start(tx: mpsc::UnboundedSender<Vec<PathBuf>>) -> Option<Watches> {
         let handler = move |event: notify::Result<notify::Event>| {
             if triggers_reload(&event) {
-                let _ = tx.send(());
+                let _ = tx.send(moved_paths(&event));
             }
         };
         match notify::recommended_watcher(handler) {
@@ -213,17 +219,24 @@ impl Watches {
 
     /// Watches what `files` need now and drops the rest. A directory replaced since it
     /// was watched (renamed over, deleted and recreated) is watched again; a missing one
-    /// is stood in for by its nearest existing ancestor, which sees it come back. True
-    /// when a watch was added.
-    fn update(&mut self, files: &BTreeSet<PathBuf>) -> bool {
+    /// is stood in for by its nearest existing ancestor, which sees it come back. A
+    /// directory among `moved` is watched again too: notify ends the watch of a
+    /// directory that moves or is deleted inside another watched one, even if it comes
+    /// back as the same directory. True when a watch was added.
+    fn update(&mut self, files: &BTreeSet<PathBuf>, moved: &mut BTreeSet<PathBuf>) -> bool {
         let mut wanted: BTreeMap<PathBuf, DirId> = BTreeMap::new();
         for dir in files.iter().flat_map(|f| deciding_dirs(f)) {
             if let Some((dir, id)) = nearest_existing_dir(&dir) {
                 wanted.insert(dir, id);
             }
         }
-        let stale: Vec<PathBuf> =
-            self.active.iter().filter(|(d, id)| wanted.get(*d) != Some(id)).map(|(d, _)| d.clone()).collect();
+        let stale: Vec<PathBuf> = self
+            .active
+            .iter()
+            .filter(|(d, id)| wanted.get(*d) != Some(id) || moved.contains(*d))
+            .map(|(d, _)| d.clone())
+            .collect();
+        moved.clear();
         for dir in stale {
             // The directory may be gone already, and its watch with it.
             let _ = self.watcher.unwatch(&dir);
@@ -263,6 +276,16 @@ fn triggers_reload(event: &notify::Result<notify::Event>) -> bool {
             EventKind::Access(_) => false,
             _ => true,
         },
+    }
+}
+
+/// The paths of an event that may have ended a watch: renamed or deleted entries.
+fn moved_paths(event: &notify::Result<notify::Event>) -> Vec<PathBuf> {
+    match event {
+        Ok(e) if matches!(e.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))) => {
+            e.paths.clone()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -457,7 +480,7 @@ async fn recv_hangup(_: &mut Hangup) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, ModifyKind, RenameMode};
+    use notify::event::{CreateKind, RenameMode};
 
     fn event(kind: EventKind) -> notify::Result<notify::Event> {
         Ok(notify::Event::new(kind))
