@@ -99,7 +99,12 @@ async fn kubernetes_secret_update_is_picked_up() {
     kg.wait_key("/echo/x", "sentinel-kube-3", Duration::from_secs(2)).await;
     assert_eq!(kg.reload_state().await, (2.0, 0.0, 1.0, 3.0));
     assert_eq!(kg.config().await["generation"], 3);
-    kg.assert_output_free_of(&["sentinel-kube-1", "sentinel-kube-2", "sentinel-kube-3", "sentinel-kube-other"]);
+    kg.assert_output_free_of(&[
+        "sentinel-kube-1",
+        "sentinel-kube-2",
+        "sentinel-kube-3",
+        "sentinel-kube-other",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +221,10 @@ async fn bad_reloads_keep_the_last_good_config_until_fixed() {
         assert!(failed[0]["reason"].as_str().unwrap().contains(phrase), "{what}: {failed:?}");
         // The old config and key keep serving, and readiness does not change.
         let reply = rig.kg.get("/echo/x").await.echo();
-        assert_eq!((reply["key"].as_str().unwrap(), reply["path"].as_str().unwrap()), (&*key, &*format!("{base}/x")));
+        assert_eq!(
+            (reply["key"].as_str().unwrap(), reply["path"].as_str().unwrap()),
+            (&*key, &*format!("{base}/x"))
+        );
         assert_eq!(get(rig.kg.admin, "/readyz").await.status, 200, "{what}");
 
         // The fix: a good file again, different from what runs.
@@ -241,7 +249,8 @@ async fn bad_reloads_keep_the_last_good_config_until_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_seen_again_by_the_poll_counts_once() {
     let rig = Rig::start("100ms", "sentinel-again-1\n", "[log]\nlevel = \"debug\"\n").await;
-    let broken = rig.config_with_base("100ms", "", "[log]\nlevel = \"debug\"\n").replace("127.0.0.0/8", "nope");
+    let broken =
+        rig.config_with_base("100ms", "", "[log]\nlevel = \"debug\"\n").replace("127.0.0.0/8", "nope");
     let mark = rig.kg.mark();
     write_by_rename(&rig.config, &broken);
     rig.kg.wait_failures(1.0).await;
@@ -285,6 +294,24 @@ async fn a_file_named_by_a_failed_reload_is_watched_until_it_appears() {
     let line = rig.kg.wait_log(0, "config reloaded", |l| l["generation"] == 2).await;
     assert_eq!(line["trigger"], "event");
     rig.kg.assert_output_free_of(&["sentinel-late-1", "sentinel-late-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_moved_away_and_back_is_still_watched() {
+    // `secrets/` sits in the watched config directory: moving it out and back ends its
+    // watch inside notify although it is the very same directory again.
+    let rig = Rig::start("1h", "sentinel-moved-1\n", "[log]\nlevel = \"debug\"\n").await;
+    let secrets = rig.key.parent().unwrap().to_owned();
+    let aside = rig._dir.path().join("secrets.aside");
+    let mark = rig.kg.mark();
+    std::fs::rename(&secrets, &aside).unwrap();
+    std::fs::rename(&aside, &secrets).unwrap();
+    // The moves were seen (an attempt found nothing changed) before the key changes.
+    rig.kg.wait_log(mark, "inputs unchanged; nothing to apply", |l| l["trigger"] == "event").await;
+    write_by_rename(&rig.key, "sentinel-moved-2\n");
+    rig.kg.wait_key("/echo/x", "sentinel-moved-2", SOON).await;
+    assert_eq!(rig.kg.reload_state().await, (1.0, 0.0, 1.0, 2.0));
+    rig.kg.assert_output_free_of(&["sentinel-moved-1", "sentinel-moved-2"]);
 }
 
 /// `<dir>/sec/live/inner/key`, swapped by renaming `live` away and a new tree in: the
@@ -371,7 +398,8 @@ async fn listen_change_applies_the_rest_and_keeps_the_listeners() {
         (r["path"] == "/v2/x" && r["key"] == "sentinel-listen-2").then_some(())
     })
     .await;
-    let warning = "these settings changed but apply only at the next restart; the rest of the config is applied";
+    let warning =
+        "these settings changed but apply only at the next restart; the rest of the config is applied";
     let warned = rig.kg.wait_log(0, warning, |_| true).await;
     assert_eq!(warned["settings"], "[\"server.listen\", \"admin.listen\"]");
     assert_eq!(warned["level"], "WARN");
@@ -445,7 +473,8 @@ async fn reload_under_load_fails_no_request_and_mixes_no_generations() {
                 };
                 let path = reply["path"].as_str().unwrap();
                 let key = reply["key"].as_str().unwrap();
-                let from_path: u64 = path.strip_prefix("/g").and_then(|p| p.strip_suffix("/x")).unwrap().parse().unwrap();
+                let from_path: u64 =
+                    path.strip_prefix("/g").and_then(|p| p.strip_suffix("/x")).unwrap().parse().unwrap();
                 let from_key: u64 = key.strip_prefix("sentinel-load-").unwrap().parse().unwrap();
                 if from_path != from_key {
                     problems.push(format!("mixed generations: path {path} with key {from_key}"));
@@ -472,7 +501,12 @@ async fn reload_under_load_fails_no_request_and_mixes_no_generations() {
     let mut total = 0;
     for client in clients {
         let (sent, problems) = client.await.unwrap();
-        assert!(problems.is_empty(), "{} failed or inconsistent request(s): {:?}", problems.len(), &problems[..problems.len().min(10)]);
+        assert!(
+            problems.is_empty(),
+            "{} failed or inconsistent request(s): {:?}",
+            problems.len(),
+            &problems[..problems.len().min(10)]
+        );
         total += sent;
     }
     assert!(total >= CONNECTIONS as u64 * PER_CONNECTION);
