@@ -80,7 +80,13 @@ impl Keygate {
             .expect("spawn keygate");
         let stdout = capture(child.stdout.take().unwrap());
         let stderr = capture(child.stderr.take().unwrap());
-        let mut kg = Keygate { child, gateway: ([0, 0, 0, 0], 0).into(), admin: ([0, 0, 0, 0], 0).into(), stdout, stderr };
+        let mut kg = Keygate {
+            child,
+            gateway: ([0, 0, 0, 0], 0).into(),
+            admin: ([0, 0, 0, 0], 0).into(),
+            stdout,
+            stderr,
+        };
         let (gateway, admin) = eventually("the listening lines", SOON, || {
             let exited = kg.child.try_wait().unwrap();
             assert!(exited.is_none(), "keygate exited ({exited:?}): {}", kg.output());
@@ -279,7 +285,8 @@ impl Conn {
     /// One GET; an error is a failed request.
     pub async fn get(&mut self, path: &str) -> Result<Reply, String> {
         self.0.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
-        let response = self.0.send_request(request(path)).await.map_err(|e| format!("request failed: {e}"))?;
+        let response =
+            self.0.send_request(request(path)).await.map_err(|e| format!("request failed: {e}"))?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.map_err(|e| format!("body failed: {e}"))?;
         Ok(Reply { status, text: String::from_utf8_lossy(&body.to_bytes()).into_owned() })
