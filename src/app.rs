@@ -56,6 +56,8 @@ impl App {
             tracing::warn!(warning = %w, "config warning");
         }
         let gateway = Gateway::new(snapshot, Arc::new(Metrics::new()));
+        // Watches and the SIGHUP handler are in place before anything says "listening".
+        let reloader = config_path.map(|path| Reloader::new(gateway.clone(), path, log).spawn());
         let server = Server::start(gateway.clone(), listeners, &settings, tls);
         for addr in server.local_addrs() {
             tracing::info!(listener = "gateway", addr = %addr, "listening");
@@ -70,7 +72,6 @@ impl App {
                 tracing::info!(listener = "admin", addr = %addr, "listening");
             }
         }
-        let reloader = config_path.map(|path| tokio::spawn(Reloader::new(gateway.clone(), path, log).run()));
         Ok(App { gateway, server, admin_addr, reloader, admin_task })
     }
 

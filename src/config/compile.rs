@@ -83,7 +83,10 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
         .filter_map(|s| parse_net(s).map_err(|e| ctx.problem("callers", "trusted_proxies", e)).ok())
         .collect();
     let groups = groups(&mut ctx, &f.callers.groups);
-    let secrets = secrets(&mut ctx, &f.secrets);
+    let mut secrets = secrets(&mut ctx, &f.secrets);
+    if let Some(previous) = previous {
+        keep_unchanged_secrets(&mut secrets, previous);
+    }
     let tls = f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t));
 
     let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = previous
@@ -316,6 +319,20 @@ fn secrets(
         }
     }
     out
+}
+
+/// A secret whose value did not change keeps its load time (and its allocation), so
+/// `keygate_secret_loaded_timestamp_seconds` and `/config` move only when a key rotates.
+fn keep_unchanged_secrets(
+    secrets: &mut std::collections::BTreeMap<String, LoadedSecret>,
+    previous: &Snapshot,
+) {
+    for s in secrets.values_mut() {
+        if let Some(old) = previous.secrets.iter().find(|old| old.name == s.name && old.value == s.value) {
+            s.loaded_at = old.loaded_at;
+            s.value = old.value.clone();
+        }
+    }
 }
 
 fn route(
