@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use crate::body::{Meter, Metered, ProxyBody};
 use crate::caller::Group;
-use crate::error::{ERROR_HEADER, Refusal};
+use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::proxy::ConnInfo;
 use crate::routes::Route;
@@ -76,42 +76,10 @@ impl Exchange {
     ) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
         let bytes_out = Arc::new(Meter::default());
-        let error = self.error.or_else(|| {
-            // A refusal built elsewhere still carries its code.
-            parts.headers.get(ERROR_HEADER).and_then(|v| code_of(v.as_bytes()))
-        });
-        let done = Done {
-            exchange: Exchange { error, ..self },
-            gw,
-            status: parts.status,
-            bytes_in,
-            bytes_out: bytes_out.clone(),
-        };
+        let done = Done { exchange: self, gw, status: parts.status, bytes_in, bytes_out: bytes_out.clone() };
         let body = Metered::new(body, bytes_out, None, None).with_guard(Box::new(done));
         Response::from_parts(parts, body.boxed_unsync())
     }
-}
-
-fn code_of(value: &[u8]) -> Option<&'static str> {
-    [
-        "invalid_path",
-        "invalid_body",
-        "bad_request",
-        "caller_not_allowed",
-        "client_mismatch",
-        "no_route",
-        "unknown_operation",
-        "method_not_allowed",
-        "body_too_large",
-        "headers_too_large",
-        "upstream_unavailable",
-        "overloaded",
-        "shutting_down",
-        "not_ready",
-        "upstream_timeout",
-    ]
-    .into_iter()
-    .find(|c| c.as_bytes() == value)
 }
 
 /// Completes the record when dropped (end of body, or the caller went away).

@@ -68,6 +68,8 @@ pub fn response_headers(headers: &mut HeaderMap, scrub: &Scrubber, query_names: 
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }
+    // Only keygate may mark an answer as its own refusal.
+    headers.remove(crate::error::ERROR_HEADER);
     if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
         let cleaned = strip_from_url(location, query_names);
         if let Ok(value) = HeaderValue::from_str(&cleaned) {
@@ -343,7 +345,9 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("x-hop"));
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-keygate-error", HeaderValue::from_static("no_route"));
         response_headers(&mut h, &s, &["apikey"]);
+        assert!(h.get("x-keygate-error").is_none(), "an upstream cannot pose as keygate");
         assert_eq!(h[header::LOCATION], "https://x/y?a=1#f");
         assert_eq!(h["x-echo"], "key=[REDACTED]");
         assert!(h.get("x-hop").is_none() && h.get("connection").is_none() && h.get("keep-alive").is_none());

@@ -21,7 +21,8 @@ fn production_example_checks_clean_with_its_secrets_present() {
     let config = dir.path().join("keygate.toml");
     std::fs::write(&config, text).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate")).args(["check", "-c"]).arg(&config).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_keygate")).args(["check", "-c"]).arg(&config).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -41,8 +42,12 @@ fn production_example_checks_clean_with_its_secrets_present() {
 
     // Without the secret files it is refused, naming each missing file.
     std::fs::remove_dir_all(&root).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate")).args(["check", "-c"]).arg(&config).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_keygate")).args(["check", "-c"]).arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("secrets.bi_import: file (") && stderr.contains("secrets.bi_export: file ("), "{stderr}");
+    assert!(
+        stderr.contains("secrets.bi_import: file (") && stderr.contains("secrets.bi_export: file ("),
+        "{stderr}"
+    );
 }
