@@ -22,6 +22,8 @@ pub struct Exchange {
     start: Instant,
     access: bool,
     peer: SocketAddr,
+    /// The caller's mTLS identities (empty without a client certificate).
+    identities: Arc<[String]>,
     method: Method,
     /// The path without its query (the query may carry a key).
     path: String,
@@ -46,6 +48,7 @@ impl Exchange {
             start: Instant::now(),
             access,
             peer: conn.peer,
+            identities: conn.identities.clone(),
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
             route: None,
@@ -109,6 +112,7 @@ impl Drop for Done {
             target: "keygate::access",
             caller = %addr_text(e.caller_addr),
             peer = %e.peer,
+            identity = e.identities.first().map(String::as_str),
             caller_group = group,
             route,
             operation = e.operation,

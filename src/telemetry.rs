@@ -20,17 +20,24 @@ fn filter(settings: &LogSettings) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// The JSON line format: one object per event, fields at the top level.
+pub fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(writer)
+}
+
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(settings: &LogSettings) -> LogHandle {
     let (filter, handle) = reload::Layer::new(filter(settings));
-    let json = (settings.format == LogFormat::Json).then(|| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_writer(std::io::stdout)
-    });
+    let json = (settings.format == LogFormat::Json).then(|| json_layer(std::io::stdout));
     let text = (settings.format == LogFormat::Text)
         .then(|| tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stdout));
     // A second init (tests driving several gateways in one process) keeps the first.

@@ -106,7 +106,7 @@ debounce = "20ms"
 poll_interval = "1h"
 [log]
 level = "error"
-access = false
+access = true
 [callers.groups.etl]
 identities = ["spiffe://test/etl"]
 [callers.groups.reports]
@@ -309,4 +309,65 @@ fn bad_certificate_at_start_is_a_clear_error() {
     write(&dir.path().join("s.crt"), "not a certificate");
     let problems = keygate::config::load(&path, 1, None).unwrap_err().to_string();
     assert!(problems.contains("server.tls: cert: holds no PEM certificate"), "{problems}");
+}
+
+/// Collects log output in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The access log line (design §8) names the mTLS identity, the caller group and the
+/// path without its query. A current-thread runtime keeps every task of the in-process
+/// gateway on this thread, so a thread-local subscriber sees its events.
+#[tokio::test(flavor = "current_thread")]
+async fn access_log_names_identity_group_and_path_without_query() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::Targets::new().with_target("keygate::access", tracing::Level::INFO))
+        .with(keygate::telemetry::json_layer(move || sink.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let s = setup().await;
+    let etl = leaf(&s.client_ca, vec![uri("spiffe://test/etl")], false);
+    assert_eq!(request(&s, Some(&etl), "/etl/report?token=query-must-not-be-logged").await, Ok((200, None)));
+    assert_eq!(request(&s, Some(&etl), "/reports/x").await, Ok((403, Some("caller_not_allowed".into()))));
+    let logs = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    eventually("two access lines", || async { logs().lines().count() >= 2 }).await;
+    let text = logs();
+    assert!(!text.contains("query-must-not-be-logged"), "{text}");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ok = &lines[0];
+    assert_eq!(ok["message"], "request");
+    assert!(ok["timestamp"].is_string());
+    assert_eq!(ok["identity"], "spiffe://test/etl");
+    assert_eq!(ok["caller"], "127.0.0.1");
+    assert_eq!(ok["caller_group"], "etl");
+    assert_eq!(ok["route"], "etl-only");
+    assert_eq!(ok["operation"], "get");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/etl/report");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["upstream_status"], 200);
+    assert_eq!(ok["bytes_in"], 0);
+    assert_eq!(ok["bytes_out"], 11);
+    assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(ok.get("error").is_none(), "{ok}");
+    let refused = &lines[1];
+    assert_eq!(refused["status"], 403);
+    assert_eq!(refused["error"], "caller_not_allowed");
+    assert_eq!(refused["route"], "reports-only");
+    assert_eq!(refused["operation"], "-");
+    assert!(refused.get("upstream_status").is_none(), "{refused}");
+    s.app.shutdown().await;
 }
