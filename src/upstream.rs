@@ -176,7 +176,7 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
             return Failure::Tls;
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
+            if wraps_rustls(io) {
                 return Failure::Tls;
             }
             if io.kind() == io::ErrorKind::TimedOut {
@@ -189,4 +189,18 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
         source = e.source();
     }
     if error.is_connect() { Failure::Connect } else { Failure::Protocol }
+}
+
+/// True when `io`, or an `io::Error` nested inside it, wraps a rustls error. The TLS
+/// connector nests them (`Other` around `InvalidData` around the rustls error), and
+/// `io::Error::source` skips the wrapped error itself, so walking sources misses it.
+fn wraps_rustls(io: &io::Error) -> bool {
+    let mut inner = io.get_ref();
+    while let Some(e) = inner {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        inner = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref);
+    }
+    false
 }
