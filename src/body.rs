@@ -39,13 +39,16 @@ pub enum BodyError {
     /// No bytes arrived for longer than the idle timeout.
     #[error("body stalled past the idle timeout")]
     Idle,
+    /// The body itself failed (bad chunked framing, the sender went away).
+    #[error("body could not be read")]
+    Broken,
 }
 
 /// Counters shared between a metered body and whoever reports on it.
 #[derive(Debug, Default)]
 pub struct Meter {
     bytes: AtomicU64,
-    /// 0 = fine, 1 = too large, 2 = idle.
+    /// 0 = fine, 1 = too large, 2 = idle, 3 = broken.
     failure: AtomicU64,
 }
 
@@ -60,17 +63,23 @@ impl Meter {
         match self.failure.load(Ordering::Relaxed) {
             1 => Some(BodyError::TooLarge),
             2 => Some(BodyError::Idle),
+            3 => Some(BodyError::Broken),
             _ => None,
         }
     }
 
     fn fail(&self, error: BodyError) -> BoxError {
+        self.note(error);
+        Box::new(error)
+    }
+
+    fn note(&self, error: BodyError) {
         let code = match error {
             BodyError::TooLarge => 1,
             BodyError::Idle => 2,
+            BodyError::Broken => 3,
         };
         self.failure.store(code, Ordering::Relaxed);
-        Box::new(error)
     }
 }
 
@@ -126,7 +135,12 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Err(error))) => {
+                // Noted so that whoever reads the meter can tell the sender's fault
+                // from the receiver's.
+                this.meter.note(BodyError::Broken);
+                Poll::Ready(Some(Err(error.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let Some(idle) = this.idle else { return Poll::Pending };
@@ -181,6 +195,18 @@ mod tests {
         let err = body.collect().await.expect_err("idle must trip");
         assert_eq!(err.to_string(), "body stalled past the idle timeout");
         assert_eq!(meter.failure(), Some(BodyError::Idle));
+    }
+
+    #[tokio::test]
+    async fn a_failing_inner_body_is_noted_as_broken() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Err("bad chunk".into())).await.unwrap();
+        let stream = http_body_util::StreamBody::new(tokio_stream_shim::Receiver(rx));
+        let meter = Arc::new(Meter::default());
+        let body = Metered::new(stream, meter.clone(), Some(5), None);
+        let err = body.collect().await.expect_err("the inner error passes through");
+        assert_eq!(err.to_string(), "bad chunk");
+        assert_eq!(meter.failure(), Some(BodyError::Broken));
     }
 
     /// A minimal `Stream` over an mpsc receiver, so the test needs no extra crate.

@@ -224,7 +224,7 @@ fn body_refusal(bytes_in: &Meter) -> Refusal {
     match bytes_in.failure() {
         Some(BodyError::TooLarge) => Refusal::BodyTooLarge,
         Some(BodyError::Idle) => Refusal::BadRequest("the request body stalled"),
-        None => Refusal::BadRequest("the request body could not be read"),
+        Some(BodyError::Broken) | None => Refusal::BadRequest("the request body could not be read"),
     }
 }
 
