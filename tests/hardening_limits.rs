@@ -6,7 +6,7 @@ mod faults;
 
 use std::time::{Duration, Instant};
 
-use faults::{Keygate, Stub, eventually, get, raw, read_until_close, route};
+use faults::{Keygate, Stub, eventually, get, raw, read_answer, read_until_close, route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -75,9 +75,8 @@ async fn a_silent_connection_is_closed_at_header_timeout_but_an_idle_keep_alive_
     // After one answered request, the header timeout no longer applies: idle does.
     let mut kept = TcpStream::connect(kg.addr).await.unwrap();
     kept.write_all(b"GET /f/ok HTTP/1.1\r\nhost: k\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = kept.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let answer = read_answer(&mut kept).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     let answered = Instant::now();
     let rest = read_until_close(&mut kept, 5 * SECOND).await;
     let idle = answered.elapsed();
@@ -168,9 +167,7 @@ async fn over_max_connections_is_a_503_overloaded_and_service_recovers() {
     for _ in 0..3 {
         let mut s = TcpStream::connect(kg.addr).await.unwrap();
         s.write_all(b"GET /f/ok HTTP/1.1\r\nhost: k\r\n\r\n").await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+        assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200 OK"));
         held.push(s);
     }
     assert_eq!(kg.metric("keygate_connections_open"), Some(3.0));

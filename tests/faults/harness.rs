@@ -180,6 +180,29 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Raw {
     read_until_close(&mut stream, limit).await
 }
 
+/// Reads one whole response (head plus `content-length` body) from a kept-open stream.
+pub async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse::<usize>().ok()
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed mid-answer: {text}");
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Reads until EOF/reset or `limit`.
 pub async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> Raw {
     let mut out = Vec::new();
