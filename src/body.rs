@@ -39,7 +39,7 @@ pub enum BodyError {
     /// No bytes arrived for longer than the idle timeout.
     #[error("body stalled past the idle timeout")]
     Idle,
-    /// The body itself failed (e.g. broken chunked framing from the sender).
+    /// The body itself failed (bad chunked framing, the sender went away).
     #[error("body could not be read")]
     Broken,
 }
@@ -69,13 +69,17 @@ impl Meter {
     }
 
     fn fail(&self, error: BodyError) -> BoxError {
+        self.note(error);
+        Box::new(error)
+    }
+
+    fn note(&self, error: BodyError) {
         let code = match error {
             BodyError::TooLarge => 1,
             BodyError::Idle => 2,
             BodyError::Broken => 3,
         };
         self.failure.store(code, Ordering::Relaxed);
-        Box::new(error)
     }
 }
 
@@ -132,8 +136,9 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                // Noted so a broken request body is blamed on the caller, not the upstream.
-                let _ = this.meter.fail(BodyError::Broken);
+                // Noted so that whoever reads the meter can tell the sender's fault
+                // from the receiver's.
+                this.meter.note(BodyError::Broken);
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -190,6 +195,18 @@ mod tests {
         let err = body.collect().await.expect_err("idle must trip");
         assert_eq!(err.to_string(), "body stalled past the idle timeout");
         assert_eq!(meter.failure(), Some(BodyError::Idle));
+    }
+
+    #[tokio::test]
+    async fn a_failing_inner_body_is_noted_as_broken() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Err("bad chunk".into())).await.unwrap();
+        let stream = http_body_util::StreamBody::new(tokio_stream_shim::Receiver(rx));
+        let meter = Arc::new(Meter::default());
+        let body = Metered::new(stream, meter.clone(), Some(5), None);
+        let err = body.collect().await.expect_err("the inner error passes through");
+        assert_eq!(err.to_string(), "bad chunk");
+        assert_eq!(meter.failure(), Some(BodyError::Broken));
     }
 
     /// A minimal `Stream` over an mpsc receiver, so the test needs no extra crate.

@@ -42,7 +42,13 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, request: Request<Incoming>
         Ok(response) => response,
         Err(refusal) => {
             exchange.refused(&gw, &refusal);
-            refusal.into_response()
+            // After a framing refusal nothing more on this connection can be trusted.
+            let close = refusal == Refusal::BadRequest(AMBIGUOUS_FRAMING);
+            let mut response = refusal.into_response();
+            if close {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     exchange.finish(gw, response, bytes_in)
@@ -63,6 +69,12 @@ async fn pipeline(
     // Size first: nothing else should spend work on an oversized head.
     if head_size(&request) > snapshot.server.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
+    }
+    // Framing before anything reads the body: hyper refuses a `chunked` that is not the
+    // last coding; anything but one plain `chunked` line is refused too, since a proxy
+    // in front may frame it differently and re-framing upstream would drop a coding.
+    if !plain_framing(request.headers()) {
+        return Err(Refusal::BadRequest(AMBIGUOUS_FRAMING));
     }
     // Paths are checked before routing so no trick can reach a prefix it should not.
     let path = request.uri().path();
@@ -127,6 +139,19 @@ fn shadow_check(gw: &Gateway, route: &Route, caller: &Caller) {
 fn head_size(request: &Request<Incoming>) -> usize {
     let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
     request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
+}
+
+/// The reason given for a request whose `Transfer-Encoding` is not one plain `chunked`.
+const AMBIGUOUS_FRAMING: &str = "Transfer-Encoding must be a single \"chunked\"";
+
+/// True when the request has no `Transfer-Encoding`, or exactly one line reading `chunked`.
+fn plain_framing(headers: &http::HeaderMap) -> bool {
+    let mut lines = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => true,
+        (Some(value), None) => value.as_bytes().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
 }
 
 fn declared_length(request: &Request<Incoming>) -> Option<u64> {

@@ -17,7 +17,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
@@ -133,11 +133,25 @@ impl Upstream {
     /// Sends `request`, waiting at most `timeout` for the response head.
     pub async fn send(
         &self,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, Failure> {
+        let connection = capture_connection(&mut request);
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(Failure::Timeout),
+            // Both framings on one answer is the shape of response smuggling: hyper
+            // decodes the chunks, but the stale Content-Length would go back to the
+            // caller and desync its connection. The upstream connection is poisoned so
+            // the pool never hands it out again (hyper may already have read the body).
+            Ok(Ok(response))
+                if response.headers().contains_key(http::header::TRANSFER_ENCODING)
+                    && response.headers().contains_key(http::header::CONTENT_LENGTH) =>
+            {
+                if let Some(connected) = connection.connection_metadata().as_ref() {
+                    connected.poison();
+                }
+                Err(Failure::Protocol)
+            }
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(classify(&error)),
         }
@@ -176,9 +190,6 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
             return Failure::Tls;
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
-                return Failure::Tls;
-            }
             if io.kind() == io::ErrorKind::TimedOut {
                 return Failure::Timeout;
             }
