@@ -67,7 +67,8 @@ async fn h2_upstream_is_used_when_alpn_offers_it() {
     let ca = sandbox.ca_pem().unwrap();
     let builder = GatewayBuilder::new();
     let ca_file = builder.file("sandbox-ca.pem", &ca);
-    let route = RouteSpec::export(&sandbox.base_url()).set("ca_file", &format!("{:?}", ca_file.display().to_string()));
+    let route = RouteSpec::export(&sandbox.base_url())
+        .set("ca_file", &format!("{:?}", ca_file.display().to_string()));
     let gw = builder.route(route).start().await;
     let reply = support::client::get(gw.addr, "/export/0.1/figure", &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());

@@ -517,3 +517,29 @@ async fn reload_under_load_fails_no_request_and_mixes_no_generations() {
     kg.assert_output_free_of(&sentinels.iter().map(String::as_str).collect::<Vec<_>>());
     eprintln!("reload under load: {total} requests, {GENERATIONS} reloads, {:?}", started.elapsed());
 }
+
+/// `[log] level` and `access` follow reloads (design §2: applied live).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_and_access_switch_follow_reloads() {
+    let quiet = "[log]\nlevel = \"info\"\naccess = false\n";
+    let rig = Rig::start("1h", "sentinel-level-1\n", quiet).await;
+    let start = rig.kg.mark();
+    assert_eq!(rig.kg.get("/echo/before").await.key(), "sentinel-level-1");
+
+    let loud = "[log]\nlevel = \"debug\"\naccess = true\n";
+    write_by_rename(&rig.config, &rig.config_with_base("1h", "", loud));
+    eventually("generation 2", SOON, || async { (rig.kg.config().await["generation"] == 2).then_some(()) })
+        .await;
+    assert_eq!(rig.kg.get("/echo/after").await.key(), "sentinel-level-1");
+    rig.kg.wait_log(start, "request", |v| v["path"] == "/echo/after").await;
+    // Lines are written in order: the request before the reload left no access line.
+    let requests = rig.kg.logs_since(start, "request");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    // Debug lines now appear (at "info" they never would): a SIGHUP with unchanged
+    // inputs says so at debug level.
+    let mark = rig.kg.mark();
+    rig.kg.sighup();
+    let unchanged = rig.kg.wait_log(mark, "inputs unchanged; nothing to apply", |_| true).await;
+    assert_eq!(unchanged["level"], "DEBUG");
+    rig.kg.assert_output_free_of(&["sentinel-level-1"]);
+}
