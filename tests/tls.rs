@@ -325,29 +325,47 @@ impl std::io::Write for Captured {
     }
 }
 
-/// The access log line (design §8) names the mTLS identity, the caller group and the
-/// path without its query. A current-thread runtime keeps every task of the in-process
-/// gateway on this thread, so a thread-local subscriber sees its events.
-#[tokio::test(flavor = "current_thread")]
-async fn access_log_names_identity_group_and_path_without_query() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::Targets::new().with_target("keygate::access", tracing::Level::INFO))
-        .with(keygate::telemetry::json_layer(move || sink.clone()));
-    let _guard = tracing::subscriber::set_default(subscriber);
+/// Every log line this test binary writes, in JSON. Installed once as the global
+/// subscriber: a thread-local one races with other tests registering callsites.
+fn captured_logs() -> &'static Captured {
+    static CAPTURE: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("keygate::access", tracing::Level::INFO),
+            )
+            .with(keygate::telemetry::json_layer(move || sink.clone()));
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        captured
+    })
+}
 
+/// The access log line (design §8) names the mTLS identity, the caller group and the
+/// path without its query.
+#[tokio::test]
+async fn access_log_names_identity_group_and_path_without_query() {
+    let captured = captured_logs();
     let s = setup().await;
     let etl = leaf(&s.client_ca, vec![uri("spiffe://test/etl")], false);
-    assert_eq!(request(&s, Some(&etl), "/etl/report?token=query-must-not-be-logged").await, Ok((200, None)));
-    assert_eq!(request(&s, Some(&etl), "/reports/x").await, Ok((403, Some("caller_not_allowed".into()))));
-    let logs = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    eventually("two access lines", || async { logs().lines().count() >= 2 }).await;
-    let text = logs();
-    assert!(!text.contains("query-must-not-be-logged"), "{text}");
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let ok = &lines[0];
+    let probe = "/etl/access-log-probe";
+    let refused = "/reports/access-log-probe";
+    let target = format!("{probe}?token=query-must-not-be-logged");
+    assert_eq!(request(&s, Some(&etl), &target).await, Ok((200, None)));
+    assert_eq!(request(&s, Some(&etl), refused).await, Ok((403, Some("caller_not_allowed".into()))));
+    let line_for = |path: &str| {
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("query-must-not-be-logged"), "{text}");
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["path"] == path)
+    };
+    eventually("both access lines", || async { line_for(probe).is_some() && line_for(refused).is_some() })
+        .await;
+    let ok = line_for(probe).unwrap();
     assert_eq!(ok["message"], "request");
     assert!(ok["timestamp"].is_string());
     assert_eq!(ok["identity"], "spiffe://test/etl");
@@ -356,18 +374,17 @@ async fn access_log_names_identity_group_and_path_without_query() {
     assert_eq!(ok["route"], "etl-only");
     assert_eq!(ok["operation"], "get");
     assert_eq!(ok["method"], "GET");
-    assert_eq!(ok["path"], "/etl/report");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["upstream_status"], 200);
     assert_eq!(ok["bytes_in"], 0);
     assert_eq!(ok["bytes_out"], 11);
     assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(ok.get("error").is_none(), "{ok}");
-    let refused = &lines[1];
-    assert_eq!(refused["status"], 403);
-    assert_eq!(refused["error"], "caller_not_allowed");
-    assert_eq!(refused["route"], "reports-only");
-    assert_eq!(refused["operation"], "-");
-    assert!(refused.get("upstream_status").is_none(), "{refused}");
+    let denied = line_for(refused).unwrap();
+    assert_eq!(denied["status"], 403);
+    assert_eq!(denied["error"], "caller_not_allowed");
+    assert_eq!(denied["route"], "reports-only");
+    assert_eq!(denied["operation"], "-");
+    assert!(denied.get("upstream_status").is_none(), "{denied}");
     s.app.shutdown().await;
 }

@@ -4,6 +4,7 @@
 //! from config.
 
 mod compile;
+mod route;
 pub mod schema;
 
 use std::collections::BTreeMap;
