@@ -76,6 +76,11 @@ async fn pipeline(
     if !plain_framing(request.headers()) {
         return Err(Refusal::BadRequest(AMBIGUOUS_FRAMING));
     }
+    // RFC 9112 §3.2: more than one Host line is a 400. keygate routes by path alone,
+    // but a proxy in front might have picked the other line.
+    if request.headers().get_all(http::header::HOST).iter().nth(1).is_some() {
+        return Err(Refusal::BadRequest("more than one Host header"));
+    }
     // Paths are checked before routing so no trick can reach a prefix it should not.
     let path = request.uri().path();
     check_path(path)?;
