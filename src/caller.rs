@@ -1,9 +1,9 @@
 //! Who is calling: the caller's address (TCP peer, or `X-Forwarded-For` behind trusted
 //! proxies), its mTLS identities, its group, and the allow lists that admit it.
 //!
-//! Allow lists compile into [`AddrSet`]: merged, sorted address ranges with a 16-bit
-//! bucket index, so a lookup costs a table read and a search over the few ranges in one
-//! bucket, whether the list holds one CIDR or a hundred thousand.
+//! Allow lists compile into [`AddrSet`]: merged, sorted address ranges with a bucket
+//! index over the span they cover, so a lookup costs a table read and a search over the
+//! few ranges in one bucket, whether the list holds one CIDR or a hundred thousand.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -47,47 +47,86 @@ impl AddrSet {
     }
 }
 
-/// An address width keygate indexes by its top 16 bits.
+/// An address width keygate can index.
 trait Key: Copy + Ord + std::fmt::Debug {
-    fn bucket(self) -> usize;
-    fn bucket_start(bucket: usize) -> Self;
+    const BITS: u32;
     fn next(self) -> Option<Self>;
+    fn wrapping_add(self, other: Self) -> Self;
+    fn wrapping_sub(self, other: Self) -> Self;
+    fn shr(self, shift: u32) -> Self;
+    fn shl(self, shift: u32) -> Self;
+    fn from_usize(n: usize) -> Self;
+    /// Truncating; callers only convert values below the bucket count.
+    fn to_usize(self) -> usize;
+    fn leading_zeros(self) -> u32;
 }
 
-impl Key for u32 {
-    fn bucket(self) -> usize {
-        (self >> 16) as usize
-    }
-    fn bucket_start(bucket: usize) -> Self {
-        (bucket as u32) << 16
-    }
-    fn next(self) -> Option<Self> {
-        self.checked_add(1)
-    }
+macro_rules! key {
+    ($t:ty) => {
+        impl Key for $t {
+            const BITS: u32 = <$t>::BITS;
+            fn next(self) -> Option<Self> {
+                self.checked_add(1)
+            }
+            fn wrapping_add(self, other: Self) -> Self {
+                <$t>::wrapping_add(self, other)
+            }
+            fn wrapping_sub(self, other: Self) -> Self {
+                <$t>::wrapping_sub(self, other)
+            }
+            fn shr(self, shift: u32) -> Self {
+                self >> shift
+            }
+            fn shl(self, shift: u32) -> Self {
+                self << shift
+            }
+            fn from_usize(n: usize) -> Self {
+                n as $t
+            }
+            fn to_usize(self) -> usize {
+                self as usize
+            }
+            fn leading_zeros(self) -> u32 {
+                <$t>::leading_zeros(self)
+            }
+        }
+    };
 }
-
-impl Key for u128 {
-    fn bucket(self) -> usize {
-        (self >> 112) as usize
-    }
-    fn bucket_start(bucket: usize) -> Self {
-        (bucket as u128) << 112
-    }
-    fn next(self) -> Option<Self> {
-        self.checked_add(1)
-    }
-}
+key!(u32);
+key!(u128);
 
 /// Below this many ranges a plain binary search beats reading the bucket index.
 const INDEX_THRESHOLD: usize = 16;
-const BUCKETS: usize = 1 << 16;
+/// The most buckets an index gets is `1 << MAX_BUCKETS_LOG2` (about one per range below).
+const MAX_BUCKETS_LOG2: u32 = 16;
+/// A bucket holding more ranges than this (a crowded corner of a skewed list) is
+/// binary-searched instead of scanned.
+const SCAN_LIMIT: usize = 8;
 
-/// Disjoint, sorted, inclusive ranges, plus an index from each 16-bit bucket to the
-/// first range that can hold an address in it.
+/// Disjoint, sorted, inclusive ranges, plus (above [`INDEX_THRESHOLD`]) an index that
+/// cuts the span from the first range's start to the last range's end into aligned
+/// buckets of `1 << shift` addresses, about one bucket per range, each pointing at the
+/// first range that can hold an address in it. A lookup is one shift and subtraction,
+/// two index reads and a look at the one or two ranges of that bucket, whatever the list
+/// size and wherever in the address space the list lives (IPv6 lists crowd into
+/// 2000::/3, which a fixed top-16-bit index would squeeze into an eighth of its slots).
 #[derive(Debug, Clone)]
 struct Ranges<K> {
     ranges: Vec<(K, K)>,
-    index: Option<Box<[u32]>>,
+    index: Option<Index<K>>,
+}
+
+#[derive(Debug, Clone)]
+struct Index<K> {
+    /// The first range's start, shifted: bucket `b` holds the addresses `a` with
+    /// `(a >> shift) - first == b`.
+    first: K,
+    shift: u32,
+    /// The number of buckets.
+    buckets: K,
+    /// `slots[b]`: the first range whose end is at or after bucket `b`'s start; one
+    /// extra slot at the end holds the range count.
+    slots: Box<[u32]>,
 }
 
 impl<K> Default for Ranges<K> {
@@ -117,32 +156,62 @@ impl<K: Key> Ranges<K> {
             ranges.push((start, end));
         }
         ranges.shrink_to_fit();
-        let index = (ranges.len() > INDEX_THRESHOLD).then(|| {
-            (0..=BUCKETS)
-                .map(|bucket| {
-                    if bucket == BUCKETS {
-                        return ranges.len() as u32;
-                    }
-                    let start = K::bucket_start(bucket);
-                    ranges.partition_point(|&(_, end)| end < start) as u32
-                })
-                .collect::<Box<[u32]>>()
-        });
+        let index = (ranges.len() > INDEX_THRESHOLD).then(|| Index::new(&ranges));
         Ranges { ranges, index }
     }
 
     fn contains(&self, addr: K) -> bool {
         let candidates = match &self.index {
             Some(index) => {
-                let bucket = addr.bucket();
-                let lo = index[bucket] as usize;
-                let hi = (index[bucket + 1] as usize + 1).min(self.ranges.len());
+                // Addresses below the first bucket wrap around to a huge bucket number.
+                let bucket = addr.shr(index.shift).wrapping_sub(index.first);
+                if bucket >= index.buckets {
+                    return false;
+                }
+                let bucket = bucket.to_usize();
+                let lo = index.slots[bucket] as usize;
+                let hi = (index.slots[bucket + 1] as usize + 1).min(self.ranges.len());
                 &self.ranges[lo..hi]
             }
             None => &self.ranges[..],
         };
+        if candidates.len() <= SCAN_LIMIT {
+            // The first range ending at or after `addr` is the only one that can hold it.
+            for &(start, end) in candidates {
+                if addr <= end {
+                    return addr >= start;
+                }
+            }
+            return false;
+        }
         let after = candidates.partition_point(|&(start, _)| start <= addr);
         after > 0 && candidates[after - 1].1 >= addr
+    }
+}
+
+impl<K: Key> Index<K> {
+    /// Builds the index of sorted, disjoint, non-empty `ranges` in one pass.
+    fn new(ranges: &[(K, K)]) -> Self {
+        let base = ranges[0].0;
+        let end = ranges[ranges.len() - 1].1;
+        let buckets_log2 = (ranges.len().next_power_of_two().trailing_zeros()).min(MAX_BUCKETS_LOG2);
+        // The smallest shift that maps the whole span to at most `2 << buckets_log2`
+        // aligned buckets.
+        let span_bits = K::BITS - end.wrapping_sub(base).leading_zeros();
+        let shift = span_bits.saturating_sub(buckets_log2);
+        let first = base.shr(shift);
+        let buckets = end.shr(shift).wrapping_sub(first).to_usize() + 1;
+        let mut slots = Vec::with_capacity(buckets + 1);
+        let mut next = 0;
+        for bucket in 0..buckets {
+            let start = first.wrapping_add(K::from_usize(bucket)).shl(shift);
+            while next < ranges.len() && ranges[next].1 < start {
+                next += 1;
+            }
+            slots.push(next as u32);
+        }
+        slots.push(ranges.len() as u32);
+        Index { first, shift, buckets: K::from_usize(buckets), slots: slots.into_boxed_slice() }
     }
 }
 
@@ -340,6 +409,52 @@ mod tests {
         }
         for n in &nets {
             assert!(s.contains(n.network()) && s.contains(n.broadcast()), "{n}");
+        }
+    }
+
+    #[test]
+    fn indexed_ipv6_lookup_agrees_with_a_linear_scan() {
+        // IPv6 lists crowd into 2000::/3; the index must still spread them out.
+        let mut nets = Vec::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..3000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let hi = (0x2000u128 | (x as u128 & 0x1fff)) << 112 | ((x as u128) << 40);
+            let len = 24 + (i % 41) as u8;
+            nets.push(IpNet::V6(ipnet::Ipv6Net::new(Ipv6Addr::from(hi), len).unwrap().trunc()));
+        }
+        let s = AddrSet::new(&nets);
+        assert!(s.v6.index.is_some());
+        for n in &nets {
+            let IpNet::V6(v6) = n else { unreachable!("only IPv6 here") };
+            let below = u128::from(v6.network()).checked_sub(1).map(|a| IpAddr::V6(Ipv6Addr::from(a)));
+            let above = u128::from(v6.broadcast()).checked_add(1).map(|a| IpAddr::V6(Ipv6Addr::from(a)));
+            for a in [Some(n.network()), Some(n.broadcast()), below, above].into_iter().flatten() {
+                assert_eq!(s.contains(a), nets.iter().any(|m| m.contains(&a)), "{a}");
+            }
+        }
+        assert!(!s.contains(ip("::1")) && !s.contains(ip("ffff::1")) && !s.contains(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn indexed_lookup_covers_both_ends_of_the_space() {
+        let mut list: Vec<String> = (0..40).map(|i| format!("10.{i}.0.0/24")).collect();
+        list.push("0.0.0.0/32".into());
+        list.push("255.255.255.255/32".into());
+        list.push("::/128".into());
+        list.push("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128".into());
+        list.extend((0..40).map(|i| format!("2001:db8:{:x}::/48", 2 * i)));
+        let s = set(&list.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(s.v4.index.is_some() && s.v6.index.is_some());
+        for yes in
+            ["0.0.0.0", "255.255.255.255", "10.39.0.255", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+        {
+            assert!(s.contains(ip(yes)), "{yes}");
+        }
+        for no in ["0.0.0.1", "255.255.255.254", "10.40.0.0", "::1", "2001:db8:1::", "2001:db8:50::"] {
+            assert!(!s.contains(ip(no)), "{no}");
         }
     }
 

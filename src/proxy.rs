@@ -142,7 +142,7 @@ fn shadow_check(gw: &Gateway, route: &Route, caller: &Caller) {
 }
 
 fn head_size(request: &Request<Incoming>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let line = request.method().as_str().len() + uri_len(request.uri()) + 12;
     request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
 }
 
@@ -157,6 +157,14 @@ fn plain_framing(headers: &http::HeaderMap) -> bool {
         (Some(value), None) => value.as_bytes().eq_ignore_ascii_case(b"chunked"),
         (Some(_), Some(_)) => false,
     }
+}
+
+/// `uri.to_string().len()`, without building the string.
+fn uri_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
 }
 
 fn declared_length(request: &Request<Incoming>) -> Option<u64> {
@@ -353,5 +361,16 @@ where
             body::full(clean)
         }
         None => body::full(buffered),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uri_len_matches_the_formatted_length() {
+        for text in ["/", "/export/0.1/export?a=1&b", "http://h:8/x?y", "https://h", "*", "h:443", "/p?"] {
+            let uri: http::Uri = text.parse().unwrap();
+            assert_eq!(super::uri_len(&uri), uri.to_string().len(), "{text}");
+        }
     }
 }
