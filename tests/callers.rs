@@ -25,6 +25,16 @@ fn code(reply: &Reply) -> (u16, Option<String>) {
     (reply.status, reply.header("x-keygate-error"))
 }
 
+/// A generic route `/NAME` to `upstream` injecting `X-Api-Key`, with `allow` (TOML) and
+/// any `extra` lines.
+fn route(name: &str, upstream: &FakeUpstream, allow: &str, extra: &str) -> String {
+    format!(
+        "\n[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nupstream = \"http://{}\"\n\
+         inject = {{ header = \"X-Api-Key\" }}\nsecret = \"k\"\nallow = {allow}\n{extra}\n",
+        upstream.addr
+    )
+}
+
 fn config(listen: &str, upstream: &FakeUpstream, extra_routes: &str, callers: &str) -> String {
     format!(
         r#"
@@ -74,18 +84,7 @@ cidrs = ["127.0.0.2/32", "127.0.0.3/32"]
 [callers.groups.loop]
 cidrs = ["127.0.0.0/8"]
 "#;
-    let routes = format!(
-        r#"
-[[routes]]
-name = "etl"
-prefix = "/etl"
-upstream = "http://{}"
-inject = {{ header = "X-Api-Key" }}
-secret = "k"
-allow = ["etl"]
-"#,
-        up.addr
-    );
+    let routes = route("etl", &up, r#"["etl"]"#, "");
     let gw = TestGateway::from_config(&config("127.0.0.1:0", &up, &routes, callers)).await;
     let to = gw.addr;
     assert_eq!(call(ip("127.0.0.2"), to, "/etl/a", &[]).await.status, 200);
@@ -107,18 +106,7 @@ allow = ["etl"]
 #[tokio::test]
 async fn dual_stack_listener_matches_ipv4_rules_for_mapped_peers_and_ipv6_rules_for_v6() {
     let up = FakeUpstream::start(status(200)).await;
-    let routes = format!(
-        r#"
-[[routes]]
-name = "v6"
-prefix = "/v6"
-upstream = "http://{}"
-inject = {{ header = "X-Api-Key" }}
-secret = "k"
-allow = ["::1/128"]
-"#,
-        up.addr
-    );
+    let routes = route("v6", &up, r#"["::1/128"]"#, "");
     // The upstream stays here: it stops when dropped.
     let text = config("[::]:0", &up, &routes, "");
     let Ok(gw) = tokio::spawn(async move { TestGateway::from_config(&text).await }).await else {
@@ -141,18 +129,7 @@ fn proxy_config(up: &FakeUpstream) -> String {
 [callers]
 trusted_proxies = ["127.0.0.9/32", "10.9.0.0/16"]
 "#;
-    let routes = format!(
-        r#"
-[[routes]]
-name = "office"
-prefix = "/office"
-upstream = "http://{}"
-inject = {{ header = "X-Api-Key" }}
-secret = "k"
-allow = ["10.1.0.0/16"]
-"#,
-        up.addr
-    );
+    let routes = route("office", &up, r#"["10.1.0.0/16"]"#, "");
     config("127.0.0.1:0", up, &routes, callers)
 }
 
@@ -214,19 +191,7 @@ async fn untrusted_peers_cannot_claim_an_address() {
 #[tokio::test]
 async fn shadow_allow_counts_without_deciding() {
     let up = FakeUpstream::start(status(200)).await;
-    let routes = format!(
-        r#"
-[[routes]]
-name = "trial"
-prefix = "/trial"
-upstream = "http://{}"
-inject = {{ header = "X-Api-Key" }}
-secret = "k"
-allow = ["127.0.0.0/8"]
-shadow_allow = ["127.0.0.2/32"]
-"#,
-        up.addr
-    );
+    let routes = route("trial", &up, r#"["127.0.0.0/8"]"#, r#"shadow_allow = ["127.0.0.2/32"]"#);
     let gw = TestGateway::from_config(&config("127.0.0.1:0", &up, &routes, "")).await;
     let to = gw.addr;
     assert_eq!(sample(&gw.metrics(), r#"keygate_shadow_denied_total{route="trial"}"#), Some(0.0));
@@ -287,18 +252,7 @@ async fn ipv6_caller_from_a_network_namespace() {
     }
 
     let up = FakeUpstream::start(status(200)).await;
-    let routes = format!(
-        r#"
-[[routes]]
-name = "lab"
-prefix = "/lab"
-upstream = "http://{}"
-inject = {{ header = "X-Api-Key" }}
-secret = "k"
-allow = ["fd00:6b67::2/128"]
-"#,
-        up.addr
-    );
+    let routes = route("lab", &up, r#"["fd00:6b67::2/128"]"#, "");
     let gw = TestGateway::from_config(&config("[fd00:6b67::1]:0", &up, &routes, "")).await;
     let port = gw.addr.port();
     let ns_name = ns.clone();
