@@ -129,7 +129,7 @@ fn proxy_config(up: &FakeUpstream) -> String {
 [callers]
 trusted_proxies = ["127.0.0.9/32", "10.9.0.0/16"]
 "#;
-    let routes = route("office", &up, r#"["10.1.0.0/16"]"#, "");
+    let routes = route("office", up, r#"["10.1.0.0/16"]"#, "");
     config("127.0.0.1:0", up, &routes, callers)
 }
 
