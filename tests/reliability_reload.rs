@@ -82,8 +82,11 @@ async fn reload_every_few_seconds_under_load_uses_each_new_key_within_a_second()
         swapped_at.push(Instant::now());
         kube.update(&[("key", &format!("{}\n", key(i)))]);
     }
-    // Give the last rotation its second, and then some, before stopping.
-    tokio::time::sleep(WITHIN * 2).await;
+    // Keep the load on until the last key is in use (the lag check below judges how soon).
+    eventually("the last key in use", SOON, || {
+        std::future::ready(first_seen.lock().unwrap()[ROTATIONS].map(|_| ()))
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut total = 0;
     for client in clients {
