@@ -11,6 +11,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::ProxyBody;
+use crate::upstream::Failure;
 
 /// Name of the header that marks keygate's own answers.
 pub const ERROR_HEADER: &str = "x-keygate-error";
@@ -40,7 +41,8 @@ pub enum Refusal {
     /// The request head is larger than `max_header_bytes`.
     HeadersTooLarge,
     /// Connecting to the upstream failed, or it broke the protocol.
-    UpstreamUnavailable(UpstreamFailure),
+    /// Carries the failure kind (never `Timeout`, which is [`Refusal::UpstreamTimeout`]).
+    UpstreamUnavailable(Failure),
     /// Too many connections or requests.
     Overloaded,
     /// keygate is draining after SIGTERM/SIGINT.
@@ -49,25 +51,6 @@ pub enum Refusal {
     NotReady(&'static str),
     /// The upstream did not answer within the route's timeouts.
     UpstreamTimeout,
-}
-
-/// What kind of upstream failure a 502 stands for (the `kind` metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    Connect,
-    Tls,
-    Protocol,
-}
-
-impl UpstreamFailure {
-    /// The `kind` label of `keygate_upstream_errors_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            UpstreamFailure::Connect => "connect",
-            UpstreamFailure::Tls => "tls",
-            UpstreamFailure::Protocol => "protocol",
-        }
-    }
 }
 
 impl Refusal {
@@ -174,7 +157,7 @@ mod tests {
             (Refusal::MethodNotAllowed("GET".into()), 405, "method_not_allowed"),
             (Refusal::BodyTooLarge, 413, "body_too_large"),
             (Refusal::HeadersTooLarge, 431, "headers_too_large"),
-            (Refusal::UpstreamUnavailable(UpstreamFailure::Connect), 502, "upstream_unavailable"),
+            (Refusal::UpstreamUnavailable(Failure::Connect), 502, "upstream_unavailable"),
             (Refusal::Overloaded, 503, "overloaded"),
             (Refusal::ShuttingDown, 503, "shutting_down"),
             (Refusal::NotReady("x"), 503, "not_ready"),

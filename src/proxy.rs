@@ -15,7 +15,7 @@ use crate::access::Exchange;
 use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
 use crate::caller::Caller;
 use crate::config::Snapshot;
-use crate::error::{Refusal, UpstreamFailure};
+use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::rewrite;
 use crate::routes::{Inject, Kind, Preset, Route, Target, check_path};
@@ -98,7 +98,7 @@ async fn pipeline(
     let target = route.target(request.method(), remainder)?;
     exchange.operation = target.operation;
     // A declared length over the limit is refused before any byte (or 100 Continue).
-    if declared_length(&request).is_some_and(|n| n > route.max_body_bytes) {
+    if declared_length(request.headers()).is_some_and(|n| n > route.max_body_bytes) {
         return Err(Refusal::BodyTooLarge);
     }
 
@@ -167,8 +167,8 @@ fn uri_len(uri: &http::Uri) -> usize {
         + uri.query().map_or(0, |q| q.len() + 1)
 }
 
-fn declared_length(request: &Request<Incoming>) -> Option<u64> {
-    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// Turns the caller's request into the upstream's: strip, then inject, then body.
@@ -241,7 +241,7 @@ async fn build_request(
         && (parts.method == Method::GET || parts.method == Method::HEAD)
     {
         // No BI GET takes a body; one here is a mistake or a smuggling attempt.
-        if declared_length_parts(&parts).unwrap_or(0) > 0
+        if declared_length(&parts.headers).unwrap_or(0) > 0
             || parts.headers.contains_key(header::TRANSFER_ENCODING)
         {
             return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
@@ -257,10 +257,6 @@ async fn build_request(
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = headers;
     Ok(out)
-}
-
-fn declared_length_parts(parts: &http::request::Parts) -> Option<u64> {
-    parts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn body_refusal(bytes_in: &Meter) -> Refusal {
@@ -280,9 +276,7 @@ fn upstream_failure(gw: &Gateway, route: &Route, failure: Failure, bytes_in: &Me
     gw.metrics.upstream_errors.with_label_values(&[&route.name, failure.label()]).inc();
     match failure {
         Failure::Timeout => Refusal::UpstreamTimeout,
-        Failure::Connect => Refusal::UpstreamUnavailable(UpstreamFailure::Connect),
-        Failure::Tls => Refusal::UpstreamUnavailable(UpstreamFailure::Tls),
-        Failure::Protocol => Refusal::UpstreamUnavailable(UpstreamFailure::Protocol),
+        kind => Refusal::UpstreamUnavailable(kind),
     }
 }
 
