@@ -70,16 +70,25 @@ impl Exchange {
         self.route.as_ref().map_or("-", |r| r.name.as_str())
     }
 
-    /// Wraps the response body so the record is completed when it ends.
+    /// Wraps the response body so the record is completed when it ends; `then` is
+    /// dropped right after the record is written.
     pub fn finish(
         self,
         gw: Arc<Gateway>,
         response: Response<ProxyBody>,
         bytes_in: Arc<Meter>,
+        then: Box<dyn Send>,
     ) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
         let bytes_out = Arc::new(Meter::default());
-        let done = Done { exchange: self, gw, status: parts.status, bytes_in, bytes_out: bytes_out.clone() };
+        let done = Done {
+            exchange: self,
+            gw,
+            status: parts.status,
+            bytes_in,
+            bytes_out: bytes_out.clone(),
+            _then: then,
+        };
         let body = Metered::new(body, bytes_out, None, None).with_guard(Box::new(done));
         Response::from_parts(parts, body.boxed_unsync())
     }
@@ -92,6 +101,8 @@ struct Done {
     status: StatusCode,
     bytes_in: Arc<Meter>,
     bytes_out: Arc<Meter>,
+    /// Dropped after `drop` below has written the record (fields drop after it runs).
+    _then: Box<dyn Send>,
 }
 
 impl Drop for Done {

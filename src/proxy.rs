@@ -32,8 +32,15 @@ pub struct ConnInfo {
     pub identities: Arc<[String]>,
 }
 
-/// Handles one request end to end. Never fails: refusals are responses.
-pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, request: Request<Incoming>) -> Response<ProxyBody> {
+/// Handles one request end to end. Never fails: refusals are responses. `guard` (the
+/// connection's own bookkeeping) is kept until the response's last byte, after the
+/// access record is written.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: ConnInfo,
+    request: Request<Incoming>,
+    guard: Box<dyn Send>,
+) -> Response<ProxyBody> {
     // One snapshot for the whole request, so a reload never mixes two configs.
     let snapshot = gw.snapshot();
     let mut exchange = Exchange::begin(&gw, &conn, &request, snapshot.log.access);
@@ -51,7 +58,7 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, request: Request<Incoming>
             response
         }
     };
-    exchange.finish(gw, response, bytes_in)
+    exchange.finish(gw, response, bytes_in, guard)
 }
 
 async fn pipeline(

@@ -238,14 +238,8 @@ async fn serve_connection<I>(
         let gw = gw.clone();
         let info = info.clone();
         async move {
-            let response = proxy::handle(gw, info, request).await;
-            let response = response.map(|body| {
-                http_body_util::BodyExt::boxed_unsync(
-                    crate::body::Metered::new(body, Default::default(), None, None)
-                        .with_guard(Box::new(guard)),
-                )
-            });
-            Ok::<_, Infallible>(response)
+            // One body wrapper per response: the request guard rides on the access record.
+            Ok::<_, Infallible>(proxy::handle(gw, info, request, Box::new(guard)).await)
         }
     });
 
