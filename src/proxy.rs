@@ -19,7 +19,7 @@ use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::rewrite;
 use crate::routes::{Inject, Kind, Preset, Route, Target, check_path};
-use crate::upstream::Failure;
+use crate::upstream::{Failure, Lease};
 
 /// Largest non-2xx textual body that is scrubbed for secrets before it goes back.
 const SCRUB_LIMIT: usize = 64 * 1024;
@@ -116,20 +116,20 @@ async fn pipeline(
         .upstream_duration
         .with_label_values(&[&route.name, target.operation])
         .observe(started.elapsed().as_secs_f64());
-    let response = match result {
+    let (response, lease) = match result {
         // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
         // on would tell the caller a tunnel exists.
-        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+        Ok((response, _)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             return Err(upstream_failure(gw, &route, Failure::Protocol, bytes_in));
         }
-        Ok(response) => response,
+        Ok(answer) => answer,
         Err(failure) => return Err(upstream_failure(gw, &route, failure, bytes_in)),
     };
     exchange.upstream_status = Some(response.status());
     if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         gw.metrics.upstream_auth_failures.with_label_values(&[&route.name]).inc();
     }
-    Ok(downstream(snapshot, &route, response).await)
+    Ok(downstream(snapshot, &route, response, lease).await)
 }
 
 /// Counts and logs a request the route's `shadow_allow` would refuse; never decides.
@@ -241,7 +241,7 @@ async fn build_request(
     let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
     let body = if target.validate_upsert {
         // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
-        let bytes = metered.collect().await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
+        let bytes = Box::pin(metered.collect()).await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
         crate::routes::preset::validate_upsert(&bytes).map_err(Refusal::InvalidBody)?;
         body::full(bytes)
     } else if matches!(route.kind, Kind::Preset { .. })
@@ -289,7 +289,12 @@ fn upstream_failure(gw: &Gateway, route: &Route, failure: Failure, bytes_in: &Me
 
 /// Cleans the upstream's answer: headers always; small textual error bodies scrubbed;
 /// everything else streamed untouched, with an idle timeout between chunks.
-async fn downstream(snapshot: &Snapshot, route: &Route, response: Response<Incoming>) -> Response<ProxyBody> {
+async fn downstream(
+    snapshot: &Snapshot,
+    route: &Route,
+    response: Response<Incoming>,
+    mut lease: Lease,
+) -> Response<ProxyBody> {
     let (mut parts, incoming) = response.into_parts();
     let query_names: Vec<&str> = match &route.kind {
         Kind::Generic { inject: Inject::Query(name), .. } => vec!["apikey", name.as_str()],
@@ -297,10 +302,14 @@ async fn downstream(snapshot: &Snapshot, route: &Route, response: Response<Incom
     };
     rewrite::response_headers(&mut parts.headers, &route.scrub, &query_names);
     let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
-    let streamed = Metered::new(incoming, Arc::new(Meter::default()), None, idle);
+    // The upstream connection is reused only after this body has been read whole.
+    let meter = Arc::new(Meter::default());
+    lease.watch(&meter);
+    let streamed = Metered::new(incoming, meter, None, idle).with_guard(Box::new(lease));
 
     let body = if !parts.status.is_success() && is_scrubbable(&parts.headers) {
-        scrub_small_body(route, streamed, &mut parts.headers).await
+        // Boxed, like every rare path, to keep each request's future small.
+        Box::pin(scrub_small_body(route, streamed, &mut parts.headers)).await
     } else {
         streamed.boxed_unsync()
     };

@@ -1,28 +1,43 @@
-//! Upstream clients: one pooled hyper client per upstream, TLS verification always on
+//! Upstream clients: one connection pool per upstream, TLS verification always on
 //! (built-in webpki roots plus the route's `ca_file`), HTTP/1.1 and HTTP/2 via ALPN,
 //! connect and response timeouts, and the classification of failures into the kinds
 //! keygate reports.
 //!
-//! Retries: hyper's pool re-sends a request only when a pooled connection was found
-//! closed before any byte of the request was written; keygate adds no other retry and
-//! never follows redirects.
+//! HTTP/1.1 connections are driven by hyper's `client::conn` API and kept in a small
+//! LIFO pool: a connection goes back only once its response body has been read to the
+//! end (see [`Lease`]), so an answer that was cut, refused or looked like smuggling
+//! never shares a connection with the next request. An HTTP/2 connection (when the
+//! upstream's ALPN picks `h2`) is shared by every request.
+//!
+//! Retries: a request is re-sent only when a pooled connection turned out to be closed
+//! before any byte of the request was written; keygate adds no other retry and never
+//! follows redirects.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
-use crate::body::ProxyBody;
+use crate::body::{Meter, ProxyBody};
+
+/// How long an idle pooled connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many idle HTTP/1.1 connections one upstream keeps.
+const MAX_IDLE: usize = 256;
 
 /// What makes two upstreams the same client (and lets a reload keep its pool).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -60,7 +75,11 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     base_path: String,
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// The `Host` line of HTTP/1.1 requests: the host, and the port unless it is the
+    /// scheme's default.
+    host: HeaderValue,
+    connector: Connector,
+    pool: Arc<Pool>,
 }
 
 impl fmt::Debug for Upstream {
@@ -76,25 +95,31 @@ impl Upstream {
         let scheme = url.scheme().cloned().ok_or("the URL has no scheme")?;
         let authority = url.authority().cloned().ok_or("the URL has no host")?;
         let base_path = url.path().trim_end_matches('/').to_owned();
-        let tls = client_tls(extra_roots)?;
-
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(key.connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Ok(Upstream { key, scheme, authority, base_path, client })
+        let tls_on = scheme == Scheme::HTTPS;
+        if !tls_on && scheme != Scheme::HTTP {
+            return Err(format!("unsupported scheme {scheme}"));
+        }
+        let default_port = if tls_on { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
+        // IPv6 literals keep their brackets in the Host line, lose them for connecting.
+        let host_text = authority.host();
+        let host = match authority.port_u16() {
+            Some(p) if p != default_port => format!("{host_text}:{p}"),
+            _ => host_text.to_owned(),
+        };
+        let host = HeaderValue::from_str(&host).map_err(|_| "the host cannot be sent in a Host header")?;
+        let connect_host = host_text.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let tls = if tls_on {
+            let mut config = client_tls(extra_roots)?;
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let name = ServerName::try_from(connect_host.clone())
+                .map_err(|_| format!("{connect_host} is not a valid TLS server name"))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let connector = Connector { host: connect_host, port, tls, timeout: key.connect_timeout };
+        Ok(Upstream { key, scheme, authority, base_path, host, connector, pool: Arc::default() })
     }
 
     /// The identity of this client for reuse across reloads.
@@ -117,43 +142,238 @@ impl Upstream {
         self.scheme == Scheme::HTTP
     }
 
-    /// The absolute URI for `path` and `query` on this upstream.
+    /// The request target for `path` and `query` on this upstream (origin form; the
+    /// scheme and authority are added for HTTP/2).
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let pq = match query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::try_from(pq)?)
-            .build()
+        Ok(Uri::from(PathAndQuery::try_from(pq)?))
     }
 
-    /// Sends `request`, waiting at most `timeout` for the response head.
+    /// Sends `request`, waiting at most `timeout` for the response head. The [`Lease`]
+    /// must travel with the response body: it returns the connection to the pool once
+    /// the body has been read to its end.
     pub async fn send(
         &self,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, Failure> {
-        let connection = capture_connection(&mut request);
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        match tokio::time::timeout(timeout, self.dispatch(request)).await {
             Err(_) => Err(Failure::Timeout),
-            // Both framings on one answer is the shape of response smuggling: hyper
-            // decodes the chunks, but the stale Content-Length would go back to the
-            // caller and desync its connection. The upstream connection is poisoned so
-            // the pool never hands it out again (hyper may already have read the body).
-            Ok(Ok(response))
-                if response.headers().contains_key(http::header::TRANSFER_ENCODING)
-                    && response.headers().contains_key(http::header::CONTENT_LENGTH) =>
-            {
-                if let Some(connected) = connection.connection_metadata().as_ref() {
-                    connected.poison();
+            Ok(result) => result,
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        mut request: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        loop {
+            let (sender, reused) = match self.pool.checkout() {
+                Some(sender) => (sender, true),
+                // Boxed: connecting (TLS, HTTP/2 handshakes) is rare and its state is
+                // large; inline, it would make every request's future as large.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            let mut sender = match sender {
+                Sender::H2(mut h2) => {
+                    let mut parts = request.uri().clone().into_parts();
+                    parts.scheme = Some(self.scheme.clone());
+                    parts.authority = Some(self.authority.clone());
+                    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Protocol)?;
+                    let response = h2.send_request(request).await.map_err(|e| classify(&e))?;
+                    return Ok((response, Lease::none()));
                 }
-                Err(Failure::Protocol)
+                Sender::H1(sender) => sender,
+            };
+            if sender.ready().await.is_err() {
+                if !reused {
+                    // Closed as soon as it was opened.
+                    return Err(Failure::Protocol);
+                }
+                // Closed while idle: no byte was written, try the next one.
+                continue;
             }
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(classify(&error)),
+            request.headers_mut().insert(HOST, self.host.clone());
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    // Both framings on one answer is the shape of response smuggling:
+                    // hyper decodes the chunks, but the stale Content-Length would go
+                    // back to the caller and desync its connection. The connection is
+                    // dropped with the lease, never pooled again.
+                    let headers = response.headers();
+                    if headers.contains_key(http::header::TRANSFER_ENCODING)
+                        && headers.contains_key(http::header::CONTENT_LENGTH)
+                    {
+                        return Err(Failure::Protocol);
+                    }
+                    return Ok((response, Lease { conn: Some((sender, self.pool.clone())), meter: None }));
+                }
+                Err(mut error) => match error.take_message() {
+                    // The pooled connection closed before the request was written.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(classify(error.error())),
+                },
+            }
+        }
+    }
+
+    /// Opens a new connection: TCP (bounded by the connect timeout), TLS if the URL is
+    /// `https`, then HTTP/2 if ALPN picked it, HTTP/1.1 otherwise.
+    async fn connect(&self) -> Result<Sender, Failure> {
+        let c = &self.connector;
+        let tcp = match tokio::time::timeout(c.timeout, TcpStream::connect((c.host.as_str(), c.port))).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(Failure::Timeout),
+            Ok(Err(_)) => return Err(Failure::Connect),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some((tls, name)) = &c.tls else { return self.handshake(tcp, false).await };
+        let stream = tls.connect(name.clone(), tcp).await.map_err(|e| {
+            let rustls_error =
+                e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+            if rustls_error { Failure::Tls } else { Failure::Connect }
+        })?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        self.handshake(stream, h2).await
+    }
+
+    async fn handshake<I>(&self, io: I, h2: bool) -> Result<Sender, Failure>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|_| Failure::Connect)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            self.pool.share_h2(sender.clone());
+            return Ok(Sender::H2(sender));
+        }
+        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|_| Failure::Connect)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        self.pool.start_reaper();
+        Ok(Sender::H1(sender))
+    }
+}
+
+/// Where and how to connect.
+struct Connector {
+    /// Host name or address, without IPv6 brackets.
+    host: String,
+    port: u16,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    timeout: Duration,
+}
+
+enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// Idle HTTP/1.1 connections (newest last) and the shared HTTP/2 connection.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: VecDeque<(http1::SendRequest<ProxyBody>, Instant)>,
+    h2: Option<http2::SendRequest<ProxyBody>>,
+    reaper: bool,
+}
+
+impl Pool {
+    /// The shared HTTP/2 connection if it is open, else the newest open idle one.
+    fn checkout(&self) -> Option<Sender> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h2) = &state.h2 {
+            if !h2.is_closed() {
+                return Some(Sender::H2(h2.clone()));
+            }
+            state.h2 = None;
+        }
+        while let Some((sender, since)) = state.idle.pop_back() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(Sender::H1(sender));
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: http1::SendRequest<ProxyBody>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.idle.len() < MAX_IDLE {
+            state.idle.push_back((sender, Instant::now()));
+        }
+    }
+
+    fn share_h2(&self, sender: http2::SendRequest<ProxyBody>) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).h2 = Some(sender);
+    }
+
+    /// Starts, once per pool, a task that closes connections idle past the timeout; it
+    /// ends when the pool is dropped.
+    fn start_reaper(self: &Arc<Self>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if std::mem::replace(&mut state.reaper, true) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_TIMEOUT / 3).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.idle.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+            }
+        });
+    }
+}
+
+/// The HTTP/1.1 connection a response came on. It goes back to the pool when the lease
+/// is dropped after the body was read to its end (see [`Lease::watch`]); otherwise the
+/// connection is closed.
+#[must_use]
+pub struct Lease {
+    conn: Option<(http1::SendRequest<ProxyBody>, Arc<Pool>)>,
+    meter: Option<Arc<Meter>>,
+}
+
+impl Lease {
+    /// A lease that holds nothing (HTTP/2 streams need none).
+    pub fn none() -> Lease {
+        Lease { conn: None, meter: None }
+    }
+
+    /// Ties the lease to the meter of the response body.
+    pub fn watch(&mut self, meter: &Arc<Meter>) {
+        self.meter = Some(meter.clone());
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let ended = self.meter.as_ref().is_some_and(|m| m.ended());
+        if let (Some((sender, pool)), true) = (self.conn.take(), ended) {
+            if !sender.is_closed() {
+                pool.put(sender);
+            }
         }
     }
 }
@@ -182,8 +402,8 @@ fn client_tls(extra_roots: Option<&[u8]>) -> Result<rustls::ClientConfig, String
     Ok(config)
 }
 
-/// Sorts a client error into a failure kind by walking its causes.
-fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
+/// Sorts an error of an exchange on an open connection into a failure kind.
+fn classify(error: &hyper::Error) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.downcast_ref::<rustls::Error>().is_some() {
@@ -193,17 +413,14 @@ fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
             if io.kind() == io::ErrorKind::TimedOut {
                 return Failure::Timeout;
             }
-            // `io::Error::source()` skips the error it wraps (hyper-rustls wraps
-            // tokio-rustls' io::Error, which wraps the rustls::Error): step into it.
+            // `io::Error::source()` skips the error it wraps (tokio-rustls wraps the
+            // rustls::Error in an io::Error): step into it.
             if let Some(inner) = io.get_ref() {
                 source = Some(inner);
                 continue;
             }
         }
-        if e.to_string().contains("connect timeout") {
-            return Failure::Timeout;
-        }
         source = e.source();
     }
-    if error.is_connect() { Failure::Connect } else { Failure::Protocol }
+    Failure::Protocol
 }

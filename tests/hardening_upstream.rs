@@ -117,6 +117,39 @@ async fn a_steady_trickle_streams_but_a_stalled_body_aborts_the_callers_response
 }
 
 #[tokio::test]
+async fn an_upstream_connection_is_reused_only_after_its_body_was_read_whole() {
+    let stub = Stub::start().await;
+    let kg = keygate_to(&stub.url(), "").await;
+    for _ in 0..3 {
+        assert_eq!(get(kg.addr, &target("/ok")).await.text(), "ok");
+    }
+    assert_eq!(stub.accepted(), 1, "sequential requests share one upstream connection");
+
+    // A body cut by the idle timeout: its connection is closed, not pooled.
+    let (status, body, ended) = read_streaming(kg.addr, &target("/stall/10")).await;
+    assert_eq!((status, body.len(), ended), (200, 10, false));
+    assert_eq!(get(kg.addr, &target("/ok")).await.text(), "ok");
+    assert_eq!(stub.accepted(), 2, "the stalled connection must not serve the next request");
+
+    // A caller that walks away mid-body (served on the pooled second connection): same.
+    let stream = TcpStream::connect(kg.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(target("/big/50000000")).header("host", "k");
+    let response = sender.send_request(request.body(http_body_util::Empty::<Bytes>::new()).unwrap()).await;
+    let mut body = response.unwrap().into_body();
+    assert!(body.frame().await.unwrap().unwrap().data_ref().is_some_and(|d| !d.is_empty()));
+    drop((body, sender));
+    conn.abort();
+    eventually("keygate hangs up on the abandoned answer", Duration::from_secs(3), || {
+        stub.seen().iter().any(|s| s.path() == "/big/50000000" && s.peer_gone)
+    })
+    .await;
+    assert_eq!(get(kg.addr, &target("/ok")).await.text(), "ok");
+    assert_eq!(stub.accepted(), 3, "the abandoned connection must not serve the next request");
+}
+
+#[tokio::test]
 async fn reset_mid_body_aborts_the_callers_response_at_once() {
     let stub = Stub::start().await;
     let kg = keygate_to(&stub.url(), "").await;

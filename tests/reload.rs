@@ -348,8 +348,13 @@ async fn start_unwatched(poll: &str, key: &str) -> (tempfile::TempDir, Echo, Unw
     let tree = Unwatched::create(dir.path(), key);
     std::fs::create_dir(dir.path().join("conf")).unwrap();
     let config = dir.path().join("conf/keygate.toml");
-    write_new(&config, &config_text(&format!("http://{}", echo.addr), &tree.key, poll, ""));
+    let debug = "[log]\nlevel = \"debug\"\n";
+    write_new(&config, &config_text(&format!("http://{}", echo.addr), &tree.key, poll, debug));
     let kg = Keygate::start(&config).await;
+    // keygate looks once more right after start (a change between its first read and
+    // its watches would raise no event); a change made before that look would be found
+    // by it instead of by the trigger under test.
+    kg.wait_log(0, "inputs unchanged; nothing to apply", |l| l["trigger"] == "watch").await;
     (dir, echo, tree, kg)
 }
 
