@@ -126,7 +126,7 @@ async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch:
         let shutdown = shutdown.clone();
         // Each new connection takes the certificate of the current snapshot.
         let tls = tls.as_ref().map(|start| gw.snapshot().tls.clone().unwrap_or_else(|| start.clone()));
-        tokio::spawn(async move {
+        let task = async move {
             gw.metrics.connections_open.inc();
             let _ = stream.set_nodelay(true);
             match tls {
@@ -134,29 +134,43 @@ async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch:
                     let info = ConnInfo { peer, identities: Arc::from(Vec::new()) };
                     serve_connection(gw.clone(), stream, info, limits, shutdown).await;
                 }
-                Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
-                    // The handshake counts against the header timeout, like slow headers.
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let identities = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|chain| chain.first())
-                                .map(crate::tls::identities)
-                                .unwrap_or_default();
-                            let info = ConnInfo { peer, identities: Arc::from(identities) };
-                            serve_connection(gw.clone(), stream, info, limits, shutdown).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                    }
-                }
+                // Boxed: a TLS session's state is large, and would otherwise make every
+                // plain connection's task as large.
+                Some(tls) => Box::pin(serve_tls(gw.clone(), stream, peer, tls, limits, shutdown)).await,
             }
             gw.metrics.connections_open.dec();
             drop(permit);
-        });
+        };
+        tokio::spawn(task);
+    }
+}
+
+/// Completes the TLS handshake (within the header timeout), then serves the connection
+/// with the identities of the client certificate, if any.
+async fn serve_tls(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: ServerTls,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    // The handshake counts against the header timeout, like slow headers.
+    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let identities = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(crate::tls::identities)
+                .unwrap_or_default();
+            let info = ConnInfo { peer, identities: Arc::from(identities) };
+            serve_connection(gw, stream, info, limits, shutdown).await;
+        }
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
     }
 }
 
