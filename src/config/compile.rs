@@ -125,6 +125,7 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
         tls,
         watched: inputs.named_files(),
         digest: inputs.digest,
+        manifest: inputs.manifest.clone(),
         warnings: ctx.warnings,
     })
 }

@@ -140,8 +140,83 @@ pub struct Snapshot {
     pub watched: Vec<PathBuf>,
     /// SHA-256 over every input; equal digests mean a no-op reload.
     pub digest: [u8; 32],
+    /// What the config file named, to recompute `digest` without parsing it again.
+    pub manifest: Manifest,
     /// Non-fatal findings (inline secrets, plain HTTP to remote hosts, …).
     pub warnings: Vec<String>,
+}
+
+/// What a config file names, in the order the inputs digest covers them, with the hash
+/// of the file's text. With it, a reload can tell that nothing changed without parsing
+/// the file again (parsing a large allowlist takes tens of MiB of transient memory).
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    text_digest: [u8; 32],
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    /// A secret's name.
+    Name(String),
+    File(PathBuf),
+    Env(String),
+}
+
+impl Manifest {
+    fn of(file: &schema::File, text_digest: [u8; 32]) -> Manifest {
+        let mut parts = Vec::new();
+        for (name, spec) in &file.secrets {
+            parts.push(Part::Name(name.clone()));
+            parts.extend(spec.file.iter().map(|p| Part::File(p.clone())));
+            parts.extend(spec.env.iter().map(|v| Part::Env(v.clone())));
+        }
+        parts.extend(file.routes.iter().filter_map(|r| r.ca_file.clone()).map(Part::File));
+        if let Some(tls) = &file.server.tls {
+            let named = [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()];
+            parts.extend(named.into_iter().flatten().map(|p| Part::File(p.clone())));
+        }
+        Manifest { text_digest, parts }
+    }
+
+    /// The digest a full read of `path` would give, when its text is still the one this
+    /// manifest was made from; `None` when the text changed (or cannot be read).
+    pub fn digest_if_same_text(&self, path: &Path) -> Option<[u8; 32]> {
+        let bytes = Zeroizing::new(std::fs::read(path).ok()?);
+        if <[u8; 32]>::from(Sha256::digest(&bytes[..])) != self.text_digest {
+            return None;
+        }
+        Some(self.gather(&bytes).digest)
+    }
+
+    /// Reads every named file and variable and hashes them after `text`.
+    fn gather(&self, text: &[u8]) -> Gathered {
+        let mut hasher = Sha256::new();
+        hasher.update(text);
+        let mut files = BTreeMap::new();
+        let mut env = BTreeMap::new();
+        for part in &self.parts {
+            match part {
+                Part::Name(name) => hasher.update(name.as_bytes()),
+                Part::File(path) => read_into(&mut files, &mut hasher, path),
+                Part::Env(var) => {
+                    let value = std::env::var(var).ok().map(Zeroizing::new);
+                    hasher.update([value.is_some() as u8]);
+                    if let Some(v) = &value {
+                        hasher.update(v.as_bytes());
+                    }
+                    env.insert(var.clone(), value);
+                }
+            }
+        }
+        Gathered { files, env, digest: hasher.finalize().into() }
+    }
+}
+
+struct Gathered {
+    files: BTreeMap<PathBuf, Result<Zeroizing<Vec<u8>>, String>>,
+    env: BTreeMap<String, Option<Zeroizing<String>>>,
+    digest: [u8; 32],
 }
 
 /// Everything one load reads, before compiling: the parsed file plus the bytes of every
@@ -149,6 +224,7 @@ pub struct Snapshot {
 pub struct Inputs {
     pub path: PathBuf,
     pub file: schema::File,
+    pub manifest: Manifest,
     files: BTreeMap<PathBuf, Result<Zeroizing<Vec<u8>>, String>>,
     env: BTreeMap<String, Option<Zeroizing<String>>>,
     pub digest: [u8; 32],
@@ -165,36 +241,9 @@ impl Inputs {
         let text =
             Zeroizing::new(String::from_utf8(bytes).map_err(|_| fail("the file is not UTF-8".into()))?);
         let file: schema::File = toml::from_str(&text).map_err(|e| fail(describe_toml_error(&text, &e)))?;
-        let mut hasher = Sha256::new();
-        hasher.update(text.as_bytes());
-
-        let mut files = BTreeMap::new();
-        let mut env = BTreeMap::new();
-        for (name, spec) in &file.secrets {
-            hasher.update(name.as_bytes());
-            if let Some(p) = &spec.file {
-                read_into(&mut files, &mut hasher, p);
-            }
-            if let Some(var) = &spec.env {
-                let value = std::env::var(var).ok().map(Zeroizing::new);
-                hasher.update([value.is_some() as u8]);
-                if let Some(v) = &value {
-                    hasher.update(v.as_bytes());
-                }
-                env.insert(var.clone(), value);
-            }
-        }
-        for route in &file.routes {
-            if let Some(p) = &route.ca_file {
-                read_into(&mut files, &mut hasher, p);
-            }
-        }
-        if let Some(tls) = &file.server.tls {
-            for p in [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()].into_iter().flatten() {
-                read_into(&mut files, &mut hasher, p);
-            }
-        }
-        Ok(Inputs { path: path.to_owned(), file, files, env, digest: hasher.finalize().into() })
+        let manifest = Manifest::of(&file, Sha256::digest(text.as_bytes()).into());
+        let Gathered { files, env, digest } = manifest.gather(text.as_bytes());
+        Ok(Inputs { path: path.to_owned(), file, manifest, files, env, digest })
     }
 
     /// The bytes of a file named by the config, or why it could not be read.
@@ -328,6 +377,30 @@ mod tests {
         let msg = describe_toml_error(text, &err);
         assert!(!msg.contains("sentinel"), "{msg}");
         assert!(msg.starts_with("line "), "{msg}");
+    }
+
+    #[test]
+    fn the_manifest_gives_the_full_digest_without_parsing_and_only_for_the_same_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k\n").unwrap();
+        let text = format!("[secrets.s]\nfile = \"{}\"\nenv = \"KEYGATE_MANIFEST_TEST\"\n", key.display());
+        std::fs::write(&path, &text).unwrap();
+        let first = Inputs::read(&path).unwrap();
+        assert_eq!(first.manifest.digest_if_same_text(&path), Some(first.digest));
+
+        // A named file that changed changes the digest, exactly as a full read does.
+        std::fs::write(&key, "k2\n").unwrap();
+        let rotated = Inputs::read(&path).unwrap();
+        assert_ne!(rotated.digest, first.digest);
+        assert_eq!(first.manifest.digest_if_same_text(&path), Some(rotated.digest));
+
+        // Another text needs a parse: no answer.
+        std::fs::write(&path, format!("{text}[log]\nlevel = \"debug\"\n")).unwrap();
+        assert_eq!(first.manifest.digest_if_same_text(&path), None);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(first.manifest.digest_if_same_text(&path), None);
     }
 
     #[test]

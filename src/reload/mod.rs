@@ -68,17 +68,18 @@ impl Reloader {
 
     fn attempt(&self, trigger: &'static str) -> Outcome {
         let current = self.gw.snapshot();
+        // Same text and same named files: nothing to parse or apply.
+        if current.manifest.digest_if_same_text(&self.path) == Some(current.digest) {
+            self.state().named = current.watched.clone();
+            return self.unchanged(trigger);
+        }
         let inputs = match Inputs::read(&self.path) {
             Ok(inputs) => inputs,
             Err(problems) => return self.failed(trigger, problems.to_string(), None),
         };
         self.state().named = inputs.named_files();
         if inputs.digest == current.digest {
-            // The files say what is running: any earlier failure is moot now.
-            self.state().last_failure = None;
-            self.gw.metrics.last_reload_successful.set(1);
-            tracing::debug!(trigger, "inputs unchanged; nothing to apply");
-            return Outcome::Unchanged;
+            return self.unchanged(trigger);
         }
         let next = match config::compile(&inputs, current.generation + 1, Some(&current)) {
             Ok(next) => next,
@@ -94,6 +95,14 @@ impl Reloader {
         self.gw.publish(next.clone());
         self.gw.metrics.reload_succeeded(&next);
         Outcome::Applied(generation)
+    }
+
+    fn unchanged(&self, trigger: &'static str) -> Outcome {
+        // The files say what is running: any earlier failure is moot now.
+        self.state().last_failure = None;
+        self.gw.metrics.last_reload_successful.set(1);
+        tracing::debug!(trigger, "inputs unchanged; nothing to apply");
+        Outcome::Unchanged
     }
 
     fn failed(&self, trigger: &'static str, reason: String, digest: Option<[u8; 32]>) -> Outcome {
