@@ -10,6 +10,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Incoming;
+use zeroize::Zeroizing;
 
 use crate::access::Exchange;
 use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
@@ -153,6 +154,11 @@ fn head_size(request: &Request<Incoming>) -> usize {
     request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
 }
 
+/// What every BI route removes from callers: their own credentials and cookies. The
+/// last one is also the header the export key is injected into.
+static PRESET_DROP: [HeaderName; 3] =
+    [header::AUTHORIZATION, header::COOKIE, HeaderName::from_static("x-rjm-api-key")];
+
 /// The reason given for a request whose `Transfer-Encoding` is not one plain `chunked`.
 const AMBIGUOUS_FRAMING: &str = "Transfer-Encoding must be a single \"chunked\"";
 
@@ -191,45 +197,51 @@ async fn build_request(
 
     // Removal happens on the caller's headers before injection, so a `Connection`
     // naming the credential header cannot strip the real one.
-    let mut drop: Vec<HeaderName> = Vec::with_capacity(3);
-    let mut query_names: Vec<&str> = Vec::with_capacity(1);
-    let mut inject_header: Option<(HeaderName, String)> = None;
+    let generic_drop;
+    let generic_names;
+    let drop: &[HeaderName];
+    let query_names: &[&str];
+    let mut inject_header: Option<(&HeaderName, HeaderValue)> = None;
     let mut inject_query: Option<&str> = None;
+    let unsendable = |_| Refusal::NotReady("the secret cannot be sent in a header");
     match &route.kind {
         Kind::Preset { preset, .. } => {
-            drop.extend([header::AUTHORIZATION, header::COOKIE, HeaderName::from_static("x-rjm-api-key")]);
-            query_names.push("apikey");
+            drop = &PRESET_DROP;
+            query_names = &["apikey"];
             match preset {
                 Preset::Import => inject_query = Some("apikey"),
                 Preset::Export => {
                     if let Some(secret) = credential {
-                        inject_header =
-                            Some((HeaderName::from_static("x-rjm-api-key"), secret.expose().to_owned()));
+                        let value = HeaderValue::from_str(secret.expose()).map_err(unsendable)?;
+                        inject_header = Some((&PRESET_DROP[2], value));
                     }
                 }
             }
         }
         Kind::Generic { inject, .. } => match inject {
             Inject::Header { name, prefix, suffix } => {
-                drop.push(name.clone());
+                generic_drop = [name.clone()];
+                drop = &generic_drop;
+                query_names = &[];
                 if let Some(secret) = credential {
-                    inject_header = Some((name.clone(), format!("{prefix}{}{suffix}", secret.expose())));
+                    let text = Zeroizing::new(format!("{prefix}{}{suffix}", secret.expose()));
+                    inject_header = Some((name, HeaderValue::from_str(&text).map_err(unsendable)?));
                 }
             }
             Inject::Query(name) => {
-                query_names.push(name);
+                drop = &[];
+                generic_names = [name.as_str()];
+                query_names = &generic_names;
                 inject_query = Some(name);
             }
         },
     }
     let query_inject = inject_query.zip(credential);
-    let query = rewrite::rewrite_query(parts.uri.query(), &query_names, query_inject)?;
-    let mut headers = rewrite::request_headers(&parts.headers, &drop);
-    if let Some((name, value)) = inject_header {
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| Refusal::NotReady("the secret cannot be sent in a header"))?;
+    let query = rewrite::rewrite_query(parts.uri.query(), query_names, query_inject)?;
+    let mut headers = rewrite::request_headers(&parts.headers, drop);
+    if let Some((name, mut value)) = inject_header {
         value.set_sensitive(true);
-        headers.insert(name, value);
+        headers.insert(name.clone(), value);
     }
     let uri = route
         .upstream
@@ -296,11 +308,15 @@ async fn downstream(
     mut lease: Lease,
 ) -> Response<ProxyBody> {
     let (mut parts, incoming) = response.into_parts();
-    let query_names: Vec<&str> = match &route.kind {
-        Kind::Generic { inject: Inject::Query(name), .. } => vec!["apikey", name.as_str()],
-        _ => vec!["apikey"],
+    let both;
+    let query_names: &[&str] = match &route.kind {
+        Kind::Generic { inject: Inject::Query(name), .. } => {
+            both = ["apikey", name.as_str()];
+            &both
+        }
+        _ => &["apikey"],
     };
-    rewrite::response_headers(&mut parts.headers, &route.scrub, &query_names);
+    rewrite::response_headers(&mut parts.headers, &route.scrub, query_names);
     let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
     // The upstream connection is reused only after this body has been read whole.
     let meter = Arc::new(Meter::default());

@@ -125,6 +125,9 @@ pub fn rewrite_query(
     names: &[&str],
     inject: Option<(&str, &Secret)>,
 ) -> Result<Option<String>, Refusal> {
+    if query.is_none_or(str::is_empty) && inject.is_none() {
+        return Ok(None);
+    }
     let mut out = String::with_capacity(query.map_or(0, str::len) + 64);
     for piece in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let raw_name = piece.split('=').next().unwrap_or("");

@@ -178,14 +178,13 @@ pub fn check_path(path: &str) -> Result<(), Refusal> {
             }
         }
     }
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
-        if *seg == "." || *seg == ".." {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg == "." || seg == ".." {
             return Err(Refusal::InvalidPath("dot segment in path"));
         }
         // A single trailing slash is allowed ("/import/"); empty segments elsewhere are not.
-        if seg.is_empty() && i != last {
+        if seg.is_empty() && segments.peek().is_some() {
             return Err(Refusal::InvalidPath("empty segment in path"));
         }
     }

@@ -126,20 +126,26 @@ impl Preset {
         client_id: &str,
         enabled: u32,
     ) -> Result<&'static Operation, Refusal> {
-        let segments: Vec<&str> = match remainder {
-            "" | "/" => Vec::new(),
-            rest => rest[1..].split('/').collect(),
-        };
+        // Split without allocating: no operation is longer than MAX_SEGMENTS.
+        let mut buf = [""; MAX_SEGMENTS];
+        let mut len = 0;
+        if !matches!(remainder, "" | "/") {
+            for seg in remainder[1..].split('/') {
+                *buf.get_mut(len).ok_or(Refusal::UnknownOperation)? = seg;
+                len += 1;
+            }
+        }
+        let segments = &buf[..len];
         let (index, op) = self
             .operations()
             .iter()
             .enumerate()
-            .find(|(_, op)| shape_matches(op.pattern, &segments))
+            .find(|(_, op)| shape_matches(op.pattern, segments))
             .ok_or(Refusal::UnknownOperation)?;
         if enabled & (1 << index) == 0 {
             return Err(Refusal::UnknownOperation);
         }
-        for (seg, value) in op.pattern.iter().zip(&segments) {
+        for (seg, value) in op.pattern.iter().zip(segments) {
             match seg {
                 Cid if *value != client_id => return Err(Refusal::ClientMismatch),
                 Id if !is_id(value) => return Err(Refusal::InvalidPath("malformed id")),
@@ -156,6 +162,9 @@ impl Preset {
         Ok(op)
     }
 }
+
+/// The most path segments any operation has.
+const MAX_SEGMENTS: usize = 8;
 
 fn shape_matches(pattern: &[Seg], segments: &[&str]) -> bool {
     pattern.len() == segments.len()
@@ -219,6 +228,21 @@ mod tests {
     use super::*;
 
     const ALL: u32 = u32::MAX;
+
+    #[test]
+    fn no_operation_is_longer_than_the_segment_buffer() {
+        for preset in [Preset::Import, Preset::Export] {
+            for op in preset.operations() {
+                assert!(op.pattern.len() <= MAX_SEGMENTS, "{}", op.name);
+            }
+        }
+        // A path longer than any operation is unknown, not a panic.
+        let long = "/a".repeat(MAX_SEGMENTS + 3);
+        assert_eq!(
+            Preset::Export.resolve(&Method::GET, &long, "1", ALL).err(),
+            Some(Refusal::UnknownOperation)
+        );
+    }
 
     fn import(method: Method, rest: &str) -> Result<&'static str, Refusal> {
         Preset::Import.resolve(&method, rest, "12345", ALL).map(|op| op.name)
