@@ -45,18 +45,7 @@ async fn reload_every_few_seconds_under_load_uses_each_new_key_within_a_second()
             let (mut sent, mut last, mut problems) = (0u64, 0usize, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 sent += 1;
-                let reply = match conn.get("/echo/x").await {
-                    Ok(r) if r.status == 200 => r,
-                    Ok(r) => {
-                        problems.push(format!("status {}: {}", r.status, r.text));
-                        continue;
-                    }
-                    Err(e) => {
-                        problems.push(e);
-                        conn = Conn::open(addr).await;
-                        continue;
-                    }
-                };
+                let Some(reply) = conn.get_ok("/echo/x", &mut problems).await else { continue };
                 let at = Instant::now();
                 let got = reply.key();
                 let parsed = got.strip_prefix("sentinel-steady-").and_then(|n| n.parse::<usize>().ok());

@@ -345,14 +345,7 @@ async fn wait_for_close<S: Io>(io: &mut S) {
 /// Reads one request: records its head at once, then its body as it arrives. Returns
 /// the index in `state.seen`, or `None` if the connection closed before a whole head.
 async fn read_request<S: Io>(io: &mut S, buf: &mut Vec<u8>, conn: usize, state: &State) -> Option<usize> {
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if !fill(io, buf).await {
-            return None;
-        }
-    };
+    let end = find(io, buf, b"\r\n\r\n").await?;
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     buf.drain(..end + 4);
     let mut lines = head.split("\r\n");
@@ -408,14 +401,7 @@ async fn read_request<S: Io>(io: &mut S, buf: &mut Vec<u8>, conn: usize, state: 
 /// Decodes a chunked body (no extensions or trailers: keygate's client sends none).
 async fn read_chunked<S: Io>(io: &mut S, buf: &mut Vec<u8>, record: &impl Fn(&[u8])) -> bool {
     loop {
-        let line_end = loop {
-            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            if !fill(io, buf).await {
-                return false;
-            }
-        };
+        let Some(line_end) = find(io, buf, b"\r\n").await else { return false };
         let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
         let Ok(size) = u64::from_str_radix(size_text.trim(), 16) else { return false };
         buf.drain(..line_end + 2);
@@ -432,6 +418,18 @@ async fn read_chunked<S: Io>(io: &mut S, buf: &mut Vec<u8>, record: &impl Fn(&[u
         }
         if size == 0 {
             return true;
+        }
+    }
+}
+
+/// Reads until `buf` holds `delimiter`; its position, or `None` if the connection ended first.
+async fn find<S: Io>(io: &mut S, buf: &mut Vec<u8>, delimiter: &[u8]) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(delimiter.len()).position(|w| w == delimiter) {
+            return Some(i);
+        }
+        if !fill(io, buf).await {
+            return None;
         }
     }
 }

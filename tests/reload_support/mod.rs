@@ -272,24 +272,44 @@ async fn read(response: Response<Incoming>) -> Reply {
 }
 
 /// A keep-alive HTTP/1.1 connection for many requests.
-pub struct Conn(hyper::client::conn::http1::SendRequest<Empty<Bytes>>);
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+}
 
 impl Conn {
     pub async fn open(addr: SocketAddr) -> Conn {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
-        Conn(sender)
+        Conn { sender, addr }
     }
 
     /// One GET; an error is a failed request.
     pub async fn get(&mut self, path: &str) -> Result<Reply, String> {
-        self.0.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
+        self.sender.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
         let response =
-            self.0.send_request(request(path)).await.map_err(|e| format!("request failed: {e}"))?;
+            self.sender.send_request(request(path)).await.map_err(|e| format!("request failed: {e}"))?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.map_err(|e| format!("body failed: {e}"))?;
         Ok(Reply { status, text: String::from_utf8_lossy(&body.to_bytes()).into_owned() })
+    }
+
+    /// One GET of a load loop: the reply if it is a 200; otherwise the problem is noted
+    /// in `problems` and, if the connection broke, a new one replaces it.
+    pub async fn get_ok(&mut self, path: &str, problems: &mut Vec<String>) -> Option<Reply> {
+        match self.get(path).await {
+            Ok(r) if r.status == 200 => Some(r),
+            Ok(r) => {
+                problems.push(format!("status {}: {}", r.status, r.text));
+                None
+            }
+            Err(e) => {
+                problems.push(e);
+                *self = Conn::open(self.addr).await;
+                None
+            }
+        }
     }
 }
 
