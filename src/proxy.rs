@@ -154,10 +154,11 @@ fn head_size(request: &Request<Incoming>) -> usize {
     request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
 }
 
-/// What every BI route removes from callers: their own credentials and cookies. The
-/// last one is also the header the export key is injected into.
-static PRESET_DROP: [HeaderName; 3] =
-    [header::AUTHORIZATION, header::COOKIE, HeaderName::from_static("x-rjm-api-key")];
+/// The header the export key travels in.
+const X_RJM_API_KEY: HeaderName = HeaderName::from_static("x-rjm-api-key");
+
+/// What every BI route removes from callers: their own credentials and cookies.
+static PRESET_DROP: [HeaderName; 3] = [header::AUTHORIZATION, header::COOKIE, X_RJM_API_KEY];
 
 /// The reason given for a request whose `Transfer-Encoding` is not one plain `chunked`.
 const AMBIGUOUS_FRAMING: &str = "Transfer-Encoding must be a single \"chunked\"";
@@ -201,7 +202,7 @@ async fn build_request(
     let generic_names;
     let drop: &[HeaderName];
     let query_names: &[&str];
-    let mut inject_header: Option<(&HeaderName, HeaderValue)> = None;
+    let mut inject_header: Option<(HeaderName, HeaderValue)> = None;
     let mut inject_query: Option<&str> = None;
     let unsendable = |_| Refusal::NotReady("the secret cannot be sent in a header");
     match &route.kind {
@@ -213,7 +214,7 @@ async fn build_request(
                 Preset::Export => {
                     if let Some(secret) = credential {
                         let value = HeaderValue::from_str(secret.expose()).map_err(unsendable)?;
-                        inject_header = Some((&PRESET_DROP[2], value));
+                        inject_header = Some((X_RJM_API_KEY, value));
                     }
                 }
             }
@@ -225,7 +226,7 @@ async fn build_request(
                 query_names = &[];
                 if let Some(secret) = credential {
                     let text = Zeroizing::new(format!("{prefix}{}{suffix}", secret.expose()));
-                    inject_header = Some((name, HeaderValue::from_str(&text).map_err(unsendable)?));
+                    inject_header = Some((name.clone(), HeaderValue::from_str(&text).map_err(unsendable)?));
                 }
             }
             Inject::Query(name) => {
@@ -241,7 +242,7 @@ async fn build_request(
     let mut headers = rewrite::request_headers(&parts.headers, drop);
     if let Some((name, mut value)) = inject_header {
         value.set_sensitive(true);
-        headers.insert(name.clone(), value);
+        headers.insert(name, value);
     }
     let uri = route
         .upstream

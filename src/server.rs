@@ -126,7 +126,7 @@ async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch:
         let shutdown = shutdown.clone();
         // Each new connection takes the certificate of the current snapshot.
         let tls = tls.as_ref().map(|start| gw.snapshot().tls.clone().unwrap_or_else(|| start.clone()));
-        let task = async move {
+        tokio::spawn(async move {
             gw.metrics.connections_open.inc();
             let _ = stream.set_nodelay(true);
             match tls {
@@ -140,8 +140,7 @@ async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch:
             }
             gw.metrics.connections_open.dec();
             drop(permit);
-        };
-        tokio::spawn(task);
+        });
     }
 }
 

@@ -179,14 +179,13 @@ impl Manifest {
         Manifest { text_digest, parts }
     }
 
-    /// The digest a full read of `path` would give, when its text is still the one this
-    /// manifest was made from; `None` when the text changed (or cannot be read).
-    pub fn digest_if_same_text(&self, path: &Path) -> Option<[u8; 32]> {
-        let bytes = Zeroizing::new(std::fs::read(path).ok()?);
-        if <[u8; 32]>::from(Sha256::digest(&bytes[..])) != self.text_digest {
+    /// The digest a full read would give for a config file holding `text`, when that is
+    /// the text this manifest was made from; `None` when the text changed.
+    pub fn digest_if_same_text(&self, text: &[u8]) -> Option<[u8; 32]> {
+        if <[u8; 32]>::from(Sha256::digest(text)) != self.text_digest {
             return None;
         }
-        Some(self.gather(&bytes).digest)
+        Some(self.gather(text).digest)
     }
 
     /// Reads every named file and variable and hashes them after `text`.
@@ -233,16 +232,17 @@ pub struct Inputs {
 impl Inputs {
     /// Reads and parses the config file, then every file and variable it names.
     pub fn read(path: &Path) -> Result<Inputs, Problems> {
-        let fail = |message: String| Problems {
-            file: path.to_owned(),
-            list: vec![Problem { location: String::new(), field: String::new(), message }],
-        };
-        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
-        let text =
-            Zeroizing::new(String::from_utf8(bytes).map_err(|_| fail("the file is not UTF-8".into()))?);
-        let file: schema::File = toml::from_str(&text).map_err(|e| fail(describe_toml_error(&text, &e)))?;
-        let manifest = Manifest::of(&file, Sha256::digest(text.as_bytes()).into());
-        let Gathered { files, env, digest } = manifest.gather(text.as_bytes());
+        Inputs::parse(path, &read_text(path)?)
+    }
+
+    /// Parses `bytes`, the text of the config file at `path`, then reads every file and
+    /// variable it names.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Inputs, Problems> {
+        let text = std::str::from_utf8(bytes).map_err(|_| problem(path, "the file is not UTF-8".into()))?;
+        let file: schema::File =
+            toml::from_str(text).map_err(|e| problem(path, describe_toml_error(text, &e)))?;
+        let manifest = Manifest::of(&file, Sha256::digest(bytes).into());
+        let Gathered { files, env, digest } = manifest.gather(bytes);
         Ok(Inputs { path: path.to_owned(), file, manifest, files, env, digest })
     }
 
@@ -265,6 +265,19 @@ impl Inputs {
         let mut out = vec![self.path.clone()];
         out.extend(self.files.keys().cloned());
         out
+    }
+}
+
+/// The bytes of the config file at `path` (wiped when dropped: the file may hold a key).
+pub fn read_text(path: &Path) -> Result<Zeroizing<Vec<u8>>, Problems> {
+    std::fs::read(path).map(Zeroizing::new).map_err(|e| problem(path, format!("cannot read the file: {e}")))
+}
+
+/// A problem with the config file as a whole.
+fn problem(path: &Path, message: String) -> Problems {
+    Problems {
+        file: path.to_owned(),
+        list: vec![Problem { location: String::new(), field: String::new(), message }],
     }
 }
 
@@ -388,19 +401,21 @@ mod tests {
         let text = format!("[secrets.s]\nfile = \"{}\"\nenv = \"KEYGATE_MANIFEST_TEST\"\n", key.display());
         std::fs::write(&path, &text).unwrap();
         let first = Inputs::read(&path).unwrap();
-        assert_eq!(first.manifest.digest_if_same_text(&path), Some(first.digest));
+        let text_now = || std::fs::read(&path).unwrap();
+        assert_eq!(first.manifest.digest_if_same_text(&text_now()), Some(first.digest));
 
         // A named file that changed changes the digest, exactly as a full read does.
         std::fs::write(&key, "k2\n").unwrap();
         let rotated = Inputs::read(&path).unwrap();
         assert_ne!(rotated.digest, first.digest);
-        assert_eq!(first.manifest.digest_if_same_text(&path), Some(rotated.digest));
+        assert_eq!(first.manifest.digest_if_same_text(&text_now()), Some(rotated.digest));
 
         // Another text needs a parse: no answer.
         std::fs::write(&path, format!("{text}[log]\nlevel = \"debug\"\n")).unwrap();
-        assert_eq!(first.manifest.digest_if_same_text(&path), None);
+        assert_eq!(first.manifest.digest_if_same_text(&text_now()), None);
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(first.manifest.digest_if_same_text(&path), None);
+        let gone = read_text(&path).expect_err("a missing file is a problem").to_string();
+        assert!(gone.contains("cannot read the file"), "{gone}");
     }
 
     #[test]

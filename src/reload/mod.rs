@@ -68,12 +68,16 @@ impl Reloader {
 
     fn attempt(&self, trigger: &'static str) -> Outcome {
         let current = self.gw.snapshot();
+        let text = match config::read_text(&self.path) {
+            Ok(text) => text,
+            Err(problems) => return self.failed(trigger, problems.to_string(), None),
+        };
         // Same text and same named files: nothing to parse or apply.
-        if current.manifest.digest_if_same_text(&self.path) == Some(current.digest) {
+        if current.manifest.digest_if_same_text(&text) == Some(current.digest) {
             self.state().named = current.watched.clone();
             return self.unchanged(trigger);
         }
-        let inputs = match Inputs::read(&self.path) {
+        let inputs = match Inputs::parse(&self.path, &text) {
             Ok(inputs) => inputs,
             Err(problems) => return self.failed(trigger, problems.to_string(), None),
         };
