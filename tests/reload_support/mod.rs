@@ -52,6 +52,8 @@ pub struct Keygate {
     pub admin: SocketAddr,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Where stdout goes when it is a file rather than a pipe (re-read on each look).
+    stdout_file: Option<PathBuf>,
 }
 
 fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
@@ -69,16 +71,33 @@ fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>
 impl Keygate {
     /// Starts the binary and waits for its two "listening" lines.
     pub async fn start(config: &Path) -> Keygate {
+        Keygate::spawn(config, None).await
+    }
+
+    /// Like [`Keygate::start`], with keygate's stdout appended to `log` (a file keygate
+    /// may watch itself) instead of a pipe.
+    pub async fn start_logging_to(config: &Path, log: &Path) -> Keygate {
+        Keygate::spawn(config, Some(log)).await
+    }
+
+    async fn spawn(config: &Path, log: Option<&Path>) -> Keygate {
+        let stdout = match log {
+            Some(path) => Stdio::from(std::fs::File::options().create(true).append(true).open(path).unwrap()),
+            None => Stdio::piped(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
             .arg("run")
             .arg("-c")
             .arg(config)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn keygate");
-        let stdout = capture(child.stdout.take().unwrap());
+        let stdout = match child.stdout.take() {
+            Some(pipe) => capture(pipe),
+            None => Arc::default(),
+        };
         let stderr = capture(child.stderr.take().unwrap());
         let mut kg = Keygate {
             child,
@@ -86,6 +105,7 @@ impl Keygate {
             admin: ([0, 0, 0, 0], 0).into(),
             stdout,
             stderr,
+            stdout_file: log.map(Path::to_owned),
         };
         let (gateway, admin) = eventually("the listening lines", SOON, || {
             let exited = kg.child.try_wait().unwrap();
@@ -104,6 +124,17 @@ impl Keygate {
         kg
     }
 
+    /// The stdout lines so far (complete lines only, when stdout is a file).
+    fn stdout_lines(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        let mut lines = self.stdout.lock().unwrap();
+        if let Some(path) = &self.stdout_file {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            *lines = complete.lines().map(str::to_owned).collect();
+        }
+        lines
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -116,7 +147,7 @@ impl Keygate {
 
     /// Everything written to stdout and stderr so far.
     pub fn output(&self) -> String {
-        let mut all = self.stdout.lock().unwrap().join("\n");
+        let mut all = self.stdout_lines().join("\n");
         all.push_str("\n--- stderr ---\n");
         all.push_str(&self.stderr.lock().unwrap().join("\n"));
         all
@@ -124,7 +155,7 @@ impl Keygate {
 
     /// Number of stdout lines so far (a position for [`Keygate::logs_since`]).
     pub fn mark(&self) -> usize {
-        self.stdout.lock().unwrap().len()
+        self.stdout_lines().len()
     }
 
     /// JSON log lines with this message.
@@ -134,7 +165,7 @@ impl Keygate {
 
     /// JSON log lines with this message written after `mark`.
     pub fn logs_since(&self, mark: usize, message: &str) -> Vec<Value> {
-        let lines = self.stdout.lock().unwrap();
+        let lines = self.stdout_lines();
         lines[mark.min(lines.len())..]
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -448,5 +479,68 @@ impl KubeMount {
         std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
         let old = std::mem::replace(&mut self.current, ts);
         std::fs::remove_dir_all(self.dir.join(old)).unwrap();
+    }
+}
+
+/// A busy neighbour: an action repeated `per_second` times a second on a thread (e.g.
+/// appending to a log), until dropped or for a minute at most.
+pub struct Noise {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    writes: Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Noise {
+    /// Appends a line to each of `files` on every round.
+    pub fn start(files: Vec<PathBuf>, per_second: u32) -> Noise {
+        Noise::run(per_second, move |round| {
+            for file in &files {
+                let mut f = std::fs::File::options().create(true).append(true).open(file).unwrap();
+                writeln!(f, "noise {round}").unwrap();
+            }
+        })
+    }
+
+    /// Calls `action` with the round number on every round.
+    pub fn run(per_second: u32, mut action: impl FnMut(u64) + Send + 'static) -> Noise {
+        use std::sync::atomic::Ordering;
+        const LIMIT: Duration = Duration::from_secs(60);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), writes.clone());
+        let every = Duration::from_secs(1) / per_second;
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut next = started;
+            while !flag.load(Ordering::SeqCst) && started.elapsed() < LIMIT {
+                action(count.fetch_add(1, Ordering::SeqCst));
+                // Pacing a load, not waiting for keygate.
+                next += every;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        Noise { stop, writes, thread: Some(thread) }
+    }
+
+    /// Rounds begun so far.
+    pub fn rounds(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` rounds have run: the noise is under way.
+    pub async fn wait_rounds(&self, n: u64) {
+        eventually(&format!("{n} rounds of noise"), SOON, || {
+            std::future::ready((self.rounds() >= n).then_some(()))
+        })
+        .await;
+    }
+}
+
+impl Drop for Noise {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
