@@ -1,7 +1,7 @@
 //! Helpers for the reload tests: the real binary run as a child process (killed on
-//! drop, its output captured), a fake upstream that echoes the credential it received,
-//! a small HTTP client, file writers that mimic editors and the kubelet, and polling
-//! with a deadline.
+//! drop, its output captured, or its stdout sent to a file it may watch), a fake
+//! upstream that echoes the credential it received, a small HTTP client, file writers
+//! that mimic editors and the kubelet, busy neighbours, and polling with a deadline.
 
 #![allow(dead_code)]
 
@@ -22,6 +22,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+
+mod noise;
+// Not every test binary including this module makes noise.
+#[allow(unused_imports)]
+pub use noise::Noise;
 
 /// A generous bound for anything that should happen "soon" on a loaded machine.
 pub const SOON: Duration = Duration::from_secs(10);
@@ -479,68 +484,5 @@ impl KubeMount {
         std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
         let old = std::mem::replace(&mut self.current, ts);
         std::fs::remove_dir_all(self.dir.join(old)).unwrap();
-    }
-}
-
-/// A busy neighbour: an action repeated `per_second` times a second on a thread (e.g.
-/// appending to a log), until dropped or for a minute at most.
-pub struct Noise {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    writes: Arc<std::sync::atomic::AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Noise {
-    /// Appends a line to each of `files` on every round.
-    pub fn start(files: Vec<PathBuf>, per_second: u32) -> Noise {
-        Noise::run(per_second, move |round| {
-            for file in &files {
-                let mut f = std::fs::File::options().create(true).append(true).open(file).unwrap();
-                writeln!(f, "noise {round}").unwrap();
-            }
-        })
-    }
-
-    /// Calls `action` with the round number on every round.
-    pub fn run(per_second: u32, mut action: impl FnMut(u64) + Send + 'static) -> Noise {
-        use std::sync::atomic::Ordering;
-        const LIMIT: Duration = Duration::from_secs(60);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (flag, count) = (stop.clone(), writes.clone());
-        let every = Duration::from_secs(1) / per_second;
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut next = started;
-            while !flag.load(Ordering::SeqCst) && started.elapsed() < LIMIT {
-                action(count.fetch_add(1, Ordering::SeqCst));
-                // Pacing a load, not waiting for keygate.
-                next += every;
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            }
-        });
-        Noise { stop, writes, thread: Some(thread) }
-    }
-
-    /// Rounds begun so far.
-    pub fn rounds(&self) -> u64 {
-        self.writes.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Waits until `n` rounds have run: the noise is under way.
-    pub async fn wait_rounds(&self, n: u64) {
-        eventually(&format!("{n} rounds of noise"), SOON, || {
-            std::future::ready((self.rounds() >= n).then_some(()))
-        })
-        .await;
-    }
-}
-
-impl Drop for Noise {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
