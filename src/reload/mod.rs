@@ -1,12 +1,15 @@
 //! Hot reload (design §5): watch the directories holding the config and every file it
 //! names (Kubernetes swaps a `..data` symlink and editors save by rename, so watching
-//! the files themselves would miss changes), debounce on the trailing edge, re-read
-//! everything, and publish a new snapshot in one swap — or keep the running one.
+//! the files themselves would miss changes), debounce on the trailing edge with a
+//! ceiling, re-read everything, and publish a new snapshot in one swap — or keep the
+//! running one. File events, SIGHUP and the poll are served by one loop, so no amount
+//! of event traffic holds off the other two.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -67,6 +70,8 @@ impl Reloader {
     }
 
     fn attempt(&self, trigger: &'static str) -> Outcome {
+        // One line per attempt, whatever its outcome: attempts can be counted.
+        tracing::debug!(trigger, "reload attempt");
         let current = self.gw.snapshot();
         let text = match config::read_text(&self.path) {
             Ok(text) => text,
@@ -147,6 +152,28 @@ impl Reloader {
     }
 }
 
+/// How long a burst of relevant events may put a reload off, from its first event: a
+/// file rewritten without pause is still applied within this (or the debounce, if that
+/// is set longer).
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Relevant events waiting for their reload.
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    first: Instant,
+    last: Instant,
+}
+
+impl Burst {
+    /// When the burst is applied: after a quiet `debounce` (trailing edge), but no later
+    /// than `MAX_DELAY` after its first event.
+    fn due(&self, debounce: Duration) -> Instant {
+        (self.last + debounce).min(self.first + debounce.max(MAX_DELAY))
+    }
+}
+
+/// The reload loop: one select over the poll, file events, a pending burst's deadline
+/// and SIGHUP, so that none of them waits on another.
 async fn run(
     this: Arc<Reloader>,
     mut watches: Option<Watches>,
@@ -156,45 +183,46 @@ async fn run(
 ) {
     // Paths that left or entered a directory: a watch on one of them may have ended.
     let mut moved: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut burst: Option<Burst> = None;
+    let mut next_poll = Instant::now();
+    let mut looked = true;
     loop {
-        let snapshot = this.gw.snapshot();
-        if let Some(w) = watches.as_mut() {
-            // Re-resolves symlinks and notices replaced or deleted directories.
-            recheck |= w.update(&this.watch_list(&snapshot), &mut moved);
+        if looked {
+            looked = false;
+            let snapshot = this.gw.snapshot();
+            if let Some(w) = watches.as_mut() {
+                // Re-resolves symlinks and notices replaced or deleted directories.
+                recheck |= w.update(&this.watch_list(&snapshot), &mut moved);
+            }
+            // Timing comes from the running snapshot, so it follows reloads too.
+            next_poll = Instant::now() + snapshot.reload.poll_interval;
         }
-        drop(snapshot);
-        if recheck {
+        let trigger = if recheck {
             // A directory watched only now may have changed before: look once.
             recheck = false;
-            attempt(&this, "watch").await;
-            continue;
-        }
-        // Timing comes from the running snapshot, so it follows reloads too.
-        let timing = this.gw.snapshot().reload;
-        tokio::select! {
-            _ = tokio::time::sleep(timing.poll_interval) => {
-                attempt(&this, "poll").await;
-            }
-            Some(paths) = rx.recv() => {
-                moved.extend(paths);
-                // Trailing-edge debounce: wait for a quiet spell, then re-read.
-                let mut deadline = Instant::now() + timing.debounce;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        Some(paths) = rx.recv() => {
-                            moved.extend(paths);
-                            deadline = Instant::now() + timing.debounce;
-                        }
-                    }
+            "watch"
+        } else {
+            let debounce = this.gw.snapshot().reload.debounce;
+            let due = burst.map(|b| b.due(debounce));
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_poll) => "poll",
+                _ = tokio::time::sleep_until(due.unwrap_or(next_poll)), if due.is_some() => "event",
+                Some(paths) = rx.recv() => {
+                    moved.extend(paths);
+                    let now = Instant::now();
+                    burst = Some(burst.map_or(Burst { first: now, last: now }, |b| Burst { last: now, ..b }));
+                    continue;
                 }
-                attempt(&this, "event").await;
+                Some(()) = recv_hangup(&mut hup) => {
+                    tracing::info!("SIGHUP: reloading");
+                    "signal"
+                }
             }
-            Some(()) = recv_hangup(&mut hup) => {
-                tracing::info!("SIGHUP: reloading");
-                attempt(&this, "signal").await;
-            }
-        }
+        };
+        // The attempt reads every file after the burst's events: they are covered.
+        burst = None;
+        attempt(&this, trigger).await;
+        looked = true;
     }
 }
 
@@ -321,4 +349,24 @@ async fn recv_hangup(hup: &mut Hangup) -> Option<()> {
 #[cfg(not(unix))]
 async fn recv_hangup(_: &mut Hangup) -> Option<()> {
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_due_after_a_quiet_debounce_but_within_the_ceiling() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let burst = |first: u64, last: u64| Burst { first: t0 + ms(first), last: t0 + ms(last) };
+        // Trailing edge: a quiet debounce after the last event.
+        assert_eq!(burst(0, 0).due(ms(200)), t0 + ms(200));
+        assert_eq!(burst(0, 500).due(ms(200)), t0 + ms(700));
+        // Events that never pause: the ceiling, measured from the first event.
+        assert_eq!(burst(0, 900).due(ms(200)), t0 + MAX_DELAY);
+        assert_eq!(burst(0, 60_000).due(ms(200)), t0 + MAX_DELAY);
+        // A debounce set longer than the ceiling is the ceiling.
+        assert_eq!(burst(0, 1_500).due(ms(3_000)), t0 + ms(3_000));
+    }
 }

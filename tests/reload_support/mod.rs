@@ -1,7 +1,7 @@
 //! Helpers for the reload tests: the real binary run as a child process (killed on
-//! drop, its output captured), a fake upstream that echoes the credential it received,
-//! a small HTTP client, file writers that mimic editors and the kubelet, and polling
-//! with a deadline.
+//! drop, its output captured, or its stdout sent to a file it may watch), a fake
+//! upstream that echoes the credential it received, a small HTTP client, file writers
+//! that mimic editors and the kubelet, busy neighbours, and polling with a deadline.
 
 #![allow(dead_code)]
 
@@ -22,6 +22,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+
+mod noise;
+// Not every test binary including this module makes noise.
+#[allow(unused_imports)]
+pub use noise::Noise;
 
 /// A generous bound for anything that should happen "soon" on a loaded machine.
 pub const SOON: Duration = Duration::from_secs(10);
@@ -52,6 +57,8 @@ pub struct Keygate {
     pub admin: SocketAddr,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Where stdout goes when it is a file rather than a pipe (re-read on each look).
+    stdout_file: Option<PathBuf>,
 }
 
 fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
@@ -69,16 +76,33 @@ fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>
 impl Keygate {
     /// Starts the binary and waits for its two "listening" lines.
     pub async fn start(config: &Path) -> Keygate {
+        Keygate::spawn(config, None).await
+    }
+
+    /// Like [`Keygate::start`], with keygate's stdout appended to `log` (a file keygate
+    /// may watch itself) instead of a pipe.
+    pub async fn start_logging_to(config: &Path, log: &Path) -> Keygate {
+        Keygate::spawn(config, Some(log)).await
+    }
+
+    async fn spawn(config: &Path, log: Option<&Path>) -> Keygate {
+        let stdout = match log {
+            Some(path) => Stdio::from(std::fs::File::options().create(true).append(true).open(path).unwrap()),
+            None => Stdio::piped(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
             .arg("run")
             .arg("-c")
             .arg(config)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn keygate");
-        let stdout = capture(child.stdout.take().unwrap());
+        let stdout = match child.stdout.take() {
+            Some(pipe) => capture(pipe),
+            None => Arc::default(),
+        };
         let stderr = capture(child.stderr.take().unwrap());
         let mut kg = Keygate {
             child,
@@ -86,6 +110,7 @@ impl Keygate {
             admin: ([0, 0, 0, 0], 0).into(),
             stdout,
             stderr,
+            stdout_file: log.map(Path::to_owned),
         };
         let (gateway, admin) = eventually("the listening lines", SOON, || {
             let exited = kg.child.try_wait().unwrap();
@@ -104,6 +129,17 @@ impl Keygate {
         kg
     }
 
+    /// The stdout lines so far (complete lines only, when stdout is a file).
+    fn stdout_lines(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        let mut lines = self.stdout.lock().unwrap();
+        if let Some(path) = &self.stdout_file {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            *lines = complete.lines().map(str::to_owned).collect();
+        }
+        lines
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -116,7 +152,7 @@ impl Keygate {
 
     /// Everything written to stdout and stderr so far.
     pub fn output(&self) -> String {
-        let mut all = self.stdout.lock().unwrap().join("\n");
+        let mut all = self.stdout_lines().join("\n");
         all.push_str("\n--- stderr ---\n");
         all.push_str(&self.stderr.lock().unwrap().join("\n"));
         all
@@ -124,7 +160,7 @@ impl Keygate {
 
     /// Number of stdout lines so far (a position for [`Keygate::logs_since`]).
     pub fn mark(&self) -> usize {
-        self.stdout.lock().unwrap().len()
+        self.stdout_lines().len()
     }
 
     /// JSON log lines with this message.
@@ -134,7 +170,7 @@ impl Keygate {
 
     /// JSON log lines with this message written after `mark`.
     pub fn logs_since(&self, mark: usize, message: &str) -> Vec<Value> {
-        let lines = self.stdout.lock().unwrap();
+        let lines = self.stdout_lines();
         lines[mark.min(lines.len())..]
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
