@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::config::ServerSettings;
@@ -186,6 +186,9 @@ struct ConnState {
     /// When the current phase began, in ms since `epoch`.
     since_ms: AtomicU64,
     in_flight: AtomicU32,
+    /// Wakes the timeout watcher: a new phase may have an earlier deadline (a keep-alive
+    /// connection that starts a head, a connection found to speak HTTP/2).
+    changed: Notify,
 }
 
 /// Waiting for the head of a request (the first, or after bytes of the next arrived).
@@ -194,7 +197,8 @@ const PHASE_HEAD: u8 = 0;
 const PHASE_IDLE: u8 = 1;
 /// Requests are being served.
 const PHASE_BUSY: u8 = 2;
-/// HTTP/2: streams are managed by the protocol; only idleness is timed.
+/// HTTP/2 with no request in flight: streams are managed by the protocol; only the
+/// time since the last request ended is timed.
 const PHASE_H2: u8 = 3;
 
 struct Clock(Instant);
@@ -209,6 +213,7 @@ impl ConnState {
     fn set(&self, phase: u8, clock: &Clock) {
         self.since_ms.store(clock.now_ms(), Ordering::Relaxed);
         self.phase.store(phase, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 }
 
@@ -318,16 +323,21 @@ async fn watch_timeouts(state: Arc<ConnState>, clock: Arc<Clock>, limits: Limits
         let (limit, kind) = match phase {
             PHASE_HEAD => (limits.header_timeout, Expired::Head),
             PHASE_IDLE | PHASE_H2 => (limits.idle_timeout, Expired::Idle),
+            // Busy: nothing is timed here until the phase changes.
             _ => {
-                tokio::time::sleep(limits.idle_timeout.min(limits.header_timeout)).await;
+                state.changed.notified().await;
                 continue;
             }
         };
         let deadline = clock.0 + Duration::from_millis(since) + limit;
-        tokio::time::sleep_until(deadline).await;
-        // Expired only if nothing moved meanwhile.
-        if state.phase.load(Ordering::Relaxed) == phase && state.since_ms.load(Ordering::Relaxed) == since {
-            return kind;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                // Expired only if nothing moved meanwhile.
+                if state.phase.load(Ordering::Relaxed) == phase && state.since_ms.load(Ordering::Relaxed) == since {
+                    return kind;
+                }
+            }
+            () = state.changed.notified() => {}
         }
     }
 }
@@ -357,13 +367,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
                     this.state.set(PHASE_H2, &this.clock);
                 }
             }
-            match this.state.phase.load(Ordering::Relaxed) {
-                PHASE_IDLE => this.state.set(PHASE_HEAD, &this.clock),
-                // Activity on an HTTP/2 connection restarts its idle clock.
-                PHASE_H2 if this.state.in_flight.load(Ordering::Relaxed) == 0 => {
-                    this.state.set(PHASE_H2, &this.clock)
-                }
-                _ => {}
+            // On HTTP/2 only requests restart the idle clock (when the last one ends, see
+            // `RequestGuard`): PINGs, SETTINGS or WINDOW_UPDATEs alone must not hold a
+            // connection open.
+            if this.state.phase.load(Ordering::Relaxed) == PHASE_IDLE {
+                this.state.set(PHASE_HEAD, &this.clock);
             }
         }
         result

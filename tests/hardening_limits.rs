@@ -219,3 +219,25 @@ async fn bodies_over_max_body_bytes_get_413_declared_or_streamed() {
         kg.metrics()
     );
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_that_starts_a_head_gets_header_timeout_not_idle_timeout() {
+    let stub = Stub::start().await;
+    let kg = keygate(&stub, "header_timeout = \"400ms\"\nidle_timeout = \"20s\"").await;
+    let mut kept = TcpStream::connect(kg.addr).await.unwrap();
+    kept.write_all(b"GET /f/ok HTTP/1.1\r\nhost: k\r\n\r\n").await.unwrap();
+    assert!(read_answer(&mut kept).await.starts_with("HTTP/1.1 200 OK"));
+    // Idle for a second, over twice `header_timeout`: an idle keep-alive is not timed by
+    // it (this observation window also lets keygate settle into timing idleness).
+    let idle = read_until_close(&mut kept, SECOND).await;
+    assert!(!idle.closed && idle.bytes.is_empty(), "{idle:?}");
+    // The first bytes of a next request that never ends: the head is timed from here.
+    kept.write_all(b"GET /f/slow HTTP/1.1\r\nhost: k\r\n").await.unwrap();
+    let started = Instant::now();
+    let rest = read_until_close(&mut kept, 5 * SECOND).await;
+    let after = started.elapsed();
+    assert!(rest.closed, "still open after {after:?}: idle_timeout applied to a head");
+    assert!(rest.bytes.is_empty(), "{rest:?}");
+    assert!(after >= Duration::from_millis(380), "closed after {after:?}");
+    assert!(stub.seen().iter().all(|s| s.path() == "/ok"));
+}
