@@ -50,6 +50,16 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remov
 /// The replacement for a secret found where it must not be.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// True for the headers that frame or route the request on its way up: the hop-by-hop
+/// ones, `Host`, `Content-Length` and `Expect`. keygate never forwards a caller's copy
+/// and sets them itself where needed, so none of them can carry a credential.
+pub fn frames_request(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+        || name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::EXPECT
+}
+
 /// Builds the header map sent upstream: the caller's headers minus everything keygate
 /// must not forward. `drop` lists the route's credential header and, for BI presets,
 /// the caller's credentials, cookies and the headers that steer a server's routing.
@@ -58,14 +68,11 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(caller.len());
     for (name, value) in caller {
         let n = name.as_str();
-        let hop = HOP_BY_HOP.contains(&n) || named_by_connection.iter().any(|t| t == n);
-        let strip = hop
+        let strip = frames_request(name)
+            || named_by_connection.iter().any(|t| t == n)
             || FORWARDING.contains(&n)
             || n.contains('_')
-            || drop.contains(name)
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::EXPECT;
+            || drop.contains(name);
         if !strip {
             out.append(name.clone(), value.clone());
         }
