@@ -74,8 +74,12 @@ impl Handler for Gateway {
 pub struct Listening {
     /// A name for logs: `gateway`, `admin`.
     pub name: &'static str,
+    /// Time allowed for a request head, from the connection's start or the first byte
+    /// of the next request.
     pub header_timeout: Duration,
+    /// Keep-alive connections with nothing in flight longer than this are closed.
     pub idle_timeout: Duration,
+    /// Sizes hyper's read buffer and HTTP/2 header list limit.
     pub max_header_bytes: usize,
     /// Connections beyond this many are answered 503 `overloaded` and closed.
     pub max_connections: usize,
