@@ -1,46 +1,63 @@
 //! The admin listener (design §6): `/metrics` and `/config` for allowed callers,
-//! `/healthz` and `/readyz` for every caller. Plain HTTP/1.1.
+//! `/healthz` and `/readyz` for every caller. It is served by the gateway's listener
+//! machinery ([`crate::server`]): a connection cap of its own, the gateway's header and
+//! idle timeouts, and a drain on shutdown.
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, Meter, Metered, ProxyBody};
+use crate::config::ServerSettings;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::metrics::unix;
+use crate::proxy::ConnInfo;
+use crate::server::{Handler, Listening, Server};
 
-/// Serves the admin endpoints on `listener` until the returned task is aborted.
-pub fn start(gw: Arc<Gateway>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let gw = gw.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(handle(&gw, peer, request)) }
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    })
+/// Open admin connections beyond this are answered 503 `overloaded`. Probes and
+/// scrapers need a handful; the cap keeps anyone who can reach the port from holding
+/// the file descriptors the gateway shares.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The admin endpoints as a listener's request handler.
+pub struct Admin {
+    gw: Arc<Gateway>,
+}
+
+impl Handler for Admin {
+    fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        request: Request<Incoming>,
+        guard: Box<dyn Send>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        let response = handle(&self.gw, conn.peer, request);
+        // The guard goes with the body, so the connection counts as busy until it is sent.
+        let response =
+            response.map(|b| Metered::new(b, Arc::new(Meter::default()), None, None).with_guard(guard));
+        std::future::ready(response.map(BodyExt::boxed_unsync))
+    }
+}
+
+/// Serves the admin endpoints on `listener` with the header and idle timeouts of
+/// `settings` and [`MAX_CONNECTIONS`], until the returned server is shut down.
+pub fn start(gw: Arc<Gateway>, listener: TcpListener, settings: &ServerSettings) -> Server {
+    let listening = Listening {
+        name: "admin",
+        header_timeout: settings.header_timeout,
+        idle_timeout: settings.idle_timeout,
+        max_header_bytes: settings.max_header_bytes,
+        max_connections: MAX_CONNECTIONS,
+        open: None,
+    };
+    Server::start(Arc::new(Admin { gw }), vec![listener], listening, None)
 }
 
 fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {

@@ -4,14 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 use crate::config::Snapshot;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
-use crate::server::Server;
+use crate::server::{Listening, Server};
 use crate::telemetry::LogHandle;
 
 /// A running keygate.
@@ -20,7 +22,7 @@ pub struct App {
     server: Server,
     pub admin_addr: Option<SocketAddr>,
     reloader: Option<tokio::task::JoinHandle<()>>,
-    admin_task: Option<tokio::task::JoinHandle<()>>,
+    admin: Option<Server>,
 }
 
 /// Why keygate could not start.
@@ -58,21 +60,22 @@ impl App {
         let gateway = Gateway::new(snapshot, Arc::new(Metrics::new()));
         // Watches and the SIGHUP handler are in place before anything says "listening".
         let reloader = config_path.map(|path| Reloader::new(gateway.clone(), path, log).spawn());
-        let server = Server::start(gateway.clone(), listeners, &settings, tls);
+        let listening = Listening::gateway(&settings, gateway.metrics.connections_open.clone());
+        let server = Server::start(gateway.clone(), listeners, listening, tls);
         for addr in server.local_addrs() {
             tracing::info!(listener = "gateway", addr = %addr, "listening");
         }
         let mut admin_addr = None;
-        let mut admin_task = None;
+        let mut admin = None;
         if let Some(listener) = admin_listener {
             let addr = listener.local_addr().ok();
             admin_addr = addr;
-            admin_task = Some(crate::admin::start(gateway.clone(), listener));
+            admin = Some(crate::admin::start(gateway.clone(), listener, &settings));
             if let Some(addr) = addr {
                 tracing::info!(listener = "admin", addr = %addr, "listening");
             }
         }
-        Ok(App { gateway, server, admin_addr, reloader, admin_task })
+        Ok(App { gateway, server, admin_addr, reloader, admin })
     }
 
     /// The gateway's bound addresses.
@@ -80,18 +83,28 @@ impl App {
         self.server.local_addrs()
     }
 
-    /// Drains: readiness fails at once, listeners stop, idle connections close, and
-    /// requests in flight get `shutdown_grace` to finish. True when all finished.
+    /// Drains: readiness fails at once, the gateway's listeners stop, idle connections
+    /// close, and requests in flight get `shutdown_grace` to finish. The admin listener
+    /// drains last, so probes keep seeing `/readyz` answer 503 meanwhile; it gets what
+    /// is left of the grace, and at least [`ADMIN_DRAIN`]. True when all finished.
     pub async fn shutdown(self) -> bool {
         self.gateway.begin_shutdown();
         if let Some(r) = &self.reloader {
             r.abort();
         }
         let grace = self.gateway.snapshot().server.shutdown_grace;
+        let deadline = Instant::now() + grace;
         let drained = self.server.shutdown(grace).await;
-        if let Some(a) = &self.admin_task {
-            a.abort();
-        }
-        drained
+        let admin_drained = match self.admin {
+            Some(admin) => {
+                admin.shutdown(deadline.saturating_duration_since(Instant::now()).max(ADMIN_DRAIN)).await
+            }
+            None => true,
+        };
+        drained && admin_drained
     }
 }
+
+/// The least time the admin listener gets to drain: its answers are immediate, so
+/// only a connection that is still sending its head can take longer.
+pub const ADMIN_DRAIN: Duration = Duration::from_secs(1);

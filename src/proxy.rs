@@ -84,10 +84,16 @@ async fn pipeline(
     if !plain_framing(request.headers()) {
         return Err(Refusal::BadRequest(AMBIGUOUS_FRAMING));
     }
-    // RFC 9112 §3.2: more than one Host line is a 400. keygate routes by path alone,
-    // but a proxy in front might have picked the other line.
-    if request.headers().get_all(http::header::HOST).iter().nth(1).is_some() {
-        return Err(Refusal::BadRequest("more than one Host header"));
+    // RFC 9112 §3.2: more than one Host line is a 400, and so is an HTTP/1.1 request
+    // without one (HTTP/1.0 may omit it; HTTP/2 carries `:authority`). keygate routes by
+    // path alone, but a proxy in front might have routed by the line it picked.
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(Refusal::BadRequest("more than one Host header")),
+        (None, _) if request.version() == Version::HTTP_11 => {
+            return Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header"));
+        }
+        _ => {}
     }
     // Paths are checked before routing so no trick can reach a prefix it should not.
     let path = request.uri().path();
@@ -157,8 +163,23 @@ fn head_size(request: &Request<Incoming>) -> usize {
 /// The header the export key travels in.
 const X_RJM_API_KEY: HeaderName = HeaderName::from_static("x-rjm-api-key");
 
-/// What every BI route removes from callers: their own credentials and cookies.
-static PRESET_DROP: [HeaderName; 3] = [header::AUTHORIZATION, header::COOKIE, X_RJM_API_KEY];
+/// What every BI route removes from callers: their own credentials and cookies, and the
+/// headers that ask a server or a framework in front of the API to rewrite the target
+/// (`X-Original-URL`, `X-Rewrite-URL`), the URL it believes it serves
+/// (`X-Forwarded-Host/-Proto/-Prefix`) or the method (the `*-Method-Override` family).
+static PRESET_DROP: [HeaderName; 11] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    X_RJM_API_KEY,
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 
 /// The reason given for a request whose `Transfer-Encoding` is not one plain `chunked`.
 const AMBIGUOUS_FRAMING: &str = "Transfer-Encoding must be a single \"chunked\"";

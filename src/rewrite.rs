@@ -6,6 +6,7 @@
 //! Down: hop-by-hop headers go, any value holding a secret is redacted, `apikey` leaves
 //! `Location`, and small textual error bodies are scrubbed.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -49,22 +50,29 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remov
 /// The replacement for a secret found where it must not be.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// True for the headers that frame or route the request on its way up: the hop-by-hop
+/// ones, `Host`, `Content-Length` and `Expect`. keygate never forwards a caller's copy
+/// and sets them itself where needed, so none of them can carry a credential.
+pub fn frames_request(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+        || name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::EXPECT
+}
+
 /// Builds the header map sent upstream: the caller's headers minus everything keygate
 /// must not forward. `drop` lists the route's credential header and, for BI presets,
-/// `authorization` and `cookie`.
+/// the caller's credentials, cookies and the headers that steer a server's routing.
 pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     let named_by_connection = connection_tokens(caller);
     let mut out = HeaderMap::with_capacity(caller.len());
     for (name, value) in caller {
         let n = name.as_str();
-        let hop = HOP_BY_HOP.contains(&n) || named_by_connection.iter().any(|t| t == n);
-        let strip = hop
+        let strip = frames_request(name)
+            || named_by_connection.iter().any(|t| t == n)
             || FORWARDING.contains(&n)
             || n.contains('_')
-            || drop.contains(name)
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::EXPECT;
+            || drop.contains(name);
         if !strip {
             out.append(name.clone(), value.clone());
         }
@@ -103,23 +111,103 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// True when a raw query parameter name (percent-encoded, `+` for space) means `name`:
-/// any letter case, any encoding, surrounding spaces, and `name[...]` array syntax.
-fn names_param(raw_name: &str, name: &str) -> bool {
-    let spaced = raw_name.replace('+', " ");
-    let decoded = percent_decode_str(&spaced).decode_utf8_lossy();
+/// What a raw query parameter name is to a route that strips the credential name `N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParamName {
+    /// Any other parameter: forwarded byte for byte.
+    Other,
+    /// A caller's copy of the credential: removed.
+    Copy,
+    /// A name some parser may read as `N`: the request is refused.
+    LookAlike,
+}
+
+/// Classifies the raw name of one query parameter against the credential name `name`.
+///
+/// The rule, exactly. Let D be the raw name decoded (`+` is a space, `%XX` escapes
+/// decoded, invalid UTF-8 as U+FFFD) with surrounding whitespace trimmed.
+/// - [`ParamName::Copy`]: D is `name` in any ASCII letter case, or `name` followed by
+///   `[` (array syntax: `apikey[]`, `apikey[0]`).
+/// - [`ParamName::LookAlike`]: otherwise, when D spells `name` (any case) once every
+///   character outside printable ASCII is skipped (controls such as NUL, and every
+///   non-ASCII character: zero-width spaces, U+FEFF, U+FFFD…), and the character right
+///   after that spelling is missing, outside printable ASCII, or anything but an ASCII
+///   letter, digit, `_` or `-`. Parsers that drop invisible characters, stop at NUL,
+///   split on a decoded `=`, `;` or `&`, or nest on `.` or `]` would read the credential
+///   there: `apikey%00`, `apikey%00x`, `apikey.`, `apikey%2E`, `apikey%5D`, `apikey%3D`,
+///   `apikey%3Bx`, `apikey%E2%80%8B`, `%00apikey`, `api%E2%80%8Bkey`. When D still holds
+///   a `%`, D decoded once more is tested the same way and as a copy, for servers that
+///   decode twice (`%2561pikey`, `apikey%2500`).
+/// - [`ParamName::Other`]: everything else, e.g. `apikeyish`, `apikey_id`, `apikey-2`,
+///   `api_key`, `xapikey`.
+fn param_name(raw_name: &str, name: &str) -> ParamName {
+    let decoded = decode_name(raw_name);
     let decoded = decoded.trim();
-    if decoded.len() < name.len() || !decoded.is_char_boundary(name.len()) {
-        return false;
+    if is_copy(decoded, name) {
+        return ParamName::Copy;
     }
-    let (head, tail) = decoded.split_at(name.len());
+    if looks_like(decoded, name) {
+        return ParamName::LookAlike;
+    }
+    if decoded.contains('%') {
+        let twice = decode_name(decoded);
+        let twice = twice.trim();
+        if is_copy(twice, name) || looks_like(twice, name) {
+            return ParamName::LookAlike;
+        }
+    }
+    ParamName::Other
+}
+
+/// The strongest reading of `raw_name` over every credential name.
+fn param_name_of(raw_name: &str, names: &[&str]) -> ParamName {
+    let mut kind = ParamName::Other;
+    for name in names {
+        match param_name(raw_name, name) {
+            ParamName::LookAlike => return ParamName::LookAlike,
+            ParamName::Copy => kind = ParamName::Copy,
+            ParamName::Other => {}
+        }
+    }
+    kind
+}
+
+/// `+` as a space, then percent-decoded; borrowed when there is nothing to decode.
+fn decode_name(raw: &str) -> Cow<'_, str> {
+    if raw.contains('+') {
+        Cow::Owned(percent_decode_str(&raw.replace('+', " ")).decode_utf8_lossy().into_owned())
+    } else {
+        percent_decode_str(raw).decode_utf8_lossy()
+    }
+}
+
+fn is_copy(decoded: &str, name: &str) -> bool {
+    let Some(head) = decoded.get(..name.len()) else { return false };
+    let tail = &decoded[name.len()..];
     head.eq_ignore_ascii_case(name) && (tail.is_empty() || tail.starts_with('['))
 }
 
+fn looks_like(decoded: &str, name: &str) -> bool {
+    let mut rest = decoded.chars();
+    for n in name.chars() {
+        // Invisible and control characters may vanish before a parser compares names…
+        let Some(c) = rest.by_ref().find(|c| (' '..='~').contains(c)) else { return false };
+        if !c.eq_ignore_ascii_case(&n) {
+            return false;
+        }
+    }
+    // …or end the name where they stand, like punctuation.
+    rest.next().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+}
+
+/// Why a query naming a credential in disguise is refused.
+const LOOK_ALIKE: &str = "a query parameter name looks like a credential name";
+
 /// Removes every parameter naming any of `names` from a raw query string and, when
 /// `inject` is given, appends exactly one `inject.0=<encoded inject.1>`. Other
-/// parameters keep their order and exact bytes. A `;`-separated piece naming a
-/// credential is refused: some servers split on `;` and would see a second key.
+/// parameters keep their order and exact bytes. A name that only looks like a
+/// credential name (see [`param_name`]) is refused, and so is a `;`-separated piece
+/// naming one: some servers split on `;` and would see a second key.
 pub fn rewrite_query(
     query: Option<&str>,
     names: &[&str],
@@ -131,12 +219,14 @@ pub fn rewrite_query(
     let mut out = String::with_capacity(query.map_or(0, str::len) + 64);
     for piece in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let raw_name = piece.split('=').next().unwrap_or("");
-        if names.iter().any(|n| names_param(raw_name, n)) {
-            continue;
+        match param_name_of(raw_name, names) {
+            ParamName::Copy => continue,
+            ParamName::LookAlike => return Err(Refusal::BadRequest(LOOK_ALIKE)),
+            ParamName::Other => {}
         }
         let smuggled = piece.split(';').skip(1).any(|sub| {
             let sub_name = sub.split('=').next().unwrap_or("");
-            names.iter().any(|n| names_param(sub_name, n))
+            param_name_of(sub_name, names) != ParamName::Other
         });
         if smuggled {
             return Err(Refusal::BadRequest("a query parameter hides a credential name after ';'"));
@@ -300,6 +390,56 @@ mod tests {
     fn refuses_semicolon_smuggling() {
         let got = rewrite_query(Some("a=1;apikey=evil"), &["apikey"], None);
         assert!(matches!(got, Err(Refusal::BadRequest(_))));
+    }
+
+    #[test]
+    fn refuses_names_a_parser_may_cut_to_the_credential_name() {
+        let look_alikes = [
+            "apikey%00",
+            "APIKEY%00x",
+            "apikey.",
+            "apikey%2E",
+            "apikey%2e",
+            "apikey.old",
+            "apikey]",
+            "apikey%5D",
+            "apikey%3D",
+            "apikey%3Bx",
+            "apikey;x",
+            "apikey%26x",
+            "apikey%23",
+            "apikey%20x",
+            "apikey%E2%80%8B",
+            "apikey%E2%80%8C",
+            "apikey%EF%BB%BF",
+            "apikey%C2%AD",
+            "api%E2%80%8Bkey",
+            "%E2%80%8Bapikey",
+            "%00apikey",
+            "apikey%FF",
+            "%2561pikey",
+            "apikey%2500",
+        ];
+        for name in look_alikes {
+            for query in [format!("{name}=evil"), format!("a=1&{name}"), format!("a=1;{name}=evil")] {
+                let got = rewrite_query(Some(&query), &["apikey"], None);
+                assert!(matches!(got, Err(Refusal::BadRequest(_))), "{query}: {got:?}");
+            }
+        }
+        // The rule follows the route's own name (a generic route's `inject.query`).
+        let got = rewrite_query(Some("token%00=x"), &["token"], None);
+        assert!(matches!(got, Err(Refusal::BadRequest(_))), "{got:?}");
+    }
+
+    #[test]
+    fn keeps_names_that_merely_start_with_the_credential_name() {
+        let key = secret("k");
+        let q = "apikeyish=1&apikey_id=2&apikey-old=3&apikey2=4&api_key=5&xapikey=6&%61pikeys=7&tokens=8";
+        let got = rewrite_query(Some(q), &["apikey", "token"], Some(("apikey", &key))).unwrap();
+        assert_eq!(got, Some(format!("{q}&apikey=k")));
+        let copies = "apikey=1&%41PIKEY=2&apikey[]=3&apikey%5B0%5D=4&+apikey+=5&%20apikey=6&apikey%C2%A0=7";
+        let got = rewrite_query(Some(copies), &["apikey"], Some(("apikey", &key))).unwrap();
+        assert_eq!(got.as_deref(), Some("apikey=k"));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Listeners and connections: accept with a connection limit and EMFILE back-off,
-//! serve HTTP/1.1 and HTTP/2 (prior knowledge) on each connection, enforce the header
-//! and idle timeouts, and drain on shutdown.
+//! Listeners and connections, for the gateway and the admin endpoints alike: accept
+//! with a connection limit and EMFILE back-off, serve HTTP/1.1 and HTTP/2 (prior
+//! knowledge) on each connection, enforce the header and idle timeouts, and drain on
+//! shutdown. What each request gets is the listener's [`Handler`].
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,23 +13,95 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::body::ProxyBody;
 use crate::config::ServerSettings;
 use crate::gateway::Gateway;
 use crate::proxy::{self, ConnInfo};
 use crate::tls::ServerTls;
 
-/// The raw answer to a connection over `max_connections`: it never reaches hyper.
+/// The raw answer to a connection over the listener's limit: it never reaches hyper.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-keygate-error: overloaded\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keygate is at its connection limit\"}";
 
-/// A running gateway listener set.
+/// What a listener does with each request.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request. Never fails: refusals are responses. `guard` is the
+    /// connection's bookkeeping for this request and must live until the response's
+    /// last byte has gone (attach it to the body).
+    fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        request: Request<Incoming>,
+        guard: Box<dyn Send>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static;
+
+    /// The TLS settings for a connection accepted now, on a listener started with
+    /// `started`.
+    fn tls(&self, started: &ServerTls) -> ServerTls {
+        started.clone()
+    }
+}
+
+/// The gateway listener runs the request pipeline.
+impl Handler for Gateway {
+    fn handle(
+        self: Arc<Self>,
+        conn: ConnInfo,
+        request: Request<Incoming>,
+        guard: Box<dyn Send>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        proxy::handle(self, conn, request, guard)
+    }
+
+    /// Each new connection takes the certificate of the current snapshot.
+    fn tls(&self, started: &ServerTls) -> ServerTls {
+        self.snapshot().tls.clone().unwrap_or_else(|| started.clone())
+    }
+}
+
+/// How a listener set holds its connections.
+#[derive(Clone)]
+pub struct Listening {
+    /// A name for logs: `gateway`, `admin`.
+    pub name: &'static str,
+    /// Time allowed for a request head, from the connection's start or the first byte
+    /// of the next request.
+    pub header_timeout: Duration,
+    /// Keep-alive connections with nothing in flight longer than this are closed.
+    pub idle_timeout: Duration,
+    /// Sizes hyper's read buffer and HTTP/2 header list limit.
+    pub max_header_bytes: usize,
+    /// Connections beyond this many are answered 503 `overloaded` and closed.
+    pub max_connections: usize,
+    /// Counts this listener set's open connections, when it should be counted.
+    pub open: Option<IntGauge>,
+}
+
+impl Listening {
+    /// The gateway's limits from `[server]`, with `open` counting its connections.
+    pub fn gateway(settings: &ServerSettings, open: IntGauge) -> Listening {
+        Listening {
+            name: "gateway",
+            header_timeout: settings.header_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_header_bytes: settings.max_header_bytes,
+            max_connections: settings.max_connections,
+            open: Some(open),
+        }
+    }
+}
+
+/// A running listener set.
 pub struct Server {
     shutdown: watch::Sender<bool>,
     permits: Arc<Semaphore>,
@@ -36,24 +110,30 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts accepting on `listeners` with the limits of `settings`. With `tls`, every
-    /// connection speaks TLS, using the certificate of the snapshot current when it
-    /// was accepted.
-    pub fn start(
-        gw: Arc<Gateway>,
+    /// Starts accepting on `listeners` with the limits of `listening`, answering each
+    /// request with `handler`. With `tls`, every connection speaks TLS, with the
+    /// settings [`Handler::tls`] gives when it is accepted.
+    pub fn start<H: Handler>(
+        handler: Arc<H>,
         listeners: Vec<TcpListener>,
-        settings: &ServerSettings,
+        listening: Listening,
         tls: Option<ServerTls>,
     ) -> Server {
         let (shutdown, _) = watch::channel(false);
-        let permits = Arc::new(Semaphore::new(settings.max_connections));
+        // `Semaphore::acquire_many` takes a u32: larger limits could never be drained.
+        let max_connections = listening.max_connections.clamp(1, u32::MAX as usize);
+        let permits = Arc::new(Semaphore::new(max_connections));
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         for listener in listeners {
-            let limits = Limits::from(settings);
-            let accept = Accept { gw: gw.clone(), limits, permits: permits.clone(), tls: tls.clone() };
+            let accept = Accept {
+                handler: handler.clone(),
+                listening: listening.clone(),
+                permits: permits.clone(),
+                tls: tls.clone(),
+            };
             tokio::spawn(accept_loop(accept, listener, shutdown.subscribe()));
         }
-        Server { shutdown, permits, max_connections: settings.max_connections as u32, addrs }
+        Server { shutdown, permits, max_connections: max_connections as u32, addrs }
     }
 
     /// The bound addresses.
@@ -77,27 +157,32 @@ struct Limits {
     max_header_bytes: usize,
 }
 
-impl From<&ServerSettings> for Limits {
-    fn from(s: &ServerSettings) -> Limits {
+impl From<&Listening> for Limits {
+    fn from(l: &Listening) -> Limits {
         Limits {
-            header_timeout: s.header_timeout,
-            idle_timeout: s.idle_timeout,
-            max_header_bytes: s.max_header_bytes,
+            header_timeout: l.header_timeout,
+            idle_timeout: l.idle_timeout,
+            max_header_bytes: l.max_header_bytes,
         }
     }
 }
 
 /// What the accept loop hands each connection.
-struct Accept {
-    gw: Arc<Gateway>,
-    limits: Limits,
+struct Accept<H> {
+    handler: Arc<H>,
+    listening: Listening,
     permits: Arc<Semaphore>,
     /// The TLS settings at start; `None` for plain HTTP.
     tls: Option<ServerTls>,
 }
 
-async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let Accept { gw, limits, permits, tls } = accept;
+async fn accept_loop<H: Handler>(
+    accept: Accept<H>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Accept { handler, listening, permits, tls } = accept;
+    let limits = Limits::from(&listening);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -112,7 +197,12 @@ async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch:
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tracing::warn!(
+                    listener = listening.name,
+                    error = %e,
+                    backoff_ms = backoff.as_millis() as u64,
+                    "accept failed"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -122,23 +212,27 @@ async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch:
             tokio::spawn(refuse_overloaded(stream));
             continue;
         };
-        let gw = gw.clone();
+        let handler = handler.clone();
         let shutdown = shutdown.clone();
-        // Each new connection takes the certificate of the current snapshot.
-        let tls = tls.as_ref().map(|start| gw.snapshot().tls.clone().unwrap_or_else(|| start.clone()));
+        let open = listening.open.clone();
+        let tls = tls.as_ref().map(|started| handler.tls(started));
         tokio::spawn(async move {
-            gw.metrics.connections_open.inc();
+            if let Some(open) = &open {
+                open.inc();
+            }
             let _ = stream.set_nodelay(true);
             match tls {
                 None => {
                     let info = ConnInfo { peer, identities: Arc::from(Vec::new()) };
-                    serve_connection(gw.clone(), stream, info, limits, shutdown).await;
+                    serve_connection(handler, stream, info, limits, shutdown).await;
                 }
                 // Boxed: a TLS session's state is large, and would otherwise make every
                 // plain connection's task as large.
-                Some(tls) => Box::pin(serve_tls(gw.clone(), stream, peer, tls, limits, shutdown)).await,
+                Some(tls) => Box::pin(serve_tls(handler, stream, peer, tls, limits, shutdown)).await,
             }
-            gw.metrics.connections_open.dec();
+            if let Some(open) = &open {
+                open.dec();
+            }
             drop(permit);
         });
     }
@@ -146,8 +240,8 @@ async fn accept_loop(accept: Accept, listener: TcpListener, mut shutdown: watch:
 
 /// Completes the TLS handshake (within the header timeout), then serves the connection
 /// with the identities of the client certificate, if any.
-async fn serve_tls(
-    gw: Arc<Gateway>,
+async fn serve_tls<H: Handler>(
+    handler: Arc<H>,
     stream: TcpStream,
     peer: SocketAddr,
     tls: ServerTls,
@@ -166,7 +260,7 @@ async fn serve_tls(
                 .map(crate::tls::identities)
                 .unwrap_or_default();
             let info = ConnInfo { peer, identities: Arc::from(identities) };
-            serve_connection(gw, stream, info, limits, shutdown).await;
+            serve_connection(handler, stream, info, limits, shutdown).await;
         }
         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -186,6 +280,9 @@ struct ConnState {
     /// When the current phase began, in ms since `epoch`.
     since_ms: AtomicU64,
     in_flight: AtomicU32,
+    /// Wakes the timeout watcher: a new phase may have an earlier deadline (a keep-alive
+    /// connection that starts a head, a connection found to speak HTTP/2).
+    changed: Notify,
 }
 
 /// Waiting for the head of a request (the first, or after bytes of the next arrived).
@@ -194,7 +291,8 @@ const PHASE_HEAD: u8 = 0;
 const PHASE_IDLE: u8 = 1;
 /// Requests are being served.
 const PHASE_BUSY: u8 = 2;
-/// HTTP/2: streams are managed by the protocol; only idleness is timed.
+/// HTTP/2 with no request in flight: streams are managed by the protocol; only the
+/// time since the last request ended is timed.
 const PHASE_H2: u8 = 3;
 
 struct Clock(Instant);
@@ -209,6 +307,7 @@ impl ConnState {
     fn set(&self, phase: u8, clock: &Clock) {
         self.since_ms.store(clock.now_ms(), Ordering::Relaxed);
         self.phase.store(phase, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 }
 
@@ -227,8 +326,8 @@ impl Drop for RequestGuard {
     }
 }
 
-async fn serve_connection<I>(
-    gw: Arc<Gateway>,
+async fn serve_connection<H: Handler, I>(
+    handler: Arc<H>,
     stream: I,
     info: ConnInfo,
     limits: Limits,
@@ -248,12 +347,8 @@ async fn serve_connection<I>(
             svc_state.set(PHASE_BUSY, &svc_clock);
         }
         let guard = RequestGuard { state: svc_state.clone(), clock: svc_clock.clone(), h2 };
-        let gw = gw.clone();
-        let info = info.clone();
-        async move {
-            // One body wrapper per response: the request guard rides on the access record.
-            Ok::<_, Infallible>(proxy::handle(gw, info, request, Box::new(guard)).await)
-        }
+        let response = handler.clone().handle(info.clone(), request, Box::new(guard));
+        async move { Ok::<_, Infallible>(response.await) }
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -318,16 +413,21 @@ async fn watch_timeouts(state: Arc<ConnState>, clock: Arc<Clock>, limits: Limits
         let (limit, kind) = match phase {
             PHASE_HEAD => (limits.header_timeout, Expired::Head),
             PHASE_IDLE | PHASE_H2 => (limits.idle_timeout, Expired::Idle),
+            // Busy: nothing is timed here until the phase changes.
             _ => {
-                tokio::time::sleep(limits.idle_timeout.min(limits.header_timeout)).await;
+                state.changed.notified().await;
                 continue;
             }
         };
         let deadline = clock.0 + Duration::from_millis(since) + limit;
-        tokio::time::sleep_until(deadline).await;
-        // Expired only if nothing moved meanwhile.
-        if state.phase.load(Ordering::Relaxed) == phase && state.since_ms.load(Ordering::Relaxed) == since {
-            return kind;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                // Expired only if nothing moved meanwhile.
+                if state.phase.load(Ordering::Relaxed) == phase && state.since_ms.load(Ordering::Relaxed) == since {
+                    return kind;
+                }
+            }
+            () = state.changed.notified() => {}
         }
     }
 }
@@ -357,13 +457,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
                     this.state.set(PHASE_H2, &this.clock);
                 }
             }
-            match this.state.phase.load(Ordering::Relaxed) {
-                PHASE_IDLE => this.state.set(PHASE_HEAD, &this.clock),
-                // Activity on an HTTP/2 connection restarts its idle clock.
-                PHASE_H2 if this.state.in_flight.load(Ordering::Relaxed) == 0 => {
-                    this.state.set(PHASE_H2, &this.clock)
-                }
-                _ => {}
+            // On HTTP/2 only requests restart the idle clock (when the last one ends, see
+            // `RequestGuard`): PINGs, SETTINGS or WINDOW_UPDATEs alone must not hold a
+            // connection open.
+            if this.state.phase.load(Ordering::Relaxed) == PHASE_IDLE {
+                this.state.set(PHASE_HEAD, &this.clock);
             }
         }
         result

@@ -268,3 +268,209 @@ fn run_with_a_bad_config_fails_on_the_config_before_binding() {
     assert!(out.stderr.contains("cannot listen"), "{}", out.stderr);
     drop(held);
 }
+
+/// A generic route named `g` on `/g` using secret `secret` with `inject` (TOML source).
+fn generic(name: &str, secret: &str, inject: &str, upstream: &str) -> String {
+    format!(
+        "\n[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nupstream = \"{upstream}\"\n\
+         inject = {inject}\nsecret = \"{secret}\"\nallow = [\"10.0.0.0/8\"]\n"
+    )
+}
+
+/// `[secrets.NAME]` entries for files in `dir`.
+fn secret_files(dir: &Dir, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\n[secrets.{n}]\nfile = \"{}\"\n", dir.path(&format!("{n}.key")).display()))
+        .collect()
+}
+
+#[track_caller]
+fn assert_never_shown(out: &Outcome, values: &[&str]) {
+    for value in values {
+        assert!(
+            !out.stdout.contains(value) && !out.stderr.contains(value),
+            "{value:?} shown: {}",
+            out.stderr
+        );
+    }
+}
+
+const ACCENTED: &str = "SENTINELaccentKEY\u{e9}9";
+const SPACED: &str = " SENTINELspacedKEY";
+
+#[test]
+fn a_secret_its_route_cannot_carry_is_refused_by_check_and_run_without_showing_it() {
+    let dir = Dir::new();
+    dir.write("accented.key", &format!("{ACCENTED}\n"));
+    dir.write("spaced.key", &format!("{SPACED}\n"));
+    let header = "{ header = \"Authorization\", format = \"Bearer {secret}\" }";
+    let bare_header = "{ header = \"X-Api-Key\" }";
+    let routes = [
+        secret_files(&dir, &["accented", "spaced"]),
+        IMPORT.replace("\"bi_import\"", "\"accented\""),
+        EXPORT.replace("\"bi_export\"", "\"accented\""),
+        generic("gh", "accented", header, "https://api.example"),
+        generic("gq", "accented", "{ query = \"api_key\" }", "https://api.example"),
+        generic("gs", "spaced", bare_header, "https://api.example"),
+        EXPORT
+            .replace("\"bi_export\"", "\"spaced\"")
+            .replace("bi-export", "spaced-export")
+            .replace("/export", "/sp"),
+    ]
+    .concat();
+    let path = dir.config("127.0.0.1:0", &routes);
+    let out = assert_refused(
+        &path,
+        &[
+            "routes[0] \"bi-import\": secret: \"accented\" cannot be sent in the apikey query parameter: it holds non-ASCII",
+            "routes[1] \"bi-export\": secret: \"accented\" cannot be sent in the X-RJM-API-Key header: it holds non-ASCII",
+            "routes[2] \"gh\": secret: \"accented\" cannot be sent in the authorization header",
+            "routes[3] \"gq\": secret: \"accented\" cannot be sent in the api_key query parameter",
+            "routes[4] \"gs\": secret: \"spaced\" cannot be sent in the x-api-key header: HTTP strips the space",
+            "routes[5] \"spaced-export\": secret: \"spaced\"",
+            "6 problem(s)",
+        ],
+    );
+    assert_never_shown(&out, &["SENTINELaccent", "SENTINELspaced"]);
+    let run = keygate(&["run", "-c", path.to_str().unwrap()]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr.contains("cannot be sent in") && run.stderr.contains("nothing was started"),
+        "{}",
+        run.stderr
+    );
+    assert_never_shown(&run, &["SENTINELaccent", "SENTINELspaced"]);
+}
+
+#[test]
+fn secrets_with_inner_spaces_or_reserved_characters_travel_where_they_can() {
+    let dir = Dir::new();
+    dir.write("inner.key", "SENTINEL inner/KEY+&=\n");
+    // A leading space is kept inside a format: "Bearer  KEY" loses nothing.
+    dir.write("spaced.key", &format!("{SPACED}\n"));
+    let routes = [
+        secret_files(&dir, &["inner", "spaced"]),
+        IMPORT.replace("\"bi_import\"", "\"inner\""),
+        EXPORT.replace("\"bi_export\"", "\"inner\""),
+        generic("gq", "inner", "{ query = \"api_key\" }", "https://api.example"),
+        generic(
+            "gh",
+            "spaced",
+            "{ header = \"Authorization\", format = \"Bearer {secret}\" }",
+            "https://api.example",
+        ),
+    ]
+    .concat();
+    let out = check(&dir.config("127.0.0.1:0", &routes));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_never_shown(&out, &["SENTINEL inner", "SENTINELspaced"]);
+}
+
+#[test]
+fn upstream_urls_with_user_info_query_or_fragment_are_refused_masked() {
+    let dir = Dir::new();
+    let routes = [
+        IMPORT.replace("allow =", "upstream = \"https://bi:SENTINELpass@connect.example/v2\"\nallow ="),
+        EXPORT.replace("allow =", "upstream = \"https://api.example/base?token=SENTINELquery\"\nallow ="),
+        generic("gf", "bi_import", "{ header = \"X-Api-Key\" }", "https://api.example/v1#SENTINELfragment"),
+        generic(
+            "gu",
+            "bi_import",
+            "{ header = \"X-Api-Key\" }",
+            "https://us er:SENTINELbroken@api.example/?q=SENTINELq2",
+        ),
+    ]
+    .concat();
+    let out = assert_refused(
+        &dir.config("127.0.0.1:0", &routes),
+        &[
+            "routes[0] \"bi-import\": upstream: \"https://***@connect.example/v2\" must be",
+            "routes[1] \"bi-export\": upstream: \"https://api.example/base?***\" must be",
+            "routes[2] \"gf\": upstream: \"https://api.example/v1#***\" must be",
+            "without user info, query or fragment",
+            "routes[3] \"gu\": upstream: \"https://***@api.example/?***\"",
+        ],
+    );
+    assert_never_shown(&out, &["SENTINEL", "bi:", "us er"]);
+}
+
+#[test]
+fn inject_format_problems_never_repeat_the_format() {
+    let dir = Dir::new();
+    let routes = [
+        generic(
+            "pasted",
+            "bi_import",
+            "{ header = \"Authorization\", format = \"Bearer SENTINELpasted\" }",
+            "https://a.example",
+        ),
+        generic(
+            "twice",
+            "bi_import",
+            "{ header = \"Authorization\", format = \"{secret}SENTINELtwice{secret}\" }",
+            "https://a.example",
+        ),
+        generic(
+            "accent",
+            "bi_import",
+            "{ header = \"Authorization\", format = \"Bearer\u{e9} {secret}\" }",
+            "https://a.example",
+        ),
+        generic(
+            "edge",
+            "bi_import",
+            "{ header = \"Authorization\", format = \"{secret} \" }",
+            "https://a.example",
+        ),
+    ]
+    .concat();
+    let out = assert_refused(
+        &dir.config("127.0.0.1:0", &routes),
+        &[
+            "routes[0] \"pasted\": inject.format: must contain {secret} exactly once",
+            "routes[1] \"twice\": inject.format: must contain {secret} exactly once",
+            "routes[2] \"accent\": inject.format: holds characters a header value cannot",
+            "routes[3] \"edge\": inject.format: begins or ends with a space",
+        ],
+    );
+    assert_never_shown(&out, &["SENTINEL", "Bearer\u{e9}"]);
+}
+
+#[test]
+fn inject_header_naming_a_header_that_frames_or_routes_the_request_is_refused() {
+    let dir = Dir::new();
+    let names = [
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "TE",
+        "Upgrade",
+        "Trailer",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authorization",
+        "Expect",
+    ];
+    let routes: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            generic(&format!("g{i}"), "bi_import", &format!("{{ header = \"{name}\" }}"), "https://a.example")
+        })
+        .collect();
+    let expected: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            format!("routes[{i}] \"g{i}\": inject.header: \"{name}\" frames or routes the request")
+        })
+        .collect();
+    let fragments: Vec<&str> = expected.iter().map(String::as_str).collect();
+    assert_refused(&dir.config("127.0.0.1:0", &routes), &fragments);
+    // An ordinary credential header is fine.
+    let fine = generic("ok", "bi_import", "{ header = \"X-Api-Key\" }", "https://a.example");
+    let out = check(&dir.config("127.0.0.1:0", &fine));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}

@@ -257,3 +257,109 @@ async fn pipelined_requests_are_decided_one_by_one() {
     assert_eq!(seen.len(), 2);
     assert!(seen.iter().all(|r| r.path == format!("/v2/client/{CID}/authenticate")));
 }
+
+#[tokio::test]
+async fn http11_without_host_is_refused_but_http10_may_omit_it() {
+    let (sb, gw) = import_gateway().await;
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, even in absolute form.
+    for target in [auth_path(), format!("http://evil.example{}", auth_path())] {
+        let request = format!("GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let reply = raw_once(gw.addr, request.as_bytes()).await;
+        assert_refusal(&reply, 400, "bad_request");
+        assert!(reply.text().contains("needs a Host header"), "{}", reply.text());
+    }
+    assert!(sb.recorded().is_empty(), "forwarded: {:?}", sb.recorded());
+    // HTTP/1.0 may omit it; the upstream still gets its own Host.
+    let request = format!("GET {} HTTP/1.0\r\n\r\n", auth_path());
+    let reply = raw_once(gw.addr, request.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = sb.recorded();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(recorded_header(&seen[0], "host"), [sb.local_addr().to_string()]);
+}
+
+/// Headers that ask a server or a framework to rewrite the target, the URL it thinks it
+/// serves, or the method.
+const STEERING: [&str; 8] = [
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Prefix",
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+];
+
+#[tokio::test]
+async fn headers_that_steer_the_target_or_method_never_reach_a_bi_upstream() {
+    let (sb, gw) = import_gateway().await;
+    let steering: String = STEERING.iter().map(|name| format!("{name}: /import/v2/client/1/x\r\n")).collect();
+    let upper: String = STEERING.iter().map(|name| format!("{}: DELETE\r\n", name.to_uppercase())).collect();
+    for target in [auth_path(), "/export/0.1/figure".to_owned()] {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\n{steering}{upper}X-Kept: yes\r\nConnection: close\r\n\r\n"
+        );
+        let reply = raw_once(gw.addr, request.as_bytes()).await;
+        assert_eq!(reply.status, 200, "{target}: {}", reply.text());
+    }
+    let seen = sb.recorded();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        for name in STEERING {
+            assert!(recorded_header(r, name).is_empty(), "{name} was forwarded to {}", r.path);
+        }
+        assert_eq!(recorded_header(r, "x-kept"), ["yes"], "other headers still pass");
+    }
+}
+
+/// Names that decode to the credential name plus something a parser may cut at.
+const LOOK_ALIKES: [&str; 12] = [
+    "apikey%00",
+    "apikey.",
+    "apikey%2E",
+    "apikey%5D",
+    "apikey%3D",
+    "apikey%3Bx",
+    "apikey%E2%80%8B",
+    "APIKEY%E2%80%8C",
+    "apikey%EF%BB%BF",
+    "api%E2%80%8Bkey",
+    "%00apikey",
+    "%2561pikey",
+];
+
+#[tokio::test]
+async fn apikey_look_alike_parameter_names_are_refused() {
+    let (sb, gw) = import_gateway().await;
+    for name in LOOK_ALIKES {
+        for query in [format!("{name}=evil"), format!("x=1&{name}=evil&y=2")] {
+            let reply = get(gw.addr, &format!("{}?{query}", auth_path()), &[]).await;
+            assert_refusal(&reply, 400, "bad_request");
+            assert!(!reply.text().contains("evil"), "{}", reply.text());
+        }
+    }
+    assert!(sb.recorded().is_empty(), "forwarded: {:?}", sb.recorded());
+    // Names that only start with `apikey` are other parameters and pass untouched.
+    let kept = "apikeyish=1&apikey_id=2&apikey-old=3&apikey2=4";
+    let reply = get(gw.addr, &format!("{}?{kept}&apikey=evil", auth_path()), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = sb.recorded();
+    assert_eq!(seen[0].query.as_deref(), Some(format!("{kept}&apikey={IMPORT_KEY}").as_str()));
+}
+
+#[tokio::test]
+async fn look_alikes_of_a_generic_query_credential_are_refused() {
+    let up = FakeUpstream::start(ok()).await;
+    let route = RouteSpec::generic(&up.url()).set("inject", "{ query = \"api_key\" }");
+    let gw = GatewayBuilder::new().route(route).start().await;
+    for query in ["api_key%00=evil", "api_key.=evil", "API_KEY%3D=evil", "api_key%E2%80%8B=evil"] {
+        let reply = get(gw.addr, &format!("/generic/x?{query}"), &[]).await;
+        assert_refusal(&reply, 400, "bad_request");
+    }
+    assert!(up.recorded().is_empty());
+    let reply = get(gw.addr, "/generic/x?api_keys=1&api_key=evil", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let encoded = GENERIC_KEY.replace('/', "%2F").replace('+', "%2B").replace('&', "%26").replace('=', "%3D");
+    assert_eq!(up.recorded()[0].query.as_deref(), Some(format!("api_keys=1&api_key={encoded}").as_str()));
+}

@@ -272,3 +272,24 @@ async fn readyz_turns_503_shutting_down_as_soon_as_shutdown_starts() {
     drop(in_flight);
     assert!(shutdown.await.unwrap(), "drained once the caller left");
 }
+
+#[tokio::test]
+async fn shutdown_drains_the_admin_listener_too() {
+    let up = FakeUpstream::start(ok()).await;
+    let mut gw = GatewayBuilder::new()
+        .server("shutdown_grace = \"3s\"")
+        .route(RouteSpec::generic(&up.url()))
+        .start()
+        .await;
+    // An idle keep-alive admin connection, after one answer.
+    let mut idle = Raw::connect(gw.admin).await;
+    idle.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(idle.response().await.expect("an answer").status, 200);
+    assert!(gw.take_app().shutdown().await, "everything drained within the grace");
+    assert!(idle.closes_within(Duration::from_secs(2)).await, "the idle admin connection outlived the drain");
+    let admin = gw.admin;
+    eventually("the admin listener closed", Duration::from_secs(2), || async move {
+        tokio::net::TcpStream::connect(admin).await.is_err()
+    })
+    .await;
+}

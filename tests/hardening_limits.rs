@@ -219,3 +219,76 @@ async fn bodies_over_max_body_bytes_get_413_declared_or_streamed() {
         kg.metrics()
     );
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_that_starts_a_head_gets_header_timeout_not_idle_timeout() {
+    let stub = Stub::start().await;
+    let kg = keygate(&stub, "header_timeout = \"400ms\"\nidle_timeout = \"20s\"").await;
+    let mut kept = TcpStream::connect(kg.addr).await.unwrap();
+    kept.write_all(b"GET /f/ok HTTP/1.1\r\nhost: k\r\n\r\n").await.unwrap();
+    assert!(read_answer(&mut kept).await.starts_with("HTTP/1.1 200 OK"));
+    // Idle for a second, over twice `header_timeout`: an idle keep-alive is not timed by
+    // it (this observation window also lets keygate settle into timing idleness).
+    let idle = read_until_close(&mut kept, SECOND).await;
+    assert!(!idle.closed && idle.bytes.is_empty(), "{idle:?}");
+    // The first bytes of a next request that never ends: the head is timed from here.
+    kept.write_all(b"GET /f/slow HTTP/1.1\r\nhost: k\r\n").await.unwrap();
+    let started = Instant::now();
+    let rest = read_until_close(&mut kept, 5 * SECOND).await;
+    let after = started.elapsed();
+    assert!(rest.closed, "still open after {after:?}: idle_timeout applied to a head");
+    assert!(rest.bytes.is_empty(), "{rest:?}");
+    assert!(after >= Duration::from_millis(380), "closed after {after:?}");
+    assert!(stub.seen().iter().all(|s| s.path() == "/ok"));
+}
+
+/// Admin connections above this are answered 503 (`keygate::admin::MAX_CONNECTIONS`).
+const ADMIN_CAP: usize = keygate::admin::MAX_CONNECTIONS;
+
+#[tokio::test]
+async fn slow_headers_on_the_admin_port_are_capped_and_closed_while_the_gateway_answers() {
+    let stub = Stub::start().await;
+    let kg = keygate(&stub, "header_timeout = \"1500ms\"\nidle_timeout = \"30s\"").await;
+    // 200 connections, each sending part of a head and then nothing.
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(kg.admin).await.unwrap();
+        // Over the cap keygate may answer and close before reading: not our error.
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: k\r\nx-slow: 1").await;
+        slow.push(s);
+    }
+    let opened = started.elapsed();
+    // Meanwhile the gateway answers, promptly.
+    for _ in 0..20 {
+        let t = Instant::now();
+        let reply = get(kg.addr, "/f/ok").await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+        assert!(t.elapsed() < Duration::from_millis(500), "a gateway request took {:?}", t.elapsed());
+    }
+    // Each slow connection either got the over-cap 503 or was closed, unanswered, by the
+    // header timeout.
+    let mut overloaded = 0;
+    for (i, mut s) in slow.into_iter().enumerate() {
+        let rest = read_until_close(&mut s, 10 * SECOND).await;
+        assert!(rest.closed, "admin connection {i} was still open after {:?}", started.elapsed());
+        if rest.bytes.is_empty() {
+            assert!(started.elapsed() >= Duration::from_millis(1400), "{i} closed before the header timeout");
+        } else {
+            let text = rest.text();
+            assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{text}");
+            assert!(text.contains("x-keygate-error: overloaded\r\n"), "{text}");
+            overloaded += 1;
+        }
+    }
+    // Opened well within the header timeout, no slot was freed meanwhile: at most the cap
+    // were held, the rest refused.
+    if opened < Duration::from_millis(750) {
+        assert_eq!(200 - overloaded, ADMIN_CAP, "connections held at once (opened in {opened:?})");
+    }
+    assert!(overloaded > 0, "no admin connection was refused over the cap");
+    // Once they are gone, the admin port answers again.
+    let reply = get(kg.admin, "/healthz").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok\n"));
+    assert_eq!(get(kg.addr, "/f/ok").await.status, 200);
+}

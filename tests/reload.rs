@@ -543,3 +543,22 @@ async fn log_level_and_access_switch_follow_reloads() {
     assert_eq!(unchanged["level"], "DEBUG");
     rig.kg.assert_output_free_of(&["sentinel-level-1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_the_route_cannot_carry_is_a_failed_reload() {
+    let rig = Rig::start("1h", "sentinel-carry-1\n", "").await;
+    // The route injects a header: a non-ASCII key would go out as raw UTF-8.
+    write_by_rename(&rig.key, "sentinel-carry-\u{e9}2\n");
+    rig.kg.wait_failures(1.0).await;
+    assert_eq!(rig.kg.reload_state().await, (0.0, 1.0, 0.0, 1.0));
+    assert_eq!(rig.kg.get("/echo/x").await.key(), "sentinel-carry-1", "the running key stays");
+    let failures = rig.kg.logs("reload failed; the running config stays");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let reason = failures[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("routes[0] \"echo\": secret: \"echo\" cannot be sent"), "{reason}");
+    assert!(reason.contains("non-ASCII"), "{reason}");
+
+    write_by_rename(&rig.key, "sentinel-carry-3\n");
+    rig.kg.wait_key("/echo/x", "sentinel-carry-3", SOON).await;
+    rig.kg.assert_output_free_of(&["sentinel-carry-1", "sentinel-carry-\u{e9}2", "sentinel-carry-3"]);
+}

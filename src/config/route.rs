@@ -16,6 +16,7 @@ use super::schema::RouteSpec;
 use crate::caller::{Allow, Group};
 use crate::rewrite::Scrubber;
 use crate::routes::{Inject, Kind, Preset, Route, check_path};
+use crate::secret::Secret;
 use crate::upstream::{Upstream, UpstreamKey};
 
 const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
@@ -118,6 +119,11 @@ pub(super) fn route(
     let upstream = upstream_url
         .and_then(|url| upstream(ctx, &location, url, spec.ca_file.as_ref(), connect_timeout, upstreams));
 
+    if let (Some(kind), Some(secret)) = (&kind, &secret) {
+        if let Some(why) = unsendable(kind, secret) {
+            ctx.problem(&location, "secret", format!("{secret_name:?} {why}"));
+        }
+    }
     if ctx.problems.len() != before {
         return None;
     }
@@ -237,19 +243,24 @@ fn generic_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> Option<Kind>
                     ctx.problem(location, "inject.header", format!("{header:?} is not a valid header name"));
                     return None;
                 }
+                (Ok(name), _) if crate::rewrite::frames_request(&name) => {
+                    ctx.problem(
+                        location,
+                        "inject.header",
+                        format!("{header:?} frames or routes the request; keygate sets or strips it itself"),
+                    );
+                    return None;
+                }
                 (Ok(name), [prefix, suffix]) => {
-                    if http::HeaderValue::from_str(&format).is_err() {
-                        ctx.problem(location, "inject.format", "holds characters a header value cannot");
+                    if let Some(why) = header_text_problem(prefix, suffix) {
+                        ctx.problem(location, "inject.format", why);
                         return None;
                     }
                     Inject::Header { name, prefix: (*prefix).into(), suffix: (*suffix).into() }
                 }
                 (Ok(_), _) => {
-                    ctx.problem(
-                        location,
-                        "inject.format",
-                        format!("{format:?} must contain {{secret}} exactly once"),
-                    );
+                    // Not quoted: a format without `{secret}` often holds a pasted key.
+                    ctx.problem(location, "inject.format", "must contain {secret} exactly once");
                     return None;
                 }
             }
@@ -298,17 +309,21 @@ fn upstream(
     let uri: Uri = match url.parse() {
         Ok(u) => u,
         Err(_) => {
-            ctx.problem(location, "upstream", format!("{url:?} is not a URL"));
+            ctx.problem(location, "upstream", format!("{:?} is not a URL", masked_url(url)));
             return None;
         }
     };
     let scheme_ok = matches!(uri.scheme_str(), Some("https") | Some("http"));
     let has_userinfo = uri.authority().is_some_and(|a| a.as_str().contains('@'));
-    if !scheme_ok || uri.host().is_none() || has_userinfo || uri.query().is_some() {
+    // `Uri` drops a fragment silently: look for it in the text.
+    if !scheme_ok || uri.host().is_none() || has_userinfo || uri.query().is_some() || url.contains('#') {
         ctx.problem(
             location,
             "upstream",
-            format!("{url:?} must be http(s)://host[:port][/base], without user info or query"),
+            format!(
+                "{:?} must be http(s)://host[:port][/base], without user info, query or fragment",
+                masked_url(url)
+            ),
         );
         return None;
     }
@@ -344,6 +359,72 @@ fn upstream(
     }
 }
 
+/// Why `secret` cannot travel where `kind` injects it, if it cannot. Never shows the
+/// value.
+///
+/// In a header (the export preset's `X-RJM-API-Key`, a generic `inject.header`), the
+/// value sent is `prefix + secret + suffix` and must be visible ASCII and spaces:
+/// `HeaderValue` would also take bytes ≥ 0x80 (obs-text), which keygate would send as
+/// raw UTF-8 that each server reads its own way. A space inside is kept (field values
+/// may hold SP, and keys with spaces travel intact), but a leading or trailing one is
+/// not: every HTTP parser strips it, so the upstream would see another key.
+/// In a query (the import preset's `apikey`, a generic `inject.query`), non-ASCII is
+/// refused for the same reason; ASCII is percent-encoded where it must be.
+fn unsendable(kind: &Kind, secret: &Secret) -> Option<String> {
+    let value = secret.expose();
+    let (place, prefix, suffix) = match kind {
+        Kind::Preset { preset: Preset::Import, .. } => ("the apikey query parameter".to_owned(), None, None),
+        Kind::Generic { inject: Inject::Query(name), .. } => {
+            (format!("the {name} query parameter"), None, None)
+        }
+        Kind::Preset { preset: Preset::Export, .. } => {
+            ("the X-RJM-API-Key header".to_owned(), Some(""), Some(""))
+        }
+        Kind::Generic { inject: Inject::Header { name, prefix, suffix }, .. } => {
+            (format!("the {name} header"), Some(prefix.as_str()), Some(suffix.as_str()))
+        }
+    };
+    if !value.is_ascii() {
+        return Some(format!("cannot be sent in {place}: it holds non-ASCII characters"));
+    }
+    let (Some(prefix), Some(suffix)) = (prefix, suffix) else { return None };
+    if !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Some(format!("cannot be sent in {place}: it holds characters a header value cannot"));
+    }
+    let edge = (prefix.is_empty() && value.starts_with(' ')) || (suffix.is_empty() && value.ends_with(' '));
+    edge.then(|| format!("cannot be sent in {place}: HTTP strips the space it begins or ends with"))
+}
+
+/// Why an `inject.format`'s text around `{secret}` cannot be a header value, if so.
+fn header_text_problem(prefix: &str, suffix: &str) -> Option<&'static str> {
+    let text = || prefix.bytes().chain(suffix.bytes());
+    if !text().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Some("holds characters a header value cannot (only visible ASCII and spaces)");
+    }
+    (prefix.starts_with(' ') || suffix.ends_with(' '))
+        .then_some("begins or ends with a space, which HTTP strips from header values")
+}
+
+/// `url` fit for an error message: user info, query and fragment become `***`, since
+/// any of them may hold a credential (`https://***@host/base?***#***`).
+fn masked_url(url: &str) -> String {
+    let (url, fragment) = match url.split_once('#') {
+        Some((before, _)) => (before, "#***"),
+        None => (url, ""),
+    };
+    let (url, query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?***"),
+        None => (url, ""),
+    };
+    let (scheme, rest) = url.split_at(url.find("://").map_or(0, |i| i + 3));
+    // Everything before the last `@`, even past a `/`: a password may hold one.
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***{}", &rest[at..]),
+        None => rest.to_owned(),
+    };
+    format!("{scheme}{rest}{query}{fragment}")
+}
+
 fn is_loopback_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<Uri>() else { return false };
     match uri.host() {
@@ -356,4 +437,23 @@ fn is_loopback_url(url: &str) -> bool {
 fn valid_prefix(prefix: &str) -> bool {
     (prefix == "/" || (!prefix.ends_with('/') && check_path(prefix).is_ok()))
         && !prefix.contains(['%', '?', '#', ' '])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked_url;
+
+    #[test]
+    fn masked_urls_keep_scheme_host_and_path_only() {
+        for (url, masked) in [
+            ("https://api.example/v1", "https://api.example/v1"),
+            ("https://u:p@api.example/v1", "https://***@api.example/v1"),
+            ("https://u:p/w@api.example:8/v1", "https://***@api.example:8/v1"),
+            ("https://api.example/v1?k=s#f", "https://api.example/v1?***#***"),
+            ("https://api.example/#f?k=s", "https://api.example/#***"),
+            ("u:p@api.example?x", "***@api.example?***"),
+        ] {
+            assert_eq!(masked_url(url), masked, "{url}");
+        }
+    }
 }
