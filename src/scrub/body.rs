@@ -149,10 +149,9 @@ pub fn accept_encoding(headers: &mut HeaderMap) {
         return;
     }
     let kept: Vec<&str> = items().map(str::trim).filter(|i| !i.is_empty() && decodable(i)).collect();
-    let value = match kept.is_empty() {
-        true => HeaderValue::from_static("identity"),
-        false => HeaderValue::from_str(&kept.join(", ")).unwrap_or(HeaderValue::from_static("identity")),
-    };
+    let identity = HeaderValue::from_static("identity");
+    let value =
+        if kept.is_empty() { identity } else { HeaderValue::from_str(&kept.join(", ")).unwrap_or(identity) };
     headers.insert(header::ACCEPT_ENCODING, value);
 }
 

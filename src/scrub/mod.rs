@@ -43,6 +43,9 @@ pub struct Scrubber {
     automaton: AhoCorasick,
     /// The longest needle, in bytes: a match can span at most this many bytes.
     longest: usize,
+    /// The shortest needle, in bytes: anything shorter holds no match (most header
+    /// names and many values), and is not searched.
+    shortest: usize,
 }
 
 impl fmt::Debug for Scrubber {
@@ -66,18 +69,19 @@ impl Scrubber {
             }
         }
         let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+        let shortest = needles.iter().map(|n| n.len()).min().unwrap_or(usize::MAX);
         let automaton = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             // Longest: a raw value inside a longer encoded one is never half-replaced.
             .match_kind(MatchKind::LeftmostLongest)
             .build(needles.iter().map(|n| n.as_slice()))
             .map_err(|_| ScrubError::TooLarge)?;
-        Ok(Scrubber { automaton, longest })
+        Ok(Scrubber { automaton, longest, shortest })
     }
 
     /// True when `haystack` holds any form of any secret.
     pub fn finds(&self, haystack: &[u8]) -> bool {
-        self.automaton.is_match(haystack)
+        haystack.len() >= self.shortest && self.automaton.is_match(haystack)
     }
 
     /// A copy of `haystack` with every form of every secret replaced, or `None` when it
