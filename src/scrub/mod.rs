@@ -87,14 +87,20 @@ impl Scrubber {
     /// A copy of `haystack` with every form of every secret replaced, or `None` when it
     /// holds none (the common case, which allocates nothing).
     pub fn scrub(&self, haystack: &[u8]) -> Option<Vec<u8>> {
-        if !self.finds(haystack) {
+        if haystack.len() < self.shortest {
             return None;
         }
+        // One pass: the copy starts at the first match, if there is one.
+        let mut matches = self.automaton.find_iter(haystack).peekable();
+        matches.peek()?;
         let mut out = Vec::with_capacity(haystack.len());
-        self.automaton.replace_all_with_bytes(haystack, &mut out, |_, _, dst| {
-            dst.extend_from_slice(REDACTED.as_bytes());
-            true
-        });
+        let mut sent = 0;
+        for m in matches {
+            out.extend_from_slice(&haystack[sent..m.start()]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            sent = m.end();
+        }
+        out.extend_from_slice(&haystack[sent..]);
         Some(out)
     }
 
@@ -111,6 +117,11 @@ impl Scrubber {
             headers.remove(name);
         }
         for value in headers.values_mut() {
+            // `finds` (stops at any match state) is cheaper than a leftmost-longest
+            // search on the clean values nearly every header has.
+            if !self.finds(value.as_bytes()) {
+                continue;
+            }
             if let Some(clean) = self.scrub(value.as_bytes()) {
                 // The scrubbed bytes are a valid value minus some bytes plus ASCII: still
                 // valid, but never pass on a value that might not be.
