@@ -177,14 +177,30 @@ impl Scrubber {
 fn forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
     let mut out = vec![Zeroizing::new(value.as_bytes().to_vec())];
     for set in [QUERY_VALUE, NON_ALPHANUMERIC] {
-        let encoded = Zeroizing::new(utf8_percent_encode(value, set).collect::<String>());
-        let plus = Zeroizing::new(encoded.replace("%20", "+"));
-        out.push(Zeroizing::new(encoded.as_bytes().to_vec()));
-        out.push(Zeroizing::new(plus.as_bytes().to_vec()));
+        // Sized up front: a buffer that grows leaves unwiped copies behind.
+        let mut encoded = Zeroizing::new(Vec::with_capacity(value.len() * 3));
+        for piece in utf8_percent_encode(value, set) {
+            encoded.extend_from_slice(piece.as_bytes());
+        }
+        out.push(replaced(&encoded, b"%20", b"+"));
+        out.push(encoded);
     }
     if value.contains('/') {
-        out.push(Zeroizing::new(value.replace('/', "\\/").into_bytes()));
+        out.push(replaced(value.as_bytes(), b"/", b"\\/"));
     }
+    out
+}
+
+/// `text` with every `from` replaced by `to`, in a buffer that never reallocates.
+fn replaced(text: &[u8], from: &[u8], to: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(text.len() * to.len().max(1)));
+    let mut rest = text;
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
     out
 }
 
