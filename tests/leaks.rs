@@ -262,6 +262,14 @@ fn hostile() -> support::upstream::Handler {
     })
 }
 
+/// Waits until `n` access log lines are out, so the scan covers them.
+async fn access_logged(kg: &Keygate, n: usize) {
+    support::eventually("the access log lines", Duration::from_secs(10), || async {
+        kg.out.lock().unwrap().matches("\"message\":\"request\"").count() >= n
+    })
+    .await;
+}
+
 /// keygate on the sentinel config, every route's upstream at `upstream`.
 fn start(dir: &std::path::Path, upstream: std::net::SocketAddr) -> Keygate {
     write_keys(dir);
@@ -277,6 +285,7 @@ async fn hostile_case(target: &str, headers: &[(&str, &str)]) -> (support::Reply
     let upstream = FakeUpstream::start(hostile()).await;
     let mut kg = start(dir.path(), upstream.addr);
     let r = send(kg.gateway, request(Method::GET, target, headers, b"")).await;
+    access_logged(&kg, 1).await;
     let mut seen = r.dump();
     seen += &decoded(r.header("content-encoding").as_deref(), &r.body);
     seen += &kg.output();
@@ -405,6 +414,7 @@ async fn trailers_reach_http2_callers_scrubbed() {
         assert_eq!(got.len(), 2, "{path}: the trailer named after a key is removed: {got:?}");
         assert_eq!(body.to_bytes(), "ok", "{path}");
     }
+    access_logged(&kg, 2).await;
     seen += &kg.output();
     assert_no_key(&seen);
 }
