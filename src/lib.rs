@@ -18,6 +18,7 @@ pub mod reload;
 pub mod rewrite;
 pub mod routes;
 pub mod sandbox;
+pub mod scrub;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, BodyStream, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use zeroize::Zeroizing;
 
@@ -20,10 +19,8 @@ use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::rewrite;
 use crate::routes::{Inject, Kind, Preset, Route, Target, check_path};
+use crate::scrub;
 use crate::upstream::{Failure, Lease};
-
-/// Largest non-2xx textual body that is scrubbed for secrets before it goes back.
-const SCRUB_LIMIT: usize = 64 * 1024;
 
 /// What the connection tells the pipeline about the caller.
 #[derive(Debug, Clone)]
@@ -261,6 +258,8 @@ async fn build_request(
     let query_inject = inject_query.zip(credential);
     let query = rewrite::rewrite_query(parts.uri.query(), query_names, query_inject)?;
     let mut headers = rewrite::request_headers(&parts.headers, drop);
+    // So that an error body comes back in a coding keygate can read for secrets.
+    scrub::body::accept_encoding(&mut headers);
     if let Some((name, mut value)) = inject_header {
         value.set_sensitive(true);
         headers.insert(name, value);
@@ -321,8 +320,9 @@ fn upstream_failure(gw: &Gateway, route: &Route, failure: Failure, bytes_in: &Me
     }
 }
 
-/// Cleans the upstream's answer: headers always; small textual error bodies scrubbed;
-/// everything else streamed untouched, with an idle timeout between chunks.
+/// Cleans the upstream's answer: headers and trailers always; every non-2xx body read
+/// for secrets ([`scrub::body`]); 2xx bodies streamed untouched, with an idle timeout
+/// between chunks.
 async fn downstream(
     snapshot: &Snapshot,
     route: &Route,
@@ -338,78 +338,22 @@ async fn downstream(
         }
         _ => &["apikey"],
     };
-    rewrite::response_headers(&mut parts.headers, &route.scrub, query_names);
+    rewrite::response_headers(&mut parts.headers, &snapshot.scrub, query_names);
     let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
     // The upstream connection is reused only after this body has been read whole.
     let meter = Arc::new(Meter::default());
     lease.watch(&meter);
-    let streamed = Metered::new(incoming, meter, None, idle).with_guard(Box::new(lease));
+    let streamed = Metered::new(incoming, meter, None, idle)
+        .with_guard(Box::new(lease))
+        .scrub_trailers(snapshot.scrub.clone());
 
-    let body = if !parts.status.is_success() && is_scrubbable(&parts.headers) {
-        // Boxed, like every rare path, to keep each request's future small.
-        Box::pin(scrub_small_body(route, streamed, &mut parts.headers)).await
-    } else {
+    let body = if parts.status.is_success() {
         streamed.boxed_unsync()
+    } else {
+        // Boxed, like every rare path, to keep each request's future small.
+        Box::pin(scrub::body::error_body(&snapshot.scrub, &route.name, streamed, &mut parts.headers)).await
     };
     Response::from_parts(parts, body)
-}
-
-fn is_scrubbable(headers: &http::HeaderMap) -> bool {
-    let textual = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            let ct = ct.to_ascii_lowercase();
-            ct.starts_with("text/")
-                || ["json", "xml", "javascript", "x-www-form-urlencoded"].iter().any(|t| ct.contains(t))
-        })
-        .unwrap_or(false);
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let small = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_none_or(|n| n <= SCRUB_LIMIT);
-    textual && !encoded && small
-}
-
-/// Reads up to [`SCRUB_LIMIT`] bytes; if the body ends within it, returns it scrubbed;
-/// otherwise passes the bytes read plus the rest through unchanged.
-async fn scrub_small_body<B>(route: &Route, mut body: B, headers: &mut http::HeaderMap) -> ProxyBody
-where
-    B: hyper::body::Body<Data = Bytes, Error = body::BoxError> + Send + Unpin + 'static,
-{
-    let mut buffered = Vec::new();
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    buffered.extend_from_slice(data);
-                }
-                if buffered.len() > SCRUB_LIMIT {
-                    let head = futures_util::stream::once(async move {
-                        Ok::<_, body::BoxError>(hyper::body::Frame::data(Bytes::from(buffered)))
-                    });
-                    let rest = BodyStream::new(body);
-                    return StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync();
-                }
-            }
-            Some(Err(e)) => {
-                let failed =
-                    futures_util::stream::once(async move { Err::<hyper::body::Frame<Bytes>, _>(e) });
-                return StreamBody::new(failed).boxed_unsync();
-            }
-        }
-    }
-    match route.scrub.scrub(&buffered) {
-        Some(clean) => {
-            headers.remove(header::CONTENT_LENGTH);
-            body::full(clean)
-        }
-        None => body::full(buffered),
-    }
 }
 
 #[cfg(test)]

@@ -3,17 +3,16 @@
 //! Up: hop-by-hop headers (and every header `Connection` names), forwarding headers,
 //! header names with `_`, and every caller copy of the credential are removed *before*
 //! the one real credential is added, so nothing a caller sends can remove or shadow it.
-//! Down: hop-by-hop headers go, any value holding a secret is redacted, `apikey` leaves
-//! `Location`, and small textual error bodies are scrubbed.
+//! Down: hop-by-hop headers go, `apikey` leaves `Location`, and every secret is
+//! scrubbed from what remains ([`crate::scrub`] owns what that means).
 
 use std::borrow::Cow;
-use std::fmt;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use zeroize::Zeroizing;
 
 use crate::error::Refusal;
+use crate::scrub::Scrubber;
 use crate::secret::Secret;
 
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the
@@ -45,10 +44,8 @@ static HOP_BY_HOP_NAMES: [HeaderName; 8] = [
 const FORWARDING: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
 
 /// Everything but RFC 3986 unreserved characters is encoded in injected values.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-/// The replacement for a secret found where it must not be.
-pub const REDACTED: &str = "[REDACTED]";
+pub(crate) const QUERY_VALUE: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// True for the headers that frame or route the request on its way up: the hop-by-hop
 /// ones, `Host`, `Content-Length` and `Expect`. keygate never forwards a caller's copy
@@ -80,7 +77,8 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     out
 }
 
-/// Cleans the upstream's response headers in place.
+/// Cleans the upstream's response headers in place: hop-by-hop headers, `apikey` in
+/// `Location`, then every header whose name or value holds a secret.
 pub fn response_headers(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[&str]) {
     for name in connection_tokens(headers) {
         headers.remove(name.as_str());
@@ -263,103 +261,6 @@ fn strip_from_url(url: &str, names: &[&str]) -> String {
     }
 }
 
-/// Finds and redacts a route's secret in what goes back to callers: the raw value and
-/// its percent-encoded forms.
-#[derive(Clone)]
-pub struct Scrubber {
-    needles: Vec<Zeroizing<Vec<u8>>>,
-}
-
-impl fmt::Debug for Scrubber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Scrubber({} forms, [REDACTED])", self.needles.len())
-    }
-}
-
-impl Scrubber {
-    /// The forms of `secrets` to look for.
-    pub fn new(secrets: &[&Secret]) -> Self {
-        let mut needles: Vec<Zeroizing<Vec<u8>>> = Vec::new();
-        for secret in secrets {
-            let raw = secret.expose().as_bytes().to_vec();
-            let upper: String = utf8_percent_encode(secret.expose(), QUERY_VALUE).collect();
-            let lower = lowercase_escapes(&upper);
-            let form = upper.replace("%20", "+");
-            for form in [raw, upper.into_bytes(), lower.into_bytes(), form.into_bytes()] {
-                if !form.is_empty() && !needles.iter().any(|n| **n == form) {
-                    needles.push(Zeroizing::new(form));
-                }
-            }
-        }
-        // Longest first, so a raw value inside an encoded one is not half-replaced.
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        Scrubber { needles }
-    }
-
-    /// True when `haystack` holds any form of the secret.
-    pub fn finds(&self, haystack: &[u8]) -> bool {
-        self.needles.iter().any(|n| find(haystack, n).is_some())
-    }
-
-    /// A copy of `haystack` with every form of the secret replaced, or `None` when it
-    /// holds none.
-    pub fn scrub(&self, haystack: &[u8]) -> Option<Vec<u8>> {
-        if !self.finds(haystack) {
-            return None;
-        }
-        let mut out = haystack.to_vec();
-        for needle in &self.needles {
-            let mut result = Vec::with_capacity(out.len());
-            let mut rest = &out[..];
-            while let Some(at) = find(rest, needle) {
-                result.extend_from_slice(&rest[..at]);
-                result.extend_from_slice(REDACTED.as_bytes());
-                rest = &rest[at + needle.len()..];
-            }
-            result.extend_from_slice(rest);
-            out = result;
-        }
-        Some(out)
-    }
-
-    /// Redacts header values holding the secret.
-    pub fn headers(&self, headers: &mut HeaderMap) {
-        for value in headers.values_mut() {
-            if let Some(clean) = self.scrub(value.as_bytes()) {
-                // The scrubbed bytes are a subset of a valid value plus ASCII: still valid.
-                if let Ok(v) = HeaderValue::from_bytes(&clean) {
-                    *value = v;
-                } else {
-                    *value = HeaderValue::from_static(REDACTED);
-                }
-            }
-        }
-    }
-}
-
-fn lowercase_escapes(encoded: &str) -> String {
-    let mut out = String::with_capacity(encoded.len());
-    let mut chars = encoded.chars();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c == '%' {
-            for _ in 0..2 {
-                if let Some(h) = chars.next() {
-                    out.push(h.to_ascii_lowercase());
-                }
-            }
-        }
-    }
-    out
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,20 +384,14 @@ mod tests {
     }
 
     #[test]
-    fn scrubs_raw_and_encoded_forms() {
-        let s = Scrubber::new(&[&secret("s3cr/t")]);
-        let got = s.scrub(b"a s3cr/t b s3cr%2Ft c s3cr%2ft").unwrap();
-        assert_eq!(String::from_utf8(got).unwrap(), "a [REDACTED] b [REDACTED] c [REDACTED]");
-        assert_eq!(s.scrub(b"nothing here"), None);
-    }
-
-    #[test]
     fn response_headers_are_cleaned() {
-        let key = secret("topsecret");
-        let s = Scrubber::new(&[&key]);
+        let (key, other) = (secret("topsecret"), secret("0ther-route-key"));
+        let s = Scrubber::new([&key, &other]).unwrap();
         let mut h = HeaderMap::new();
         h.insert(header::LOCATION, HeaderValue::from_static("https://x/y?a=1&apikey=topsecret&ApiKey=q#f"));
         h.insert("x-echo", HeaderValue::from_static("key=topsecret"));
+        h.insert("x-other", HeaderValue::from_static("apikey=0THER-ROUTE-KEY"));
+        h.insert("x-0ther-route-key", HeaderValue::from_static("1"));
         h.insert("connection", HeaderValue::from_static("x-hop"));
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
@@ -505,6 +400,8 @@ mod tests {
         assert!(h.get("x-keygate-error").is_none(), "an upstream cannot pose as keygate");
         assert_eq!(h[header::LOCATION], "https://x/y?a=1#f");
         assert_eq!(h["x-echo"], "key=[REDACTED]");
+        assert_eq!(h["x-other"], "apikey=[REDACTED]");
+        assert!(h.get("x-0ther-route-key").is_none(), "a header named after a key is removed");
         assert!(h.get("x-hop").is_none() && h.get("connection").is_none() && h.get("keep-alive").is_none());
     }
 
@@ -512,11 +409,5 @@ mod tests {
     fn hop_by_hop_names_match_the_list() {
         let names: Vec<&str> = HOP_BY_HOP_NAMES.iter().map(HeaderName::as_str).collect();
         assert_eq!(names, HOP_BY_HOP);
-    }
-
-    #[test]
-    fn scrubber_debug_is_redacted() {
-        let s = Scrubber::new(&[&secret("topsecret")]);
-        assert!(!format!("{s:?}").contains("topsecret"));
     }
 }

@@ -107,9 +107,15 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
         ctx.problem("", "routes", "no [[routes]] are configured");
     }
 
-    if !ctx.problems.is_empty() {
-        return Err(Problems { file: inputs.path.clone(), list: ctx.problems });
-    }
+    // One scrubber over every loaded secret, whichever route uses it: an upstream can
+    // echo another route's key as easily as its own.
+    let scrub = Scrubber::new(secrets.values().map(|s| &*s.value))
+        .map_err(|e| ctx.problem("secrets", "", e.to_string()))
+        .ok();
+    let scrub = match scrub {
+        Some(scrub) if ctx.problems.is_empty() => Arc::new(scrub),
+        _ => return Err(Problems { file: inputs.path.clone(), list: ctx.problems }),
+    };
     let groups = groups.into_iter().map(Arc::new).collect();
     Ok(Snapshot {
         generation,
@@ -121,6 +127,7 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
         reload,
         callers: Callers { trusted_proxies: AddrSet::new(&trusted), groups },
         secrets: secrets.into_values().collect(),
+        scrub,
         routes: RouteTable::new(routes),
         tls,
         watched: inputs.named_files(),

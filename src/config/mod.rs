@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::caller::{AddrSet, Callers};
 use crate::routes::RouteTable;
+use crate::scrub::Scrubber;
 use crate::secret::{Secret, Source};
 pub use compile::compile;
 
@@ -133,6 +134,8 @@ pub struct Snapshot {
     pub reload: ReloadSettings,
     pub callers: Callers,
     pub secrets: Vec<LoadedSecret>,
+    /// Every loaded secret, found and redacted in whatever goes back to callers.
+    pub scrub: Arc<Scrubber>,
     pub routes: RouteTable,
     /// The compiled `[server.tls]`, when callers speak TLS to keygate.
     pub tls: Option<crate::tls::ServerTls>,

@@ -14,7 +14,6 @@ use super::LoadedSecret;
 use super::compile::{Ctx, parse_net, valid_name};
 use super::schema::RouteSpec;
 use crate::caller::{Allow, Group};
-use crate::rewrite::Scrubber;
 use crate::routes::{Inject, Kind, Preset, Route, check_path};
 use crate::secret::Secret;
 use crate::upstream::{Upstream, UpstreamKey};
@@ -131,7 +130,6 @@ pub(super) fn route(
     if upstream.is_plain_http() && !is_loopback_url(upstream.url()) {
         ctx.warnings.push(format!("route {name:?} sends its secret over plain HTTP to a non-loopback host"));
     }
-    let scrub = Scrubber::new(&[&secret]);
     Some(Route {
         name,
         prefix,
@@ -144,7 +142,6 @@ pub(super) fn route(
         shadow_allow,
         max_body_bytes,
         response_timeout,
-        scrub,
     })
 }
 

@@ -12,7 +12,6 @@ use http::{HeaderName, Method};
 
 use crate::caller::Allow;
 use crate::error::Refusal;
-use crate::rewrite::Scrubber;
 use crate::secret::Secret;
 use crate::upstream::Upstream;
 pub use preset::Preset;
@@ -51,7 +50,6 @@ pub struct Route {
     pub shadow_allow: Option<Allow>,
     pub max_body_bytes: u64,
     pub response_timeout: Duration,
-    pub scrub: Scrubber,
 }
 
 /// Where a matched request goes.
