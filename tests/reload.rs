@@ -562,3 +562,38 @@ async fn a_rotated_key_the_route_cannot_carry_is_a_failed_reload() {
     rig.kg.wait_key("/echo/x", "sentinel-carry-3", SOON).await;
     rig.kg.assert_output_free_of(&["sentinel-carry-1", "sentinel-carry-\u{e9}2", "sentinel-carry-3"]);
 }
+
+/// Every SIGHUP gets one `info` line with its outcome, even when nothing changed (at the
+/// default level a no-op reload is otherwise silent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sighup_is_acknowledged_at_info_with_its_outcome() {
+    let rig = Rig::start("1h", "sentinel-ack-1\n", "").await;
+    let kg = &rig.kg;
+    kg.wait_key("/echo/x", "sentinel-ack-1", SOON).await;
+
+    let mark = kg.mark();
+    kg.sighup();
+    let line = kg.wait_log(mark, "SIGHUP handled: nothing changed, nothing to apply", |_| true).await;
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["outcome"], "unchanged");
+
+    let mark = kg.mark();
+    write_in_place(&rig.key, "sentinel-ack-2\n");
+    kg.sighup();
+    kg.wait_key("/echo/x", "sentinel-ack-2", SOON).await;
+    // The in-place write may be found by its event first; the SIGHUP still gets its line.
+    let line = eventually("the SIGHUP acknowledged", SOON, || {
+        let mut lines = kg.logs_since(mark, "SIGHUP handled: new config applied");
+        lines.extend(kg.logs_since(mark, "SIGHUP handled: nothing changed, nothing to apply"));
+        std::future::ready(lines.into_iter().next())
+    })
+    .await;
+    assert!(line["outcome"] == "applied" || line["outcome"] == "unchanged", "{line}");
+
+    let mark = kg.mark();
+    std::fs::remove_file(&rig.key).unwrap();
+    kg.sighup();
+    let line = kg.wait_log(mark, "SIGHUP handled: reload failed; the running config stays", |_| true).await;
+    assert_eq!(line["outcome"], "failed");
+    kg.assert_output_free_of(&["sentinel-ack-1", "sentinel-ack-2"]);
+}

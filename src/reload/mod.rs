@@ -221,16 +221,40 @@ async fn run(
         };
         // The attempt reads every file after the burst's events: they are covered.
         burst = None;
-        attempt(&this, trigger).await;
+        let outcome = attempt(&this, trigger).await;
+        if trigger == "signal" {
+            // Whatever the log level, an operator who sent SIGHUP gets an answer.
+            acknowledge_hangup(outcome.as_ref());
+        }
         looked = true;
     }
 }
 
 /// One attempt off the async workers: reading files and compiling may block.
-async fn attempt(this: &Arc<Reloader>, trigger: &'static str) {
+async fn attempt(this: &Arc<Reloader>, trigger: &'static str) -> Option<Outcome> {
     let this = this.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || this.attempt(trigger)).await {
-        tracing::error!(error = %e, "reload attempt did not finish; the running config stays");
+    match tokio::task::spawn_blocking(move || this.attempt(trigger)).await {
+        Ok(outcome) => Some(outcome),
+        Err(e) => {
+            tracing::error!(error = %e, "reload attempt did not finish; the running config stays");
+            None
+        }
+    }
+}
+
+/// One `info` line per SIGHUP, saying what it did (a failure's reason is logged by the
+/// attempt itself).
+fn acknowledge_hangup(outcome: Option<&Outcome>) {
+    match outcome {
+        Some(Outcome::Unchanged) => {
+            tracing::info!(outcome = "unchanged", "SIGHUP handled: nothing changed, nothing to apply")
+        }
+        Some(Outcome::Applied(generation)) => {
+            tracing::info!(outcome = "applied", generation, "SIGHUP handled: new config applied")
+        }
+        Some(Outcome::Failed(_)) | None => {
+            tracing::info!(outcome = "failed", "SIGHUP handled: reload failed; the running config stays")
+        }
     }
 }
 
