@@ -3,28 +3,16 @@
 //! sends, caller copies and hop-by-hop headers never leave, forwarding headers are
 //! neither forwarded nor believed, and the upstream is chosen by config only.
 
-use crate::auth_path;
 use crate::support::client::get;
-use crate::support::inprocess::{
-    GatewayBuilder, RouteSpec, TestGateway, query_params, recorded_header, sandbox,
-};
+use crate::support::inprocess::{GatewayBuilder, RouteSpec, query_params, recorded_header};
 use crate::support::keys::{CID, EXPORT_KEY, GENERIC_KEY, IMPORT_KEY, assert_no_key};
 use crate::support::raw::{Raw, raw_once};
 use crate::support::upstream::{FakeUpstream, ok};
-
-async fn import_gateway() -> (keygate::sandbox::Sandbox, TestGateway) {
-    let sb = sandbox(false).await;
-    let gw = GatewayBuilder::new()
-        .route(RouteSpec::import(&sb.base_url()))
-        .route(RouteSpec::export(&sb.base_url()))
-        .start()
-        .await;
-    (sb, gw)
-}
+use crate::{auth_path, bi_gateway};
 
 #[tokio::test]
 async fn import_key_arrives_exactly_once_whatever_apikey_the_caller_sends() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     let queries = [
         "",
         "?apikey=evil",
@@ -52,7 +40,7 @@ async fn import_key_arrives_exactly_once_whatever_apikey_the_caller_sends() {
 
 #[tokio::test]
 async fn export_key_header_arrives_exactly_once_whatever_the_caller_sends() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     let cases: [&[(&str, &str)]; 4] = [
         &[],
         &[("X-RJM-API-Key", "evil")],
@@ -84,7 +72,7 @@ async fn connection_naming_the_credential_header_cannot_remove_the_real_key() {
 
 #[tokio::test]
 async fn hop_by_hop_and_bi_credentials_never_reach_the_upstream() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     let request = "GET /export/0.1/chart HTTP/1.1\r\nHost: keygate.test\r\n\
          Connection: keep-alive, X-Custom-Hop\r\nX-Custom-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
          Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\n\
@@ -115,7 +103,7 @@ async fn hop_by_hop_and_bi_credentials_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn header_names_with_underscores_are_never_forwarded() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     let request = "GET /export/0.1/figure HTTP/1.1\r\nHost: x\r\nX_RJM_API_Key: evil\r\n\
                    X_Other: 1\r\nConnection: close\r\n\r\n";
     let reply = raw_once(gw.addr, request.as_bytes()).await;
@@ -172,7 +160,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies_and_still_not_forwa
 
 #[tokio::test]
 async fn host_sent_upstream_is_the_upstreams_whatever_the_caller_says() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     let upstream_host = sb.local_addr().to_string();
     let requests = [
         format!("GET {} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n", auth_path()),
@@ -205,7 +193,7 @@ async fn host_sent_upstream_is_the_upstreams_whatever_the_caller_says() {
 
 #[tokio::test]
 async fn path_tricks_are_never_forwarded() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     let long = format!("/import/{}", "a/".repeat(4000));
     let cases: Vec<(String, u16, &str)> = vec![
         ("/import/../x".into(), 400, "invalid_path"),
@@ -235,7 +223,7 @@ async fn path_tricks_are_never_forwarded() {
 
 #[tokio::test]
 async fn pipelined_requests_are_decided_one_by_one() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     let allowed = format!("GET {}?apikey=x HTTP/1.1\r\nHost: x\r\n\r\n", auth_path());
     let denied = "GET /import/v2/client/999/authenticate?apikey=y HTTP/1.1\r\nHost: x\r\n\r\n";
     let allowed_again = format!("GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", auth_path());
@@ -254,7 +242,7 @@ async fn pipelined_requests_are_decided_one_by_one() {
 
 #[tokio::test]
 async fn http11_without_host_is_refused_but_http10_may_omit_it() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, even in absolute form.
     for target in [auth_path(), format!("http://evil.example{}", auth_path())] {
         let request = format!("GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n");
@@ -287,7 +275,7 @@ const STEERING: [&str; 8] = [
 
 #[tokio::test]
 async fn headers_that_steer_the_target_or_method_never_reach_a_bi_upstream() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     let steering: String = STEERING.iter().map(|name| format!("{name}: /import/v2/client/1/x\r\n")).collect();
     let upper: String = STEERING.iter().map(|name| format!("{}: DELETE\r\n", name.to_uppercase())).collect();
     for target in [auth_path(), "/export/0.1/figure".to_owned()] {
@@ -325,7 +313,7 @@ const LOOK_ALIKES: [&str; 12] = [
 
 #[tokio::test]
 async fn apikey_look_alike_parameter_names_are_refused() {
-    let (sb, gw) = import_gateway().await;
+    let (sb, gw) = bi_gateway().await;
     for name in LOOK_ALIKES {
         for query in [format!("{name}=evil"), format!("x=1&{name}=evil&y=2")] {
             let reply = get(gw.addr, &format!("{}?{query}", auth_path()), &[]).await;

@@ -18,7 +18,20 @@ mod responses;
 mod routes_prop;
 mod smuggling;
 
+use keygate::sandbox::Sandbox;
+use support::inprocess::{GatewayBuilder, RouteSpec, TestGateway, sandbox};
 use support::keys::CID;
+
+/// The recording sandbox (plain HTTP), and keygate with both BI presets in front of it.
+async fn bi_gateway() -> (Sandbox, TestGateway) {
+    let sb = sandbox(false).await;
+    let gw = GatewayBuilder::new()
+        .route(RouteSpec::import(&sb.base_url()))
+        .route(RouteSpec::export(&sb.base_url()))
+        .start()
+        .await;
+    (sb, gw)
+}
 
 /// The import preset's `authenticate` path.
 fn auth_path() -> String {

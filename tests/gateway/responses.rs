@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use crate::auth_path;
 use crate::support::client::get;
 use crate::support::inprocess::{GatewayBuilder, RouteSpec, query_params, recorded_header, sandbox};
 use crate::support::keys::{EXPORT_KEY, IMPORT_KEY, assert_no_key};
 use crate::support::raw::{Raw, raw_once};
 use crate::support::tls::Ca;
 use crate::support::upstream::{FakeUpstream, Recorded, ok, reply};
+use crate::{auth_path, bi_gateway};
 
 #[tokio::test]
 async fn redirects_are_passed_back_unfollowed_without_apikey() {
@@ -203,12 +203,7 @@ async fn connect_is_refused_and_never_tunnels() {
 
 #[tokio::test]
 async fn admin_endpoints_show_fingerprints_never_keys() {
-    let sb = sandbox(false).await;
-    let gw = GatewayBuilder::new()
-        .route(RouteSpec::import(&sb.base_url()))
-        .route(RouteSpec::export(&sb.base_url()))
-        .start()
-        .await;
+    let (_sb, gw) = bi_gateway().await;
     assert_eq!(get(gw.addr, &format!("{}?apikey={IMPORT_KEY}", auth_path()), &[]).await.status, 200);
     assert_eq!(get(gw.addr, "/export/0.1/chart", &[]).await.status, 200);
     let metrics = get(gw.admin, "/metrics", &[]).await;
