@@ -1,16 +1,22 @@
-//! Callers: hyper's HTTP/1.1 client for ordinary requests, and a raw socket for
-//! byte-exact ones (smuggling, path tricks, pipelining), with a small response parser.
+//! The HTTP test client: requests built in one place and sent through hyper, on a new
+//! connection or on a kept-alive [`Conn`] (HTTP/1.1 or HTTP/2, over TCP or TLS, from any
+//! loopback source address), and the [`Reply`] a caller saw with the assertions made on
+//! it. Byte-exact exchanges are in [`super::raw`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use super::keys::{EXPORT_KEY, GENERIC_KEY, IMPORT_KEY, QUERY_SENTINEL, SECRET};
 
 /// How long any one read may take before the test fails instead of hanging.
 pub const READ_LIMIT: Duration = Duration::from_secs(10);
@@ -37,7 +43,12 @@ impl Reply {
         self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 
-    /// Every header name and value, for leak scans.
+    /// The status and `x-keygate-error` (None when the answer is the upstream's).
+    pub fn code(&self) -> (u16, Option<String>) {
+        (self.status, self.header("x-keygate-error"))
+    }
+
+    /// Every header name and value, and the body, for leak scans.
     pub fn dump(&self) -> String {
         let mut out = format!("{}\n", self.status);
         for (n, v) in &self.headers {
@@ -45,6 +56,47 @@ impl Reply {
         }
         out.push_str(&self.text());
         out
+    }
+
+    /// The echo upstream's view ([`super::upstream::echo`]): `{"path", "key"}`.
+    pub fn echo(&self) -> Value {
+        assert_eq!(self.status, 200, "{}", self.text());
+        self.json()
+    }
+
+    /// The credential the echo upstream received ("" when the answer is not a 200).
+    pub fn key(&self) -> String {
+        if self.status != 200 {
+            return String::new();
+        }
+        self.echo()["key"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Asserts this is keygate's own refusal: status, `x-keygate-error`, JSON content
+    /// type, exactly `{"error": code, "message": <non-empty sentence>}`, and no sentinel
+    /// key or caller query in the body or any header.
+    #[track_caller]
+    pub fn assert_refusal(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "status for {code}; body: {}", self.text());
+        assert_eq!(self.header("x-keygate-error").as_deref(), Some(code), "x-keygate-error");
+        assert_eq!(self.header("content-type").as_deref(), Some("application/json"));
+        let body = self.json();
+        let object = body.as_object().unwrap_or_else(|| panic!("not an object: {body}"));
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["error", "message"], "body shape: {body}");
+        assert_eq!(body["error"], code);
+        let message = body["message"].as_str().expect("message is a string");
+        assert!(!message.is_empty());
+        let sentinels = [QUERY_SENTINEL, SECRET, IMPORT_KEY, EXPORT_KEY, GENERIC_KEY];
+        let text = self.text();
+        for sentinel in sentinels {
+            assert!(!text.contains(sentinel), "{sentinel:?} leaked into a refusal: {text}");
+        }
+        for (name, value) in &self.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(!sentinels.iter().any(|s| value.contains(s)), "leaked into {name}: {value}");
+        }
     }
 }
 
@@ -59,22 +111,16 @@ pub fn request(method: Method, target: &str, headers: &[(&str, &str)], body: &[u
 
 /// Sends one request on a new HTTP/1.1 connection.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    send_on(stream, req).await
+    send_on(TcpStream::connect(addr).await.expect("connect"), req).await
 }
 
 /// Sends one request on a given (connected) stream.
-pub async fn send_on(stream: TcpStream, req: Request<Full<Bytes>>) -> Reply {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(conn);
-    let fut = async {
-        let response = sender.send_request(req).await.expect("send");
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("body").to_bytes().to_vec();
-        Reply { status: parts.status.as_u16(), headers: parts.headers, body }
-    };
-    tokio::time::timeout(READ_LIMIT * 3, fut).await.expect("response in time")
+pub async fn send_on<I>(io: I, req: Request<Full<Bytes>>) -> Reply
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Conn::over(io).await.unwrap_or_else(|e| panic!("{e}"));
+    conn.send(req).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Reply {
@@ -85,194 +131,136 @@ pub async fn post(addr: SocketAddr, target: &str, headers: &[(&str, &str)], body
     send(addr, request(Method::POST, target, headers, body)).await
 }
 
-/// A raw connection: write exact bytes, parse responses one by one.
-pub struct Raw {
-    pub stream: TcpStream,
-    buf: Vec<u8>,
-    eof: bool,
+/// One GET from a client socket bound to `from` (any 127.0.0.0/8 address, or ::1).
+pub async fn get_from(from: IpAddr, to: SocketAddr, target: &str) -> Reply {
+    send_from(from, to, request(Method::GET, target, &[], b"")).await
 }
 
-impl Raw {
-    pub async fn connect(addr: SocketAddr) -> Raw {
-        Raw::from_stream(TcpStream::connect(addr).await.expect("connect"))
+/// One request from a client socket bound to `from`.
+pub async fn send_from(from: IpAddr, to: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let socket = match from {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket.bind(SocketAddr::new(from, 0)).expect("bind client");
+    send_on(socket.connect(to).await.expect("connect"), req).await
+}
+
+enum Sender<B> {
+    Http1(http1::SendRequest<B>),
+    Http2(http2::SendRequest<B>),
+}
+
+/// A kept-alive client connection for many requests; failures are `Err`, so load loops
+/// can count them.
+pub struct Conn<B = Full<Bytes>> {
+    sender: Sender<B>,
+    /// Where to reconnect when the connection breaks (TCP connections only).
+    addr: Option<SocketAddr>,
+    /// The task driving the connection.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<B> Conn<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// An HTTP/1.1 connection to `addr`.
+    pub async fn open(addr: SocketAddr) -> Conn<B> {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Conn { addr: Some(addr), ..Conn::over(stream).await.unwrap_or_else(|e| panic!("{e}")) }
     }
 
-    pub fn from_stream(stream: TcpStream) -> Raw {
-        Raw { stream, buf: Vec::new(), eof: false }
+    /// An HTTP/2 connection (prior knowledge) to `addr`.
+    pub async fn open_h2(addr: SocketAddr) -> Conn<B> {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Conn { addr: Some(addr), ..Conn::over_h2(stream).await.unwrap_or_else(|e| panic!("{e}")) }
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
+    /// HTTP/1.1 over a connected stream (TCP, TLS).
+    pub async fn over<I>(io: I) -> Result<Conn<B>, String>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            http1::handshake(TokioIo::new(io)).await.map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn { sender: Sender::Http1(sender), addr: None, task })
     }
 
-    /// Reads more bytes; false at EOF or on a reset; panics after `limit` of silence.
-    async fn fill(&mut self, limit: Duration) -> bool {
-        match self.try_fill(limit).await {
-            Some(more) => more,
-            None => panic!("no bytes from keygate within {limit:?}; have {:?}", self.peek()),
-        }
+    /// HTTP/2 over a connected stream (TCP with prior knowledge, TLS after ALPN `h2`).
+    pub async fn over_h2<I>(io: I) -> Result<Conn<B>, String>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn { sender: Sender::Http2(sender), addr: None, task })
     }
 
-    /// Like `fill`, but None after `limit` of silence.
-    async fn try_fill(&mut self, limit: Duration) -> Option<bool> {
-        if self.eof {
-            return Some(false);
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
-            Err(_) => None,
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                self.eof = true;
-                Some(false)
-            }
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Some(true)
-            }
-        }
-    }
-
-    /// Every response until keygate closes the connection or stays quiet for `quiet`;
-    /// the flag says whether it closed.
-    pub async fn responses_until_close(&mut self, quiet: Duration) -> (Vec<Reply>, bool) {
-        let mut replies = Vec::new();
-        loop {
-            if self.buf.is_empty() {
-                match self.try_fill(quiet).await {
-                    None => return (replies, false),
-                    Some(false) => return (replies, true),
-                    Some(true) => {}
+    /// Sends `req` and returns the response head with its body still to read.
+    pub async fn respond(&mut self, req: Request<B>) -> Result<Response<Incoming>, String> {
+        let sent = async {
+            match &mut self.sender {
+                Sender::Http1(sender) => {
+                    sender.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
+                    sender.send_request(req).await.map_err(|e| format!("request failed: {e}"))
                 }
-            }
-            match self.response().await {
-                Some(reply) => replies.push(reply),
-                None => return (replies, true),
-            }
-        }
-    }
-
-    fn peek(&self) -> String {
-        String::from_utf8_lossy(&self.buf).into_owned()
-    }
-
-    /// The next response, or None when the connection closed before one began.
-    pub async fn response(&mut self) -> Option<Reply> {
-        self.response_within(READ_LIMIT).await
-    }
-
-    pub async fn response_within(&mut self, limit: Duration) -> Option<Reply> {
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i;
-            }
-            if !self.fill(limit).await {
-                assert!(self.buf.is_empty(), "connection closed mid-head: {:?}", self.peek());
-                return None;
+                Sender::Http2(sender) => {
+                    sender.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
+                    sender.send_request(req).await.map_err(|e| format!("request failed: {e}"))
+                }
             }
         };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or("");
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let mut headers = HeaderMap::new();
-        for line in lines {
-            let (n, v) = line.split_once(':').unwrap_or_else(|| panic!("bad header {line:?}"));
-            headers.append(
-                HeaderName::from_bytes(n.trim().as_bytes()).expect("name"),
-                HeaderValue::from_str(v.trim()).expect("value"),
-            );
-        }
-        let body = if status < 200 || status == 204 || status == 304 {
-            Vec::new()
-        } else if let Some(len) = headers.get("content-length") {
-            let len: usize = len.to_str().ok().and_then(|s| s.parse().ok()).expect("content-length");
-            while self.buf.len() < len {
-                assert!(self.fill(limit).await, "closed mid-body");
-            }
-            self.buf.drain(..len).collect()
-        } else if headers.get("transfer-encoding").is_some_and(|v| v.as_bytes().ends_with(b"chunked")) {
-            self.chunked(limit).await
-        } else {
-            while self.fill(limit).await {}
-            std::mem::take(&mut self.buf)
-        };
-        Some(Reply { status, headers, body })
+        tokio::time::timeout(READ_LIMIT * 3, sent).await.map_err(|_| "no response in time".to_owned())?
     }
 
-    async fn chunked(&mut self, limit: Duration) -> Vec<u8> {
-        let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(i) = find(&self.buf, b"\r\n") {
-                    break i;
-                }
-                assert!(self.fill(limit).await, "closed mid-chunk");
-            };
-            let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
-            self.buf.drain(..line_end + 2);
-            if size == 0 {
-                // Trailers (none expected) end with an empty line.
-                loop {
-                    if let Some(i) = find(&self.buf, b"\r\n") {
-                        self.buf.drain(..i + 2);
-                        if i == 0 {
-                            return body;
-                        }
-                        continue;
-                    }
-                    assert!(self.fill(limit).await, "closed in trailers");
-                }
-            }
-            while self.buf.len() < size + 2 {
-                assert!(self.fill(limit).await, "closed mid-chunk");
-            }
-            body.extend(self.buf.drain(..size));
-            self.buf.drain(..2);
-        }
+    /// Drops the connection at once, as a caller that walks away (even mid-body).
+    pub fn abort(self) {
+        self.task.abort();
     }
 
-    /// True when keygate closes the connection (EOF or reset) within `limit` without
-    /// sending another byte.
-    pub async fn closes_within(&mut self, limit: Duration) -> bool {
-        let mut chunk = [0u8; 1024];
-        match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            Ok(Ok(n)) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&chunk[..n])),
-            Err(_) => false,
-        }
-    }
-
-    /// True when nothing arrives within `limit` (the connection stays open and quiet).
-    pub async fn quiet_for(&mut self, limit: Duration) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut chunk = [0u8; 1024];
-        match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
-            Err(_) => true,
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                false
-            }
-        }
+    /// Sends `req` and reads the whole answer.
+    pub async fn send(&mut self, req: Request<B>) -> Result<Reply, String> {
+        let response = self.respond(req).await?;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(READ_LIMIT * 3, body.collect())
+            .await
+            .map_err(|_| "no whole body in time".to_owned())?
+            .map_err(|e| format!("body failed: {e}"))?;
+        Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body: body.to_bytes().to_vec() })
     }
 }
 
-/// One raw request, one response; the connection is closed afterwards.
-pub async fn raw_once(addr: SocketAddr, bytes: &[u8]) -> Reply {
-    let mut raw = Raw::connect(addr).await;
-    raw.send(bytes).await;
-    raw.response().await.unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(bytes)))
-}
+impl Conn {
+    /// One GET; an error is a failed request.
+    pub async fn get(&mut self, path: &str) -> Result<Reply, String> {
+        self.send(request(Method::GET, path, &[], b"")).await
+    }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    /// One GET of a load loop: the reply if it is a 200; otherwise the problem is noted
+    /// in `problems` and, if the connection broke, a new one replaces it.
+    pub async fn get_ok(&mut self, path: &str, problems: &mut Vec<String>) -> Option<Reply> {
+        match self.get(path).await {
+            Ok(r) if r.status == 200 => Some(r),
+            Ok(r) => {
+                problems.push(format!("status {}: {}", r.status, r.text()));
+                None
+            }
+            Err(e) => {
+                problems.push(e);
+                *self = Conn::open(self.addr.expect("a TCP connection to reopen")).await;
+                None
+            }
+        }
+    }
 }
