@@ -47,13 +47,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(refusal) => {
             exchange.refused(&gw, &refusal);
-            // After a framing refusal nothing more on this connection can be trusted.
-            let close = refusal == Refusal::BadRequest(AMBIGUOUS_FRAMING);
-            let mut response = refusal.into_response();
-            if close {
-                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
+            refusal.into_response()
         }
     };
     exchange.finish(gw, response, bytes_in, guard)
@@ -79,7 +73,7 @@ async fn pipeline(
     // last coding; anything but one plain `chunked` line is refused too, since a proxy
     // in front may frame it differently and re-framing upstream would drop a coding.
     if !plain_framing(request.headers()) {
-        return Err(Refusal::BadRequest(AMBIGUOUS_FRAMING));
+        return Err(Refusal::AmbiguousFraming);
     }
     // RFC 9112 §3.2: more than one Host line is a 400, and so is an HTTP/1.1 request
     // without one (HTTP/1.0 may omit it; HTTP/2 carries `:authority`). keygate routes by
@@ -177,9 +171,6 @@ static PRESET_DROP: [HeaderName; 11] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
 ];
-
-/// The reason given for a request whose `Transfer-Encoding` is not one plain `chunked`.
-const AMBIGUOUS_FRAMING: &str = "Transfer-Encoding must be a single \"chunked\"";
 
 /// True when the request has no `Transfer-Encoding`, or exactly one line reading `chunked`.
 fn plain_framing(headers: &http::HeaderMap) -> bool {

@@ -32,13 +32,10 @@ use http_body_util::BodyExt;
 
 use super::Scrubber;
 use crate::body::{self, BoxError, ProxyBody};
-use crate::error::ERROR_HEADER;
+use crate::error::Withheld;
 
 /// Largest non-2xx body buffered whole, on the wire and once decoded.
 pub const SCRUB_LIMIT: usize = 64 * 1024;
-
-/// The `x-keygate-error` code of a withheld body.
-pub const WITHHELD: &str = "upstream_body_withheld";
 
 /// Content codings keygate decodes, as they may appear in `Accept-Encoding`.
 const DECODABLE: [&str; 5] = ["gzip", "x-gzip", "deflate", "br", "identity"];
@@ -50,41 +47,6 @@ enum Coding {
     Gzip,
     Deflate,
     Brotli,
-}
-
-/// Why an error body was withheld.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Withheld {
-    /// The `Content-Encoding` names a coding keygate does not decode, or several.
-    Coding,
-    /// The body does not decode as its label says.
-    Undecodable,
-    /// Past [`SCRUB_LIMIT`] on the wire (encoded) or once decoded.
-    TooLarge,
-}
-
-impl Withheld {
-    fn label(self) -> &'static str {
-        match self {
-            Withheld::Coding => "coding",
-            Withheld::Undecodable => "undecodable",
-            Withheld::TooLarge => "too_large",
-        }
-    }
-
-    fn message(self) -> &'static str {
-        match self {
-            Withheld::Coding => {
-                "keygate withheld the upstream's error body: its content coding is not one keygate reads"
-            }
-            Withheld::Undecodable => {
-                "keygate withheld the upstream's error body: it does not decode as its content coding says"
-            }
-            Withheld::TooLarge => {
-                "keygate withheld the upstream's error body: it is compressed and larger than keygate reads"
-            }
-        }
-    }
 }
 
 /// The body sent back for a non-2xx answer, with `headers` fixed to match it.
@@ -242,10 +204,7 @@ fn withhold(route: &str, headers: &mut HeaderMap, why: Withheld) -> ProxyBody {
     );
     headers.remove(header::CONTENT_ENCODING);
     headers.remove(header::CONTENT_LENGTH);
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(ERROR_HEADER, HeaderValue::from_static(WITHHELD));
-    let text = serde_json::json!({"error": WITHHELD, "message": why.message()}).to_string();
-    body::full(text)
+    why.into_body(headers)
 }
 
 fn with_trailers(body: ProxyBody, trailers: Option<HeaderMap>) -> ProxyBody {

@@ -3,6 +3,7 @@ use std::io::Write;
 use http_body_util::StreamBody;
 
 use super::*;
+use crate::error::{ERROR_HEADER, WITHHELD};
 use crate::secret::Secret;
 
 const KEY: &str = "abcdef0123456789abcdef0123456789";
