@@ -12,9 +12,9 @@ use hyper::body::Incoming;
 
 use crate::body::{Meter, Metered, ProxyBody};
 use crate::caller::Group;
+use crate::conn::ConnInfo;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
-use crate::proxy::ConnInfo;
 use crate::routes::Route;
 
 /// What is known about one request so far.

@@ -15,10 +15,10 @@ use tokio::net::TcpListener;
 
 use crate::body::{self, Meter, Metered, ProxyBody};
 use crate::config::ServerSettings;
+use crate::conn::ConnInfo;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::metrics::unix;
-use crate::proxy::ConnInfo;
 use crate::server::{Handler, Listening, Server};
 
 /// Open admin connections beyond this are answered 503 `overloaded`. Probes and

@@ -1,7 +1,6 @@
 //! Streaming bodies: the boxed body type keygate answers with, and the metering wrapper
-//! that counts bytes, enforces size limits and idle timeouts, scrubs secrets from
-//! trailers, and keeps a guard alive until the last byte has gone (the access log and
-//! duration metrics hang off it).
+//! that counts bytes, enforces size limits and idle timeouts, and keeps a guard alive
+//! until the last byte has gone (the access log and duration metrics hang off it).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,8 +13,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::{Instant, Sleep};
-
-use crate::scrub::Scrubber;
 
 /// The error type of every body keygate streams.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -94,14 +91,13 @@ impl Meter {
 }
 
 /// A body that counts its bytes, enforces an optional size limit and an idle timeout
-/// between frames, optionally scrubs its trailers, and holds `guard` until it is dropped.
+/// between frames, and holds `guard` until it is dropped.
 pub struct Metered<B> {
     inner: B,
     meter: Arc<Meter>,
     limit: Option<u64>,
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
-    trailers: Option<Arc<Scrubber>>,
     _guard: Option<Box<dyn Send>>,
 }
 
@@ -109,14 +105,7 @@ impl<B> Metered<B> {
     /// Wraps `inner`. `limit` bounds the total data bytes; `idle` bounds the wait for
     /// each frame.
     pub fn new(inner: B, meter: Arc<Meter>, limit: Option<u64>, idle: Option<Duration>) -> Self {
-        Metered { inner, meter, limit, idle, timer: None, trailers: None, _guard: None }
-    }
-
-    /// Scrubs the trailers (names and values) with `scrub`, like response headers. Data
-    /// frames are not looked at.
-    pub fn scrub_trailers(mut self, scrub: Arc<Scrubber>) -> Self {
-        self.trailers = Some(scrub);
-        self
+        Metered { inner, meter, limit, idle, timer: None, _guard: None }
     }
 
     /// Keeps `guard` alive until this body is dropped.
@@ -140,15 +129,13 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(mut frame))) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     let total = this.meter.bytes.fetch_add(len, Ordering::Relaxed) + len;
                     if this.limit.is_some_and(|limit| total > limit) {
                         return Poll::Ready(Some(Err(this.meter.fail(BodyError::TooLarge))));
                     }
-                } else if let (Some(scrub), Some(trailers)) = (&this.trailers, frame.trailers_mut()) {
-                    scrub.headers(trailers);
                 }
                 if let (Some(timer), Some(idle)) = (this.timer.as_mut(), this.idle) {
                     timer.as_mut().reset(Instant::now() + idle);

@@ -107,11 +107,11 @@ fn run(path: &Path) -> ExitCode {
             Ok(app) => app,
             Err(e) => return fail(e.to_string()),
         };
-        wait_for_signal().await;
+        crate::signal::stop_requested().await;
         tracing::info!("shutting down: draining connections");
         let drained = tokio::select! {
             drained = app.shutdown() => drained,
-            _ = wait_for_signal() => {
+            _ = crate::signal::stop_requested() => {
                 tracing::warn!("second signal: exiting at once");
                 return ExitCode::FAILURE;
             }
@@ -122,29 +122,6 @@ fn run(path: &Path) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -263,7 +263,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let app = App::start(snapshot, Some(config_path.clone()), Some(log)).await.map_err(|e| e.to_string())?;
 
     println!("{}", banner(&ports, &keys.0, &fingerprints));
-    crate::cli::wait_for_signal().await;
+    crate::signal::stop_requested().await;
     println!("stopping the demo");
     app.shutdown().await;
     sandbox.shutdown().await;

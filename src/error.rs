@@ -9,7 +9,6 @@
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, ProxyBody};
-use crate::upstream::Failure;
 
 /// Name of the header that marks keygate's own answers.
 pub const ERROR_HEADER: &str = "x-keygate-error";
@@ -47,7 +46,7 @@ pub enum Refusal {
     HeadersTooLarge,
     /// Connecting to the upstream failed, or it broke the protocol.
     /// Carries the failure kind (never `Timeout`, which is [`Refusal::UpstreamTimeout`]).
-    UpstreamUnavailable(Failure),
+    UpstreamUnavailable(UpstreamFailure),
     /// Too many connections or requests.
     Overloaded,
     /// keygate is draining after SIGTERM/SIGINT.
@@ -205,6 +204,37 @@ fn own_body(headers: &mut HeaderMap, code: &'static str, message: &str) -> Proxy
     body::full(serde_json::json!({ "error": code, "message": message }).to_string())
 }
 
+/// Why an upstream call failed (the `kind` label of `keygate_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Name resolution or the TCP connect failed, or the connection broke during the
+    /// HTTP handshake.
+    Connect,
+    /// The connect or response timeout ran out.
+    Timeout,
+    /// The TLS handshake or session failed (certificate verification included).
+    Tls,
+    /// Anything else on an open connection: a reset, invalid HTTP, a `101`, both
+    /// framings on one answer.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Every kind, in the order their series are listed.
+    pub const ALL: [UpstreamFailure; 4] =
+        [UpstreamFailure::Connect, UpstreamFailure::Timeout, UpstreamFailure::Tls, UpstreamFailure::Protocol];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,7 +253,7 @@ mod tests {
             (Refusal::MethodNotAllowed("GET".into()), 405, "method_not_allowed"),
             (Refusal::BodyTooLarge, 413, "body_too_large"),
             (Refusal::HeadersTooLarge, 431, "headers_too_large"),
-            (Refusal::UpstreamUnavailable(Failure::Connect), 502, "upstream_unavailable"),
+            (Refusal::UpstreamUnavailable(UpstreamFailure::Connect), 502, "upstream_unavailable"),
             (Refusal::Overloaded, 503, "overloaded"),
             (Refusal::ShuttingDown, 503, "shutting_down"),
             (Refusal::NotReady("x"), 503, "not_ready"),

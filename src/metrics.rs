@@ -8,6 +8,7 @@ use prometheus::{
 };
 
 use crate::config::Snapshot;
+use crate::error::UpstreamFailure;
 
 /// Buckets from 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -197,8 +198,8 @@ impl Metrics {
         }
         for route in snapshot.routes.routes() {
             self.upstream_auth_failures.with_label_values(&[&route.name]);
-            for kind in ["connect", "timeout", "tls", "protocol"] {
-                self.upstream_errors.with_label_values(&[&route.name, kind]);
+            for kind in UpstreamFailure::ALL {
+                self.upstream_errors.with_label_values(&[&route.name, kind.label()]);
             }
             if route.shadow_allow.is_some() {
                 self.shadow_denied.with_label_values(&[&route.name]);

@@ -1,7 +1,6 @@
 //! The request pipeline: an ordered list of small steps, each either passing the
 //! request on or answering it. Each step says why it sits where it sits.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,20 +14,13 @@ use crate::access::Exchange;
 use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
 use crate::caller::Caller;
 use crate::config::Snapshot;
-use crate::error::Refusal;
+use crate::conn::ConnInfo;
+use crate::error::{Refusal, UpstreamFailure};
 use crate::gateway::Gateway;
 use crate::rewrite;
 use crate::routes::{Inject, Kind, Preset, Route, Target, check_path};
 use crate::scrub;
-use crate::upstream::{Failure, Lease};
-
-/// What the connection tells the pipeline about the caller.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// SAN URIs / DNS names of a verified client certificate (mTLS), else empty.
-    pub identities: Arc<[String]>,
-}
+use crate::upstream::Lease;
 
 /// Handles one request end to end. Never fails: refusals are responses. `guard` (the
 /// connection's own bookkeeping) is kept until the response's last byte, after the
@@ -118,7 +110,7 @@ async fn pipeline(
         // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
         // on would tell the caller a tunnel exists.
         Ok((response, _)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            return Err(upstream_failure(gw, &route, Failure::Protocol, bytes_in));
+            return Err(upstream_failure(gw, &route, UpstreamFailure::Protocol, bytes_in));
         }
         Ok(answer) => answer,
         Err(failure) => return Err(upstream_failure(gw, &route, failure, bytes_in)),
@@ -247,7 +239,8 @@ async fn build_request(
         },
     }
     let query_inject = inject_query.zip(credential);
-    let query = rewrite::rewrite_query(parts.uri.query(), query_names, query_inject)?;
+    let query = rewrite::rewrite_query(parts.uri.query(), query_names, query_inject)
+        .map_err(|refused| Refusal::BadRequest(refused.reason()))?;
     let mut headers = rewrite::request_headers(&parts.headers, drop);
     // So that an error body comes back in a coding keygate can read for secrets.
     scrub::body::accept_encoding(&mut headers);
@@ -300,13 +293,13 @@ fn body_refusal(bytes_in: &Meter) -> Refusal {
 
 /// Maps an upstream failure to keygate's answer and counts it. A request body that
 /// broke its own limits is the caller's fault, not the upstream's.
-fn upstream_failure(gw: &Gateway, route: &Route, failure: Failure, bytes_in: &Meter) -> Refusal {
+fn upstream_failure(gw: &Gateway, route: &Route, failure: UpstreamFailure, bytes_in: &Meter) -> Refusal {
     if bytes_in.failure().is_some() {
         return body_refusal(bytes_in);
     }
     gw.metrics.upstream_errors.with_label_values(&[&route.name, failure.label()]).inc();
     match failure {
-        Failure::Timeout => Refusal::UpstreamTimeout,
+        UpstreamFailure::Timeout => Refusal::UpstreamTimeout,
         kind => Refusal::UpstreamUnavailable(kind),
     }
 }
@@ -334,9 +327,8 @@ async fn downstream(
     // The upstream connection is reused only after this body has been read whole.
     let meter = Arc::new(Meter::default());
     lease.watch(&meter);
-    let streamed = Metered::new(incoming, meter, None, idle)
-        .with_guard(Box::new(lease))
-        .scrub_trailers(snapshot.scrub.clone());
+    let metered = Metered::new(incoming, meter, None, idle).with_guard(Box::new(lease));
+    let streamed = scrub::body::Trailers::new(metered, snapshot.scrub.clone());
 
     let body = if parts.status.is_success() {
         streamed.boxed_unsync()

@@ -9,11 +9,10 @@
 use std::borrow::Cow;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{percent_decode_str, utf8_percent_encode};
 
-use crate::error::Refusal;
 use crate::scrub::Scrubber;
-use crate::secret::Secret;
+use crate::secret::{QUERY_VALUE, Secret};
 
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the
 /// legacy `Proxy-Connection`.
@@ -42,10 +41,6 @@ static HOP_BY_HOP_NAMES: [HeaderName; 8] = [
 
 /// Headers that would tell the upstream about callers or let them vouch for themselves.
 const FORWARDING: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
-
-/// Everything but RFC 3986 unreserved characters is encoded in injected values.
-pub(crate) const QUERY_VALUE: &AsciiSet =
-    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// True for the headers that frame or route the request on its way up: the hop-by-hop
 /// ones, `Host`, `Content-Length` and `Expect`. keygate never forwards a caller's copy
@@ -198,8 +193,27 @@ fn looks_like(decoded: &str, name: &str) -> bool {
     rest.next().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
-/// Why a query naming a credential in disguise is refused.
-const LOOK_ALIKE: &str = "a query parameter name looks like a credential name";
+/// Why a query cannot be forwarded: it names a credential where some parser might
+/// read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueryRefused {
+    /// A parameter name that only looks like a credential name (see [`param_name`]).
+    #[error("a query parameter name looks like a credential name")]
+    LookAlike,
+    /// A `;`-separated piece names a credential: some servers split on `;`.
+    #[error("a query parameter hides a credential name after ';'")]
+    Hidden,
+}
+
+impl QueryRefused {
+    /// The reason, as a fixed sentence (the refusal's message names it).
+    pub fn reason(self) -> &'static str {
+        match self {
+            QueryRefused::LookAlike => "a query parameter name looks like a credential name",
+            QueryRefused::Hidden => "a query parameter hides a credential name after ';'",
+        }
+    }
+}
 
 /// Removes every parameter naming any of `names` from a raw query string and, when
 /// `inject` is given, appends exactly one `inject.0=<encoded inject.1>`. Other
@@ -210,7 +224,7 @@ pub fn rewrite_query(
     query: Option<&str>,
     names: &[&str],
     inject: Option<(&str, &Secret)>,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<String>, QueryRefused> {
     if query.is_none_or(str::is_empty) && inject.is_none() {
         return Ok(None);
     }
@@ -219,7 +233,7 @@ pub fn rewrite_query(
         let raw_name = piece.split('=').next().unwrap_or("");
         match param_name_of(raw_name, names) {
             ParamName::Copy => continue,
-            ParamName::LookAlike => return Err(Refusal::BadRequest(LOOK_ALIKE)),
+            ParamName::LookAlike => return Err(QueryRefused::LookAlike),
             ParamName::Other => {}
         }
         let smuggled = piece.split(';').skip(1).any(|sub| {
@@ -227,7 +241,7 @@ pub fn rewrite_query(
             param_name_of(sub_name, names) != ParamName::Other
         });
         if smuggled {
-            return Err(Refusal::BadRequest("a query parameter hides a credential name after ';'"));
+            return Err(QueryRefused::Hidden);
         }
         if !out.is_empty() {
             out.push('&');
@@ -290,7 +304,7 @@ mod tests {
     #[test]
     fn refuses_semicolon_smuggling() {
         let got = rewrite_query(Some("a=1;apikey=evil"), &["apikey"], None);
-        assert!(matches!(got, Err(Refusal::BadRequest(_))));
+        assert_eq!(got, Err(QueryRefused::Hidden));
     }
 
     #[test]
@@ -324,12 +338,22 @@ mod tests {
         for name in look_alikes {
             for query in [format!("{name}=evil"), format!("a=1&{name}"), format!("a=1;{name}=evil")] {
                 let got = rewrite_query(Some(&query), &["apikey"], None);
-                assert!(matches!(got, Err(Refusal::BadRequest(_))), "{query}: {got:?}");
+                assert!(
+                    matches!(got, Err(QueryRefused::LookAlike | QueryRefused::Hidden)),
+                    "{query}: {got:?}"
+                );
             }
         }
         // The rule follows the route's own name (a generic route's `inject.query`).
         let got = rewrite_query(Some("token%00=x"), &["token"], None);
-        assert!(matches!(got, Err(Refusal::BadRequest(_))), "{got:?}");
+        assert_eq!(got, Err(QueryRefused::LookAlike));
+    }
+
+    #[test]
+    fn each_refusal_reason_is_its_message() {
+        for refused in [QueryRefused::LookAlike, QueryRefused::Hidden] {
+            assert_eq!(refused.reason(), refused.to_string());
+        }
     }
 
     #[test]

@@ -7,8 +7,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+/// How keygate percent-encodes a secret it sends in a query: everything but the RFC 3986
+/// unreserved characters. The scrubber looks for this form too.
+pub(crate) const QUERY_VALUE: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// A credential held in memory: redacted when printed, zeroized when dropped.
 #[derive(Clone, PartialEq, Eq)]

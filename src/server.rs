@@ -26,8 +26,9 @@ use tokio::time::Instant;
 
 use crate::body::ProxyBody;
 use crate::config::ServerSettings;
+use crate::conn::ConnInfo;
 use crate::gateway::Gateway;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy;
 use crate::tls::ServerTls;
 
 /// The raw answer to a connection over the listener's limit: it never reaches hyper.

@@ -13,7 +13,7 @@
 //! before any byte of the request was written; keygate adds no other retry and never
 //! follows redirects.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, Weak};
@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::body::{Meter, ProxyBody};
+use crate::error::UpstreamFailure;
 
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -48,24 +49,62 @@ pub struct UpstreamKey {
     pub connect_timeout: Duration,
 }
 
-/// Why an upstream call failed (the `kind` label of `keygate_upstream_errors_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    Connect,
-    Timeout,
-    Tls,
-    Protocol,
+/// Upstream clients by key, so that a reload keeps the client (and its connection pool)
+/// of every upstream whose key did not change. The gateway holds one for its whole
+/// life; compiling a snapshot asks it for each route's client. It keeps no client alive
+/// by itself: a client lives as long as a snapshot's route uses it.
+#[derive(Default)]
+pub struct Cache {
+    clients: parking_lot::Mutex<Clients>,
 }
 
-impl Failure {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Timeout => "timeout",
-            Failure::Tls => "tls",
-            Failure::Protocol => "protocol",
+#[derive(Default)]
+struct Clients {
+    by_key: HashMap<UpstreamKey, Weak<Upstream>>,
+    /// Dead entries are dropped when the map reaches this size, so that pruning costs
+    /// nothing per lookup.
+    prune_at: usize,
+}
+
+impl Cache {
+    /// The client for `key`: the one a live snapshot already uses, else a new one made
+    /// by `build` (which fails with a message for the config problem).
+    pub fn client(
+        &self,
+        key: &UpstreamKey,
+        build: impl FnOnce() -> Result<Upstream, String>,
+    ) -> Result<Arc<Upstream>, String> {
+        let mut clients = self.clients.lock();
+        if let Some(live) = clients.by_key.get(key).and_then(Weak::upgrade) {
+            return Ok(live);
         }
+        let client = Arc::new(build()?);
+        clients.insert(key.clone(), &client);
+        Ok(client)
+    }
+
+    /// Remembers clients built elsewhere (those of a snapshot compiled before the
+    /// gateway existed), so that the first reload keeps them too.
+    pub fn adopt<'a>(&self, clients: impl IntoIterator<Item = &'a Arc<Upstream>>) {
+        let mut held = self.clients.lock();
+        for client in clients {
+            held.insert(client.key.clone(), client);
+        }
+    }
+
+    /// How many clients a live snapshot still uses.
+    pub fn live(&self) -> usize {
+        self.clients.lock().by_key.values().filter(|c| c.strong_count() > 0).count()
+    }
+}
+
+impl Clients {
+    fn insert(&mut self, key: UpstreamKey, client: &Arc<Upstream>) {
+        if self.by_key.len() >= self.prune_at {
+            self.by_key.retain(|_, c| c.strong_count() > 0);
+            self.prune_at = (self.by_key.len() * 2).max(16);
+        }
+        self.by_key.insert(key, Arc::downgrade(client));
     }
 }
 
@@ -159,9 +198,9 @@ impl Upstream {
         &self,
         request: Request<ProxyBody>,
         timeout: Duration,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamFailure> {
         match tokio::time::timeout(timeout, self.dispatch(request)).await {
-            Err(_) => Err(Failure::Timeout),
+            Err(_) => Err(UpstreamFailure::Timeout),
             Ok(result) => result,
         }
     }
@@ -169,7 +208,7 @@ impl Upstream {
     async fn dispatch(
         &self,
         mut request: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamFailure> {
         loop {
             let (sender, reused) = match self.pool.checkout() {
                 Some(sender) => (sender, true),
@@ -182,7 +221,7 @@ impl Upstream {
                     let mut parts = request.uri().clone().into_parts();
                     parts.scheme = Some(self.scheme.clone());
                     parts.authority = Some(self.authority.clone());
-                    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Protocol)?;
+                    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamFailure::Protocol)?;
                     let response = h2.send_request(request).await.map_err(|e| classify(&e))?;
                     return Ok((response, Lease::none()));
                 }
@@ -191,7 +230,7 @@ impl Upstream {
             if sender.ready().await.is_err() {
                 if !reused {
                     // Closed as soon as it was opened.
-                    return Err(Failure::Protocol);
+                    return Err(UpstreamFailure::Protocol);
                 }
                 // Closed while idle: no byte was written, try the next one.
                 continue;
@@ -207,7 +246,7 @@ impl Upstream {
                     if headers.contains_key(http::header::TRANSFER_ENCODING)
                         && headers.contains_key(http::header::CONTENT_LENGTH)
                     {
-                        return Err(Failure::Protocol);
+                        return Err(UpstreamFailure::Protocol);
                     }
                     return Ok((response, Lease { conn: Some((sender, self.pool.clone())), meter: None }));
                 }
@@ -222,12 +261,12 @@ impl Upstream {
 
     /// Opens a new connection: TCP (bounded by the connect timeout), TLS if the URL is
     /// `https`, then HTTP/2 if ALPN picked it, HTTP/1.1 otherwise.
-    async fn connect(&self) -> Result<Sender, Failure> {
+    async fn connect(&self) -> Result<Sender, UpstreamFailure> {
         let c = &self.connector;
         let tcp = match tokio::time::timeout(c.timeout, TcpStream::connect((c.host.as_str(), c.port))).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(Failure::Timeout),
-            Ok(Err(_)) => return Err(Failure::Connect),
+            Err(_) => return Err(UpstreamFailure::Timeout),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(UpstreamFailure::Timeout),
+            Ok(Err(_)) => return Err(UpstreamFailure::Connect),
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
@@ -235,13 +274,13 @@ impl Upstream {
         let stream = tls.connect(name.clone(), tcp).await.map_err(|e| {
             let rustls_error =
                 e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-            if rustls_error { Failure::Tls } else { Failure::Connect }
+            if rustls_error { UpstreamFailure::Tls } else { UpstreamFailure::Connect }
         })?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         self.handshake(stream, h2).await
     }
 
-    async fn handshake<I>(&self, io: I, h2: bool) -> Result<Sender, Failure>
+    async fn handshake<I>(&self, io: I, h2: bool) -> Result<Sender, UpstreamFailure>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -251,7 +290,7 @@ impl Upstream {
                 .timer(TokioTimer::new())
                 .handshake(io)
                 .await
-                .map_err(|_| Failure::Connect)?;
+                .map_err(|_| UpstreamFailure::Connect)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
@@ -260,7 +299,8 @@ impl Upstream {
             self.pool.share_h2(sender.clone());
             return Ok(Sender::H2(sender));
         }
-        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|_| Failure::Connect)?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(io).await.map_err(|_| UpstreamFailure::Connect)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -403,15 +443,15 @@ fn client_tls(extra_roots: Option<&[u8]>) -> Result<rustls::ClientConfig, String
 }
 
 /// Sorts an error of an exchange on an open connection into a failure kind.
-fn classify(error: &hyper::Error) -> Failure {
+fn classify(error: &hyper::Error) -> UpstreamFailure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.downcast_ref::<rustls::Error>().is_some() {
-            return Failure::Tls;
+            return UpstreamFailure::Tls;
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             if io.kind() == io::ErrorKind::TimedOut {
-                return Failure::Timeout;
+                return UpstreamFailure::Timeout;
             }
             // `io::Error::source()` skips the error it wraps (tokio-rustls wraps the
             // rustls::Error in an io::Error): step into it.
@@ -422,5 +462,43 @@ fn classify(error: &hyper::Error) -> Failure {
         }
         source = e.source();
     }
-    Failure::Protocol
+    UpstreamFailure::Protocol
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(url: &str) -> UpstreamKey {
+        UpstreamKey { url: url.into(), ca_digest: None, connect_timeout: Duration::from_secs(5) }
+    }
+
+    fn build(url: &str) -> impl FnOnce() -> Result<Upstream, String> {
+        let k = key(url);
+        move || Upstream::new(&k.url.parse().map_err(|_| "bad url")?, None, k.clone())
+    }
+
+    #[test]
+    fn a_live_client_is_kept_and_a_dropped_one_is_built_again() {
+        let cache = Cache::default();
+        let a = cache.client(&key("http://127.0.0.1:9"), build("http://127.0.0.1:9")).unwrap();
+        let again = cache.client(&key("http://127.0.0.1:9"), || Err("must not build".into())).unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "the same key shares one client while it is in use");
+        let other = cache.client(&key("http://127.0.0.1:10"), build("http://127.0.0.1:10")).unwrap();
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(cache.live(), 2);
+        drop((a, again));
+        assert_eq!(cache.live(), 1, "the cache does not keep a client alive");
+        let fresh = cache.client(&key("http://127.0.0.1:9"), || Err("rebuilt".into()));
+        assert_eq!(fresh.err().as_deref(), Some("rebuilt"));
+    }
+
+    #[test]
+    fn adopted_clients_are_kept() {
+        let cache = Cache::default();
+        let running = Arc::new(build("http://127.0.0.1:9")().unwrap());
+        cache.adopt([&running]);
+        let got = cache.client(&key("http://127.0.0.1:9"), || Err("must not build".into())).unwrap();
+        assert!(Arc::ptr_eq(&running, &got));
+    }
 }

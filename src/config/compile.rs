@@ -1,62 +1,31 @@
 //! Compiles [`Inputs`] into a [`Snapshot`], collecting every problem instead of
 //! stopping at the first.
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
+use super::ctx::{Ctx, parse_net, valid_name};
 use super::route;
 use super::schema;
 use super::*;
 use crate::caller::Group;
 use crate::secret::{self, Secret, SecretProblem};
-use crate::upstream::{Upstream, UpstreamKey};
+use crate::upstream;
 
-/// What compiling collects: the inputs it reads from, the problems and the warnings.
-pub(super) struct Ctx<'a> {
-    pub(super) inputs: &'a Inputs,
-    pub(super) problems: Vec<Problem>,
-    pub(super) warnings: Vec<String>,
-}
-
-impl Ctx<'_> {
-    pub(super) fn problem(&mut self, location: impl Into<String>, field: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            location: location.into(),
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
-    pub(super) fn duration(
-        &mut self,
-        location: &str,
-        field: &str,
-        value: &Option<String>,
-        default: Duration,
-    ) -> Duration {
-        match value.as_deref().map(parse_duration) {
-            None => default,
-            Some(Ok(d)) if !d.is_zero() => d,
-            Some(Ok(_)) => {
-                self.problem(location, field, "must be greater than zero");
-                default
-            }
-            Some(Err(e)) => {
-                self.problem(location, field, e);
-                default
-            }
-        }
-    }
-}
-
-/// Compiles inputs into generation `generation`. `previous` lends its upstream clients
-/// (and their pools) to routes whose upstream did not change.
-pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
+/// Compiles inputs into generation `generation`. Secrets whose value did not change
+/// since `previous` keep their load time; each route's upstream client comes from
+/// `clients`, which keeps those whose upstream did not change (and their pools).
+pub fn compile(
+    inputs: &Inputs,
+    generation: u64,
+    previous: Option<&Snapshot>,
+    clients: &upstream::Cache,
+) -> Result<Snapshot, Problems> {
     let mut ctx = Ctx { inputs, problems: Vec::new(), warnings: Vec::new() };
     let f = &inputs.file;
 
@@ -85,14 +54,11 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
     }
     let tls = f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t));
 
-    let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = previous
-        .map(|p| p.routes.routes().iter().map(|r| (r.upstream.key().clone(), r.upstream.clone())).collect())
-        .unwrap_or_default();
     let mut names = HashSet::new();
     let mut prefixes = HashSet::new();
     let mut routes = Vec::new();
     for (i, spec) in f.routes.iter().enumerate() {
-        if let Some(route) = route::route(&mut ctx, i, spec, &groups, &secrets, &mut upstreams) {
+        if let Some(route) = route::route(&mut ctx, i, spec, &groups, &secrets, clients) {
             let location = format!("routes[{i}] {:?}", route.name);
             if !names.insert(route.name.clone()) {
                 ctx.problem(&location, "name", format!("{:?} is used by another route", route.name));
@@ -339,24 +305,6 @@ fn keep_unchanged_secrets(
     }
 }
 
-pub(super) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| format!("{text:?} is not an IP:port socket address"))
-}
-
-/// A CIDR (`10.0.0.0/8`) or a single address (`10.0.0.1` = /32, /128). Host bits set
-/// are refused: `10.1.2.3/8` is more likely a typo than a wish for `10.0.0.0/8`.
-pub(crate) fn parse_net(text: &str) -> Result<IpNet, String> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok(IpNet::from(ip));
-    }
-    let net: IpNet = text.parse().map_err(|_| format!("{text:?} is not a CIDR or IP address"))?;
-    if net.trunc() != net {
-        return Err(format!("{text:?} has host bits set (did you mean {}?)", net.trunc()));
-    }
-    Ok(net)
 }

@@ -4,6 +4,7 @@
 //! from config.
 
 mod compile;
+mod ctx;
 mod route;
 pub mod schema;
 
@@ -364,10 +365,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Reads and compiles a config file as generation `generation`.
+/// Reads and compiles a config file as generation `generation`, with upstream clients
+/// of its own (a running gateway's reloads share the gateway's, see [`compile`]).
 pub fn load(path: &Path, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
     let inputs = Inputs::read(path)?;
-    compile(&inputs, generation, previous)
+    compile(&inputs, generation, previous, &crate::upstream::Cache::default())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Compiles one `[[routes]]` table: its kind (a BI preset or a generic route), secret,
 //! allow lists, upstream client and limits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,12 +11,12 @@ use http::{HeaderName, Method, Uri};
 use sha2::{Digest, Sha256};
 
 use super::LoadedSecret;
-use super::compile::{Ctx, parse_net, valid_name};
+use super::ctx::{Ctx, parse_net, valid_name};
 use super::schema::RouteSpec;
 use crate::caller::{Allow, Group};
 use crate::routes::{Inject, Kind, Preset, Route, check_path};
 use crate::secret::Secret;
-use crate::upstream::{Upstream, UpstreamKey};
+use crate::upstream::{self, Upstream, UpstreamKey};
 
 const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
 
@@ -26,7 +26,7 @@ pub(super) fn route(
     spec: &RouteSpec,
     groups: &[Group],
     secrets: &BTreeMap<String, LoadedSecret>,
-    upstreams: &mut HashMap<UpstreamKey, Arc<Upstream>>,
+    clients: &upstream::Cache,
 ) -> Option<Route> {
     let name = spec.name.clone().unwrap_or_default();
     let location = format!("routes[{i}] {name:?}");
@@ -116,7 +116,7 @@ pub(super) fn route(
         None => DEFAULT_MAX_BODY,
     };
     let upstream = upstream_url
-        .and_then(|url| upstream(ctx, &location, url, spec.ca_file.as_ref(), connect_timeout, upstreams));
+        .and_then(|url| upstream(ctx, &location, url, spec.ca_file.as_ref(), connect_timeout, clients));
 
     if let (Some(kind), Some(secret)) = (&kind, &secret) {
         if let Some(why) = unsendable(kind, secret) {
@@ -301,7 +301,7 @@ fn upstream(
     url: &str,
     ca_file: Option<&PathBuf>,
     connect_timeout: Duration,
-    cache: &mut HashMap<UpstreamKey, Arc<Upstream>>,
+    clients: &upstream::Cache,
 ) -> Option<Arc<Upstream>> {
     let uri: Uri = match url.parse() {
         Ok(u) => u,
@@ -339,15 +339,8 @@ fn upstream(
         ca_digest: extra.map(|b| hex::encode(Sha256::digest(b))),
         connect_timeout,
     };
-    if let Some(existing) = cache.get(&key) {
-        return Some(existing.clone());
-    }
-    match Upstream::new(&uri, extra, key.clone()) {
-        Ok(u) => {
-            let u = Arc::new(u);
-            cache.insert(key, u.clone());
-            Some(u)
-        }
+    match clients.client(&key, || Upstream::new(&uri, extra, key.clone())) {
+        Ok(client) => Some(client),
         Err(e) => {
             let field = if ca_file.is_some() { "ca_file" } else { "upstream" };
             ctx.problem(location, field, e);

@@ -90,7 +90,7 @@ impl Reloader {
         if inputs.digest == current.digest {
             return self.unchanged(trigger);
         }
-        let next = match config::compile(&inputs, current.generation + 1, Some(&current)) {
+        let next = match config::compile(&inputs, current.generation + 1, Some(&current), self.gw.clients()) {
             Ok(next) => next,
             Err(problems) => return self.failed(trigger, problems.to_string(), Some(inputs.digest)),
         };

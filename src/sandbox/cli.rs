@@ -1,5 +1,5 @@
 //! Turning `keygate sandbox` flags into [`Settings`]: key files, generated keys, the
-//! start-up banner (which shows generated keys only) and waiting for a stop signal.
+//! start-up banner (which shows generated keys only).
 
 use std::net::IpAddr;
 
@@ -81,23 +81,6 @@ pub(super) fn banner(sandbox: &Sandbox, settings: &Settings, generated: &Generat
         lines.push(pem.trim_end().to_owned());
     }
     lines.join("\n")
-}
-
-pub(super) async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    // Without a SIGTERM handler, Ctrl-C still stops the sandbox; if even that cannot be
-    // installed, stopping right away beats running with no way to stop.
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub(super) fn parse_secret(raw: &str) -> Result<Secret, String> {

@@ -198,7 +198,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let sandbox =
         Sandbox::start(listener, settings.clone()).map_err(|e| format!("sandbox: cannot start: {e}"))?;
     println!("{}", cli::banner(&sandbox, &settings, &generated));
-    cli::wait_for_signal().await;
+    crate::signal::stop_requested().await;
     sandbox.shutdown().await;
     Ok(())
 }

@@ -50,7 +50,7 @@ enum Coding {
 }
 
 /// The body sent back for a non-2xx answer, with `headers` fixed to match it.
-/// `upstream` must already have its trailers scrubbed ([`crate::body::Metered::scrub_trailers`]).
+/// `upstream` must already have its trailers scrubbed ([`Trailers`]).
 pub async fn error_body<B>(
     scrub: &Arc<Scrubber>,
     route: &str,
@@ -205,6 +205,53 @@ fn withhold(route: &str, headers: &mut HeaderMap, why: Withheld) -> ProxyBody {
     headers.remove(header::CONTENT_ENCODING);
     headers.remove(header::CONTENT_LENGTH);
     why.into_body(headers)
+}
+
+/// A body whose trailers are scrubbed like headers (a name holding a secret removes the
+/// field, a value holding one is redacted); data frames pass untouched. Every upstream
+/// answer goes through one, 2xx or not.
+pub struct Trailers<B> {
+    inner: B,
+    scrub: Arc<Scrubber>,
+}
+
+impl<B> Trailers<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, scrub: Arc<Scrubber>) -> Self {
+        Trailers { inner, scrub }
+    }
+}
+
+impl<B> Body for Trailers<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = polled {
+            let mut frame = frame;
+            if let Some(trailers) = frame.trailers_mut() {
+                this.scrub.headers(trailers);
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn with_trailers(body: ProxyBody, trailers: Option<HeaderMap>) -> ProxyBody {

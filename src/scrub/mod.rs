@@ -17,8 +17,7 @@ use http::header::HeaderValue;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use zeroize::Zeroizing;
 
-use crate::rewrite::QUERY_VALUE;
-use crate::secret::Secret;
+use crate::secret::{QUERY_VALUE, Secret};
 
 /// The replacement for a secret found where it must not be.
 pub const REDACTED: &str = "[REDACTED]";
