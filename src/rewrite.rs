@@ -1,10 +1,13 @@
-//! What changes on the way up and down (design §3).
+//! What changes on the way up and down, mechanically (docs/presets.md, "On the way up"
+//! and "On the way down"): which headers no route forwards, and how a query is rid of
+//! named parameters. Which names those are for a route is its credential's business
+//! ([`crate::routes::credential`]).
 //!
 //! Up: hop-by-hop headers (and every header `Connection` names), forwarding headers,
-//! header names with `_`, and every caller copy of the credential are removed *before*
-//! the one real credential is added, so nothing a caller sends can remove or shadow it.
-//! Down: hop-by-hop headers go, `apikey` leaves `Location`, and every secret is
-//! scrubbed from what remains ([`crate::scrub`] owns what that means).
+//! header names with `_`, and the route's own list are removed *before* the one real
+//! credential is added, so nothing a caller sends can remove or shadow it.
+//! Down: hop-by-hop headers go, the route's credential names leave `Location`, and
+//! every secret is scrubbed from what remains ([`crate::scrub`] owns what that means).
 
 use std::borrow::Cow;
 
@@ -53,8 +56,9 @@ pub fn frames_request(name: &HeaderName) -> bool {
 }
 
 /// Builds the header map sent upstream: the caller's headers minus everything keygate
-/// must not forward. `drop` lists the route's credential header and, for BI presets,
-/// the caller's credentials, cookies and the headers that steer a server's routing.
+/// must not forward. `drop` is the route's own list (its credential header and, for BI
+/// presets, the caller's credentials, cookies and the headers that steer a server's
+/// routing: [`crate::routes::credential`]).
 pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     let named_by_connection = connection_tokens(caller);
     let mut out = HeaderMap::with_capacity(caller.len());
@@ -74,7 +78,7 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
 
 /// Cleans the upstream's response headers in place: hop-by-hop headers, `apikey` in
 /// `Location`, then every header whose name or value holds a secret.
-pub fn response_headers(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[&str]) {
+pub fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[S]) {
     for name in connection_tokens(headers) {
         headers.remove(name.as_str());
     }
@@ -153,10 +157,10 @@ fn param_name(raw_name: &str, name: &str) -> ParamName {
 }
 
 /// The strongest reading of `raw_name` over every credential name.
-fn param_name_of(raw_name: &str, names: &[&str]) -> ParamName {
+fn param_name_of<S: AsRef<str>>(raw_name: &str, names: &[S]) -> ParamName {
     let mut kind = ParamName::Other;
     for name in names {
-        match param_name(raw_name, name) {
+        match param_name(raw_name, name.as_ref()) {
             ParamName::LookAlike => return ParamName::LookAlike,
             ParamName::Copy => kind = ParamName::Copy,
             ParamName::Other => {}
@@ -215,6 +219,15 @@ impl QueryRefused {
     }
 }
 
+/// The value of an injected query parameter.
+#[derive(Clone, Copy)]
+pub enum QueryValue<'a> {
+    /// Already percent-encoded (as [`crate::routes::credential`] builds it once).
+    Encoded(&'a str),
+    /// Percent-encoded as it is written out.
+    Raw(&'a Secret),
+}
+
 /// Removes every parameter naming any of `names` from a raw query string and, when
 /// `inject` is given, appends exactly one `inject.0=<encoded inject.1>`. Other
 /// parameters keep their order and exact bytes. A name that only looks like a
@@ -224,6 +237,15 @@ pub fn rewrite_query(
     query: Option<&str>,
     names: &[&str],
     inject: Option<(&str, &Secret)>,
+) -> Result<Option<String>, QueryRefused> {
+    rewrite_query_with(query, names, inject.map(|(name, secret)| (name, QueryValue::Raw(secret))))
+}
+
+/// [`rewrite_query`], for any list of names and a value that may be encoded already.
+pub fn rewrite_query_with<S: AsRef<str>>(
+    query: Option<&str>,
+    names: &[S],
+    inject: Option<(&str, QueryValue<'_>)>,
 ) -> Result<Option<String>, QueryRefused> {
     if query.is_none_or(str::is_empty) && inject.is_none() {
         return Ok(None);
@@ -248,19 +270,22 @@ pub fn rewrite_query(
         }
         out.push_str(piece);
     }
-    if let Some((name, secret)) = inject {
+    if let Some((name, value)) = inject {
         if !out.is_empty() {
             out.push('&');
         }
         out.push_str(name);
         out.push('=');
-        out.extend(utf8_percent_encode(secret.expose(), QUERY_VALUE));
+        match value {
+            QueryValue::Encoded(encoded) => out.push_str(encoded),
+            QueryValue::Raw(secret) => out.extend(utf8_percent_encode(secret.expose(), QUERY_VALUE)),
+        }
     }
     Ok((!out.is_empty()).then_some(out))
 }
 
 /// Removes credential parameters from the query of a URL (absolute or relative).
-fn strip_from_url(url: &str, names: &[&str]) -> String {
+fn strip_from_url<S: AsRef<str>>(url: &str, names: &[S]) -> String {
     let (before_fragment, fragment) = match url.find('#') {
         Some(i) => url.split_at(i),
         None => (url, ""),
@@ -269,7 +294,7 @@ fn strip_from_url(url: &str, names: &[&str]) -> String {
         return url.to_owned();
     };
     // A refusal here means a `;`-smuggled name: drop the whole query rather than pass it.
-    match rewrite_query(Some(query), names, None) {
+    match rewrite_query_with(Some(query), names, None) {
         Ok(Some(q)) => format!("{base}?{q}{fragment}"),
         Ok(None) | Err(_) => format!("{base}{fragment}"),
     }

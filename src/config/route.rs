@@ -15,7 +15,6 @@ use super::ctx::{Ctx, parse_net, valid_name};
 use super::schema::RouteSpec;
 use crate::caller::{Allow, Group};
 use crate::routes::{Inject, Kind, Preset, Route, check_path};
-use crate::secret::Secret;
 use crate::upstream::{self, Upstream, UpstreamKey};
 
 const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
@@ -118,15 +117,18 @@ pub(super) fn route(
     let upstream = upstream_url
         .and_then(|url| upstream(ctx, &location, url, spec.ca_file.as_ref(), connect_timeout, clients));
 
-    if let (Some(kind), Some(secret)) = (&kind, &secret) {
-        if let Some(why) = unsendable(kind, secret) {
-            ctx.problem(&location, "secret", format!("{secret_name:?} {why}"));
-        }
-    }
+    // A secret the route cannot carry is refused here, never per request.
+    let credential = match (&kind, &secret) {
+        (Some(kind), Some(secret)) => kind
+            .credential(secret)
+            .map_err(|why| ctx.problem(&location, "secret", format!("{secret_name:?} {why}")))
+            .ok(),
+        _ => None,
+    };
     if ctx.problems.len() != before {
         return None;
     }
-    let (kind, upstream, secret, allow) = (kind?, upstream?, secret?, allow?);
+    let (kind, upstream, credential, allow) = (kind?, upstream?, credential?, allow?);
     if upstream.is_plain_http() && !is_loopback_url(upstream.url()) {
         ctx.warnings.push(format!("route {name:?} sends its secret over plain HTTP to a non-loopback host"));
     }
@@ -136,7 +138,7 @@ pub(super) fn route(
         kind,
         upstream,
         secret_name,
-        secret,
+        credential,
         allow,
         allow_text: spec.allow.clone().unwrap_or_default(),
         shadow_allow,
@@ -347,42 +349,6 @@ fn upstream(
             None
         }
     }
-}
-
-/// Why `secret` cannot travel where `kind` injects it, if it cannot. Never shows the
-/// value.
-///
-/// In a header (the export preset's `X-RJM-API-Key`, a generic `inject.header`), the
-/// value sent is `prefix + secret + suffix` and must be visible ASCII and spaces:
-/// `HeaderValue` would also take bytes ≥ 0x80 (obs-text), which keygate would send as
-/// raw UTF-8 that each server reads its own way. A space inside is kept (field values
-/// may hold SP, and keys with spaces travel intact), but a leading or trailing one is
-/// not: every HTTP parser strips it, so the upstream would see another key.
-/// In a query (the import preset's `apikey`, a generic `inject.query`), non-ASCII is
-/// refused for the same reason; ASCII is percent-encoded where it must be.
-fn unsendable(kind: &Kind, secret: &Secret) -> Option<String> {
-    let value = secret.expose();
-    let (place, prefix, suffix) = match kind {
-        Kind::Preset { preset: Preset::Import, .. } => ("the apikey query parameter".to_owned(), None, None),
-        Kind::Generic { inject: Inject::Query(name), .. } => {
-            (format!("the {name} query parameter"), None, None)
-        }
-        Kind::Preset { preset: Preset::Export, .. } => {
-            ("the X-RJM-API-Key header".to_owned(), Some(""), Some(""))
-        }
-        Kind::Generic { inject: Inject::Header { name, prefix, suffix }, .. } => {
-            (format!("the {name} header"), Some(prefix.as_str()), Some(suffix.as_str()))
-        }
-    };
-    if !value.is_ascii() {
-        return Some(format!("cannot be sent in {place}: it holds non-ASCII characters"));
-    }
-    let (Some(prefix), Some(suffix)) = (prefix, suffix) else { return None };
-    if !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
-        return Some(format!("cannot be sent in {place}: it holds characters a header value cannot"));
-    }
-    let edge = (prefix.is_empty() && value.starts_with(' ')) || (suffix.is_empty() && value.ends_with(' '));
-    edge.then(|| format!("cannot be sent in {place}: HTTP strips the space it begins or ends with"))
 }
 
 /// Why an `inject.format`'s text around `{secret}` cannot be a header value, if so.

@@ -1,7 +1,10 @@
 //! The route table: longest-prefix matching on segment boundaries, the path checks that
 //! run before anything is forwarded, and what a matched request becomes upstream
-//! (operation, upstream path, whether a key is injected).
+//! (operation, upstream path, whether a key is injected). How each route strips and
+//! injects its key is its [`Credential`] ([`credential`]); the BI presets' part of that
+//! is in [`preset`].
 
+pub mod credential;
 pub mod preset;
 
 use std::collections::HashMap;
@@ -14,6 +17,7 @@ use crate::caller::Allow;
 use crate::error::Refusal;
 use crate::secret::Secret;
 use crate::upstream::Upstream;
+pub use credential::{Credential, Unsendable};
 pub use preset::Preset;
 
 /// How a generic route carries its key.
@@ -35,6 +39,23 @@ pub enum Kind {
     Generic { methods: Vec<Method>, inject: Inject },
 }
 
+impl Kind {
+    /// How a route of this kind carries `secret`: a preset's own way, or its `inject`.
+    /// Every route's `Location` loses `apikey`, the BI key's name, besides its own.
+    pub fn credential(&self, secret: &Secret) -> Result<Credential, Unsendable> {
+        match self {
+            Kind::Preset { preset, .. } => preset.credential(secret),
+            Kind::Generic { inject: Inject::Header { name, prefix, suffix }, .. } => {
+                Credential::header(name.clone(), name.as_str(), prefix, suffix, secret)
+                    .map(|c| c.clearing_location(preset::APIKEY))
+            }
+            Kind::Generic { inject: Inject::Query(name), .. } => {
+                Credential::query(name, secret).map(|c| c.clearing_location(preset::APIKEY))
+            }
+        }
+    }
+}
+
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
@@ -43,7 +64,8 @@ pub struct Route {
     pub kind: Kind,
     pub upstream: Arc<Upstream>,
     pub secret_name: String,
-    pub secret: Arc<Secret>,
+    /// How this route strips callers' keys and injects its own.
+    pub credential: Credential,
     pub allow: Allow,
     /// The `allow` entries as written (for `check`).
     pub allow_text: Vec<String>,

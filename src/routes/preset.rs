@@ -2,9 +2,12 @@
 //! client-id pinning and id checks, and local validation of import upsert bodies.
 
 use http::Method;
+use http::header::{self, HeaderName};
 use serde_json::Value;
 
+use super::credential::{Credential, Unsendable};
 use crate::error::Refusal;
+use crate::secret::Secret;
 
 /// Which BI API a preset route fronts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +17,30 @@ pub enum Preset {
     /// `rjmetrics-export`: key in the `X-RJM-API-Key` header.
     Export,
 }
+
+/// The query parameter the import key travels in, and that leaves every `Location`.
+pub const APIKEY: &str = "apikey";
+
+/// The header the export key travels in.
+const X_RJM_API_KEY: HeaderName = HeaderName::from_static("x-rjm-api-key");
+
+/// What both BI presets remove from callers: their own credentials and cookies, and the
+/// headers that ask a server or a framework in front of the API to rewrite the target
+/// (`X-Original-URL`, `X-Rewrite-URL`), the URL it believes it serves
+/// (`X-Forwarded-Host/-Proto/-Prefix`) or the method (the `*-Method-Override` family).
+static BI_STRIP: [HeaderName; 11] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    X_RJM_API_KEY,
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 
 /// One segment of an operation's path pattern.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +133,19 @@ impl Preset {
             Preset::Import => "https://connect.rjmetrics.com",
             Preset::Export => "https://api.rjmetrics.com",
         }
+    }
+
+    /// How this preset carries `secret`: the import key in the `apikey` query parameter,
+    /// the export key in `X-RJM-API-Key`. Both strip [`BI_STRIP`] and every `apikey`
+    /// from callers, and `apikey` from `Location`.
+    pub fn credential(self, secret: &Secret) -> Result<Credential, Unsendable> {
+        let credential = match self {
+            Preset::Import => Credential::query(APIKEY, secret)?,
+            Preset::Export => Credential::header(X_RJM_API_KEY, "X-RJM-API-Key", "", "", secret)?
+                .stripping_query(APIKEY)
+                .clearing_location(APIKEY),
+        };
+        Ok(credential.stripping_headers(&BI_STRIP))
     }
 
     /// Every operation of the preset, in table order.
@@ -324,6 +364,35 @@ mod tests {
         assert_eq!(got.map(|op| op.name), Err(Refusal::UnknownOperation));
         let got = Preset::Import.resolve(&Method::GET, "/v2/client/1/authenticate", "1", 0b010);
         assert_eq!(got.map(|op| op.name), Ok("authenticate"));
+    }
+
+    #[test]
+    fn each_preset_strips_every_bi_credential_and_injects_its_own() {
+        let key = Secret::parse("k").unwrap();
+        let mut caller = http::HeaderMap::new();
+        for name in &BI_STRIP {
+            caller.insert(name, http::HeaderValue::from_static("caller"));
+        }
+        caller.insert("x-other", http::HeaderValue::from_static("1"));
+        for preset in [Preset::Import, Preset::Export] {
+            let credential = preset.credential(&key).unwrap();
+            let mut headers = credential.strip_headers(&caller);
+            assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-other"], "{preset:?}");
+            credential.inject_header(&mut headers);
+            let query = credential.query_for(Some("a=1&APIKEY=caller"), true).unwrap();
+            match preset {
+                Preset::Import => {
+                    assert_eq!(query.as_deref(), Some("a=1&apikey=k"));
+                    assert!(headers.get(X_RJM_API_KEY).is_none());
+                }
+                Preset::Export => {
+                    assert_eq!(query.as_deref(), Some("a=1"));
+                    assert_eq!(headers[X_RJM_API_KEY], "k");
+                }
+            }
+            let location: Vec<&str> = credential.location_query().iter().map(|n| &**n).collect();
+            assert_eq!(location, [APIKEY]);
+        }
     }
 
     #[test]
