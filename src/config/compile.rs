@@ -11,9 +11,13 @@ use ipnet::IpNet;
 
 use super::ctx::{Ctx, parse_net, valid_name};
 use super::route;
-use super::schema;
-use super::*;
-use crate::caller::Group;
+use super::{
+    AdminSettings, Inputs, LoadedSecret, LogFormat, LogSettings, Problem, Problems, ReloadSettings,
+    ServerSettings, Snapshot, schema,
+};
+use crate::caller::{AddrSet, Callers, Group};
+use crate::routes::RouteTable;
+use crate::scrub::Scrubber;
 use crate::secret::{self, Secret, SecretProblem};
 use crate::upstream;
 
