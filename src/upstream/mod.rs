@@ -4,19 +4,22 @@
 //! keygate reports.
 //!
 //! HTTP/1.1 connections are driven by hyper's `client::conn` API and kept in a small
-//! LIFO pool: a connection goes back only once its response body has been read to the
-//! end (see [`Lease`]), so an answer that was cut, refused or looked like smuggling
-//! never shares a connection with the next request. An HTTP/2 connection (when the
-//! upstream's ALPN picks `h2`) is shared by every request.
+//! LIFO pool ([`pool`]): a connection goes back only once its response body has been
+//! read to the end (see [`Lease`]), so an answer that was cut, refused or looked like
+//! smuggling never shares a connection with the next request. An HTTP/2 connection
+//! (when the upstream's ALPN picks `h2`) is shared by every request. Clients outlive
+//! snapshots through the gateway's [`Cache`].
 //!
 //! Retries: a request is re-sent only when a pooled connection turned out to be closed
 //! before any byte of the request was written; keygate adds no other retry and never
 //! follows redirects.
 
-use std::collections::{HashMap, VecDeque};
+mod cache;
+mod pool;
+
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HOST;
@@ -29,16 +32,15 @@ use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::body::{Meter, ProxyBody};
+use crate::body::ProxyBody;
 use crate::error::UpstreamFailure;
+pub use cache::Cache;
+use pool::Pool;
 
-/// How long an idle pooled connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How many idle HTTP/1.1 connections one upstream keeps.
-const MAX_IDLE: usize = 256;
+/// The lease on the HTTP/1.1 connection a response came on (see [`pool::Lease`]).
+pub type Lease = pool::Lease<http1::SendRequest<ProxyBody>>;
 
 /// What makes two upstreams the same client (and lets a reload keep its pool).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,65 +49,6 @@ pub struct UpstreamKey {
     /// SHA-256 of the extra trust anchors' PEM, if any.
     pub ca_digest: Option<String>,
     pub connect_timeout: Duration,
-}
-
-/// Upstream clients by key, so that a reload keeps the client (and its connection pool)
-/// of every upstream whose key did not change. The gateway holds one for its whole
-/// life; compiling a snapshot asks it for each route's client. It keeps no client alive
-/// by itself: a client lives as long as a snapshot's route uses it.
-#[derive(Default)]
-pub struct Cache {
-    clients: parking_lot::Mutex<Clients>,
-}
-
-#[derive(Default)]
-struct Clients {
-    by_key: HashMap<UpstreamKey, Weak<Upstream>>,
-    /// Dead entries are dropped when the map reaches this size, so that pruning costs
-    /// nothing per lookup.
-    prune_at: usize,
-}
-
-impl Cache {
-    /// The client for `key`: the one a live snapshot already uses, else a new one made
-    /// by `build` (which fails with a message for the config problem).
-    pub fn client(
-        &self,
-        key: &UpstreamKey,
-        build: impl FnOnce() -> Result<Upstream, String>,
-    ) -> Result<Arc<Upstream>, String> {
-        let mut clients = self.clients.lock();
-        if let Some(live) = clients.by_key.get(key).and_then(Weak::upgrade) {
-            return Ok(live);
-        }
-        let client = Arc::new(build()?);
-        clients.insert(key.clone(), &client);
-        Ok(client)
-    }
-
-    /// Remembers clients built elsewhere (those of a snapshot compiled before the
-    /// gateway existed), so that the first reload keeps them too.
-    pub fn adopt<'a>(&self, clients: impl IntoIterator<Item = &'a Arc<Upstream>>) {
-        let mut held = self.clients.lock();
-        for client in clients {
-            held.insert(client.key.clone(), client);
-        }
-    }
-
-    /// How many clients a live snapshot still uses.
-    pub fn live(&self) -> usize {
-        self.clients.lock().by_key.values().filter(|c| c.strong_count() > 0).count()
-    }
-}
-
-impl Clients {
-    fn insert(&mut self, key: UpstreamKey, client: &Arc<Upstream>) {
-        if self.by_key.len() >= self.prune_at {
-            self.by_key.retain(|_, c| c.strong_count() > 0);
-            self.prune_at = (self.by_key.len() * 2).max(16);
-        }
-        self.by_key.insert(key, Arc::downgrade(client));
-    }
 }
 
 /// One upstream base URL and its connection pool.
@@ -118,7 +61,9 @@ pub struct Upstream {
     /// scheme's default.
     host: HeaderValue,
     connector: Connector,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<http1::SendRequest<ProxyBody>>>,
+    /// The shared HTTP/2 connection, once ALPN picked `h2`.
+    h2: parking_lot::Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -158,7 +103,8 @@ impl Upstream {
             None
         };
         let connector = Connector { host: connect_host, port, tls, timeout: key.connect_timeout };
-        Ok(Upstream { key, scheme, authority, base_path, host, connector, pool: Arc::default() })
+        let (pool, h2) = (Arc::default(), parking_lot::Mutex::new(None));
+        Ok(Upstream { key, scheme, authority, base_path, host, connector, pool, h2 })
     }
 
     /// The identity of this client for reuse across reloads.
@@ -210,7 +156,7 @@ impl Upstream {
         mut request: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamFailure> {
         loop {
-            let (sender, reused) = match self.pool.checkout() {
+            let (sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
                 // Boxed: connecting (TLS, HTTP/2 handshakes) is rare and its state is
                 // large; inline, it would make every request's future as large.
@@ -248,7 +194,7 @@ impl Upstream {
                     {
                         return Err(UpstreamFailure::Protocol);
                     }
-                    return Ok((response, Lease { conn: Some((sender, self.pool.clone())), meter: None }));
+                    return Ok((response, Lease::new(sender, self.pool.clone())));
                 }
                 Err(mut error) => match error.take_message() {
                     // The pooled connection closed before the request was written.
@@ -257,6 +203,19 @@ impl Upstream {
                 },
             }
         }
+    }
+
+    /// The shared HTTP/2 connection if it is open, else the newest open idle one.
+    fn checkout(&self) -> Option<Sender> {
+        {
+            let mut h2 = self.h2.lock();
+            match h2.as_ref() {
+                Some(shared) if !shared.is_closed() => return Some(Sender::H2(shared.clone())),
+                Some(_) => *h2 = None,
+                None => {}
+            }
+        }
+        self.pool.checkout().map(Sender::H1)
     }
 
     /// Opens a new connection: TCP (bounded by the connect timeout), TLS if the URL is
@@ -296,7 +255,7 @@ impl Upstream {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            self.pool.share_h2(sender.clone());
+            *self.h2.lock() = Some(sender.clone());
             return Ok(Sender::H2(sender));
         }
         let (sender, conn) =
@@ -323,99 +282,6 @@ struct Connector {
 enum Sender {
     H1(http1::SendRequest<ProxyBody>),
     H2(http2::SendRequest<ProxyBody>),
-}
-
-/// Idle HTTP/1.1 connections (newest last) and the shared HTTP/2 connection.
-#[derive(Default)]
-struct Pool {
-    state: Mutex<PoolState>,
-}
-
-#[derive(Default)]
-struct PoolState {
-    idle: VecDeque<(http1::SendRequest<ProxyBody>, Instant)>,
-    h2: Option<http2::SendRequest<ProxyBody>>,
-    reaper: bool,
-}
-
-impl Pool {
-    /// The shared HTTP/2 connection if it is open, else the newest open idle one.
-    fn checkout(&self) -> Option<Sender> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h2) = &state.h2 {
-            if !h2.is_closed() {
-                return Some(Sender::H2(h2.clone()));
-            }
-            state.h2 = None;
-        }
-        while let Some((sender, since)) = state.idle.pop_back() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(Sender::H1(sender));
-            }
-        }
-        None
-    }
-
-    fn put(&self, sender: http1::SendRequest<ProxyBody>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.idle.len() < MAX_IDLE {
-            state.idle.push_back((sender, Instant::now()));
-        }
-    }
-
-    fn share_h2(&self, sender: http2::SendRequest<ProxyBody>) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).h2 = Some(sender);
-    }
-
-    /// Starts, once per pool, a task that closes connections idle past the timeout; it
-    /// ends when the pool is dropped.
-    fn start_reaper(self: &Arc<Self>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if std::mem::replace(&mut state.reaper, true) {
-            return;
-        }
-        let pool: Weak<Pool> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(IDLE_TIMEOUT / 3).await;
-                let Some(pool) = pool.upgrade() else { return };
-                let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.idle.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
-            }
-        });
-    }
-}
-
-/// The HTTP/1.1 connection a response came on. It goes back to the pool when the lease
-/// is dropped after the body was read to its end (see [`Lease::watch`]); otherwise the
-/// connection is closed.
-#[must_use]
-pub struct Lease {
-    conn: Option<(http1::SendRequest<ProxyBody>, Arc<Pool>)>,
-    meter: Option<Arc<Meter>>,
-}
-
-impl Lease {
-    /// A lease that holds nothing (HTTP/2 streams need none).
-    pub fn none() -> Lease {
-        Lease { conn: None, meter: None }
-    }
-
-    /// Ties the lease to the meter of the response body.
-    pub fn watch(&mut self, meter: &Arc<Meter>) {
-        self.meter = Some(meter.clone());
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let ended = self.meter.as_ref().is_some_and(|m| m.ended());
-        if let (Some((sender, pool)), true) = (self.conn.take(), ended) {
-            if !sender.is_closed() {
-                pool.put(sender);
-            }
-        }
-    }
 }
 
 /// The rustls client config for upstreams: webpki roots plus `extra_roots`, ring, TLS
@@ -463,42 +329,4 @@ fn classify(error: &hyper::Error) -> UpstreamFailure {
         source = e.source();
     }
     UpstreamFailure::Protocol
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(url: &str) -> UpstreamKey {
-        UpstreamKey { url: url.into(), ca_digest: None, connect_timeout: Duration::from_secs(5) }
-    }
-
-    fn build(url: &str) -> impl FnOnce() -> Result<Upstream, String> {
-        let k = key(url);
-        move || Upstream::new(&k.url.parse().map_err(|_| "bad url")?, None, k.clone())
-    }
-
-    #[test]
-    fn a_live_client_is_kept_and_a_dropped_one_is_built_again() {
-        let cache = Cache::default();
-        let a = cache.client(&key("http://127.0.0.1:9"), build("http://127.0.0.1:9")).unwrap();
-        let again = cache.client(&key("http://127.0.0.1:9"), || Err("must not build".into())).unwrap();
-        assert!(Arc::ptr_eq(&a, &again), "the same key shares one client while it is in use");
-        let other = cache.client(&key("http://127.0.0.1:10"), build("http://127.0.0.1:10")).unwrap();
-        assert!(!Arc::ptr_eq(&a, &other));
-        assert_eq!(cache.live(), 2);
-        drop((a, again));
-        assert_eq!(cache.live(), 1, "the cache does not keep a client alive");
-        let fresh = cache.client(&key("http://127.0.0.1:9"), || Err("rebuilt".into()));
-        assert_eq!(fresh.err().as_deref(), Some("rebuilt"));
-    }
-
-    #[test]
-    fn adopted_clients_are_kept() {
-        let cache = Cache::default();
-        let running = Arc::new(build("http://127.0.0.1:9")().unwrap());
-        cache.adopt([&running]);
-        let got = cache.client(&key("http://127.0.0.1:9"), || Err("must not build".into())).unwrap();
-        assert!(Arc::ptr_eq(&running, &got));
-    }
 }
