@@ -1,7 +1,7 @@
 //! Compiles [`Inputs`] into a [`Snapshot`], collecting every problem instead of
 //! stopping at the first.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use super::{
     ServerSettings, Snapshot, schema,
 };
 use crate::caller::{AddrSet, Callers, Group};
-use crate::routes::RouteTable;
+use crate::routes::{Route, RouteTable};
 use crate::scrub::Scrubber;
 use crate::secret::{self, Secret, SecretProblem};
 use crate::upstream;
@@ -36,21 +36,8 @@ pub fn compile(
     let server = server(&mut ctx, &f.server);
     let admin = f.admin.as_ref().map(|a| admin(&mut ctx, a));
     let log = log(&mut ctx, &f.log);
-    let reload = ReloadSettings {
-        poll_interval: ctx.duration(
-            "reload",
-            "poll_interval",
-            &f.reload.poll_interval,
-            Duration::from_secs(30),
-        ),
-        debounce: ctx.duration("reload", "debounce", &f.reload.debounce, Duration::from_millis(200)),
-    };
-    let trusted: Vec<IpNet> = f
-        .callers
-        .trusted_proxies
-        .iter()
-        .filter_map(|s| parse_net(s).map_err(|e| ctx.problem("callers", "trusted_proxies", e)).ok())
-        .collect();
+    let reload = reload(&mut ctx, &f.reload);
+    let trusted: Vec<IpNet> = nets(&mut ctx, "callers", "trusted_proxies", &f.callers.trusted_proxies);
     let groups = groups(&mut ctx, &f.callers.groups);
     let mut secrets = secrets(&mut ctx, &f.secrets);
     if let Some(previous) = previous {
@@ -58,24 +45,7 @@ pub fn compile(
     }
     let tls = f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t));
 
-    let mut names = HashSet::new();
-    let mut prefixes = HashSet::new();
-    let mut routes = Vec::new();
-    for (i, spec) in f.routes.iter().enumerate() {
-        if let Some(route) = route::route(&mut ctx, i, spec, &groups, &secrets, clients) {
-            let location = format!("routes[{i}] {:?}", route.name);
-            if !names.insert(route.name.clone()) {
-                ctx.problem(&location, "name", format!("{:?} is used by another route", route.name));
-            }
-            if !prefixes.insert(route.prefix.clone()) {
-                ctx.problem(&location, "prefix", format!("{:?} is used by another route", route.prefix));
-            }
-            routes.push(Arc::new(route));
-        }
-    }
-    if f.routes.is_empty() {
-        ctx.problem("", "routes", "no [[routes]] are configured");
-    }
+    let routes = routes(&mut ctx, &f.routes, &groups, &secrets, clients);
 
     // One scrubber over every loaded secret, whichever route uses it: an upstream can
     // echo another route's key as easily as its own.
@@ -105,6 +75,47 @@ pub fn compile(
         manifest: inputs.manifest.clone(),
         warnings: ctx.warnings,
     })
+}
+
+/// Every route, each name and prefix used once.
+fn routes(
+    ctx: &mut Ctx,
+    specs: &[schema::RouteSpec],
+    groups: &[Group],
+    secrets: &BTreeMap<String, LoadedSecret>,
+    clients: &upstream::Cache,
+) -> Vec<Arc<Route>> {
+    let mut names = HashSet::new();
+    let mut prefixes = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        if let Some(route) = route::route(ctx, i, spec, groups, secrets, clients) {
+            let location = format!("routes[{i}] {:?}", route.name);
+            if !names.insert(route.name.clone()) {
+                ctx.problem(&location, "name", format!("{:?} is used by another route", route.name));
+            }
+            if !prefixes.insert(route.prefix.clone()) {
+                ctx.problem(&location, "prefix", format!("{:?} is used by another route", route.prefix));
+            }
+            routes.push(Arc::new(route));
+        }
+    }
+    if specs.is_empty() {
+        ctx.problem("", "routes", "no [[routes]] are configured");
+    }
+    routes
+}
+
+/// The networks of a list of CIDRs, each bad entry a problem.
+fn nets(ctx: &mut Ctx, location: &str, field: &str, list: &[String]) -> Vec<IpNet> {
+    list.iter().filter_map(|s| parse_net(s).map_err(|e| ctx.problem(location, field, e)).ok()).collect()
+}
+
+fn reload(ctx: &mut Ctx, r: &schema::Reload) -> ReloadSettings {
+    ReloadSettings {
+        poll_interval: ctx.duration("reload", "poll_interval", &r.poll_interval, Duration::from_secs(30)),
+        debounce: ctx.duration("reload", "debounce", &r.debounce, Duration::from_millis(200)),
+    }
 }
 
 fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
@@ -177,10 +188,7 @@ fn admin(ctx: &mut Ctx, a: &schema::Admin) -> AdminSettings {
     });
     let nets: Vec<IpNet> = match &a.allow {
         None => vec!["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")],
-        Some(list) => list
-            .iter()
-            .filter_map(|s| parse_net(s).map_err(|e| ctx.problem("admin", "allow", e)).ok())
-            .collect(),
+        Some(list) => nets(ctx, "admin", "allow", list),
     };
     AdminSettings { listen, allow: AddrSet::new(&nets) }
 }
@@ -208,11 +216,7 @@ fn groups(ctx: &mut Ctx, specs: &[(String, schema::Group)]) -> Vec<Group> {
         if !valid_name(name) {
             ctx.problem(&location, "", format!("group name {name:?} must match [a-z0-9_-]+"));
         }
-        let nets: Vec<IpNet> = spec
-            .cidrs
-            .iter()
-            .filter_map(|s| parse_net(s).map_err(|e| ctx.problem(&location, "cidrs", e)).ok())
-            .collect();
+        let nets = nets(ctx, &location, "cidrs", &spec.cidrs);
         for id in &spec.identities {
             if id.trim().is_empty() || id.trim() != id {
                 ctx.problem(&location, "identities", format!("{id:?} is empty or has surrounding spaces"));

@@ -7,6 +7,7 @@ mod compile;
 mod ctx;
 mod duration;
 mod inputs;
+mod kind;
 mod problems;
 mod route;
 pub mod schema;
