@@ -17,7 +17,7 @@ use crate::conn::ConnInfo;
 use crate::error::{Refusal, UpstreamFailure};
 use crate::gateway::Gateway;
 use crate::rewrite;
-use crate::routes::{Kind, Route, Target, check_path};
+use crate::routes::{Kind, Route, Target, check_path, upsert};
 use crate::scrub;
 use crate::upstream::Lease;
 
@@ -248,7 +248,12 @@ async fn request_body(
     if target.validate_upsert {
         // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
         let bytes = Box::pin(metered.collect()).await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
-        crate::routes::preset::validate_upsert(&bytes).map_err(Refusal::InvalidBody)?;
+        // The first problem is the answer (the sandbox, like the vendor, lists them all).
+        if let Err(problems) = upsert::check(&bytes) {
+            return Err(Refusal::InvalidBody(
+                problems.into_iter().next().map_or_else(String::new, |p| p.to_string()),
+            ));
+        }
         return Ok(body::full(bytes));
     }
     if matches!(route.kind, Kind::Preset { .. })

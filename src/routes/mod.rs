@@ -6,6 +6,7 @@
 
 pub mod credential;
 pub mod preset;
+pub mod upsert;
 
 use std::collections::HashMap;
 use std::sync::Arc;

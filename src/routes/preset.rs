@@ -1,9 +1,9 @@
-//! The two Magento BI presets: their operation tables (design §3), path matching with
-//! client-id pinning and id checks, and local validation of import upsert bodies.
+//! The two Magento BI presets: their operation tables (docs/presets.md), path matching
+//! with client-id pinning and id checks, and how each carries its key: what is stripped
+//! from callers and where the real key goes. Upsert bodies are checked by [`super::upsert`].
 
 use http::Method;
 use http::header::{self, HeaderName};
-use serde_json::Value;
 
 use super::credential::{Credential, Unsendable};
 use crate::error::Refusal;
@@ -223,46 +223,6 @@ fn is_table(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// Most records one upsert may carry.
-pub const MAX_RECORDS: usize = 100;
-
-/// Checks an upsert body as the Import API would (design §3): valid JSON; one object
-/// or an array of 1 to 100 objects; each with `keys`, a non-empty array of strings
-/// naming fields present in that object. The reason names the record index.
-pub fn validate_upsert(body: &[u8]) -> Result<(), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not valid JSON ({e})"))?;
-    let records: Vec<&Value> = match &value {
-        Value::Object(_) => vec![&value],
-        Value::Array(items) if items.is_empty() || items.len() > MAX_RECORDS => {
-            return Err(format!("an array must hold 1 to {MAX_RECORDS} records, it holds {}", items.len()));
-        }
-        Value::Array(items) => items.iter().collect(),
-        _ => return Err("the body must be a JSON object or an array of objects".into()),
-    };
-    for (i, record) in records.iter().enumerate() {
-        let Value::Object(fields) = record else {
-            return Err(format!("record {i} is not an object"));
-        };
-        let Some(keys) = fields.get("keys") else {
-            return Err(format!("record {i} has no \"keys\" field"));
-        };
-        let keys = match keys.as_array() {
-            Some(keys) if !keys.is_empty() => keys,
-            _ => return Err(format!("record {i}: \"keys\" must be a non-empty array of field names")),
-        };
-        for key in keys {
-            let Some(name) = key.as_str() else {
-                return Err(format!("record {i}: \"keys\" must hold only strings"));
-            };
-            if !fields.contains_key(name) {
-                let shown: String = name.chars().take(64).collect();
-                return Err(format!("record {i}: key field {shown:?} is missing from the record"));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,33 +353,5 @@ mod tests {
             let location: Vec<&str> = credential.location_query().iter().map(|n| &**n).collect();
             assert_eq!(location, [APIKEY]);
         }
-    }
-
-    #[test]
-    fn upsert_bodies_follow_the_vendor_rules() {
-        assert_eq!(validate_upsert(br#"{"keys":["id"],"id":1}"#), Ok(()));
-        assert_eq!(validate_upsert(br#"[{"keys":["a","b"],"a":1,"b":2}]"#), Ok(()));
-        let bad = [
-            (&br#"{"keys":["id"]"#[..], "not valid JSON"),
-            (br#"[]"#, "an array must hold 1 to 100 records, it holds 0"),
-            (br#"3"#, "the body must be a JSON object or an array of objects"),
-            (br#"[{"keys":["id"],"id":1}, 4]"#, "record 1 is not an object"),
-            (br#"[{"id":1}]"#, "record 0 has no \"keys\" field"),
-            (br#"[{"keys":[],"id":1}]"#, "record 0: \"keys\" must be a non-empty array"),
-            (br#"[{"keys":"id","id":1}]"#, "record 0: \"keys\" must be a non-empty array"),
-            (br#"[{"keys":[1],"id":1}]"#, "record 0: \"keys\" must hold only strings"),
-            (br#"[{"keys":["id"],"id":1},{"keys":["id"]}]"#, "record 1: key field \"id\" is missing"),
-        ];
-        for (body, reason) in bad {
-            let err = validate_upsert(body).unwrap_err();
-            assert!(err.starts_with(reason), "{err} / {reason}");
-        }
-        let hundred: Vec<String> = (0..100).map(|i| format!(r#"{{"keys":["id"],"id":{i}}}"#)).collect();
-        assert_eq!(validate_upsert(format!("[{}]", hundred.join(",")).as_bytes()), Ok(()));
-        let more = format!("[{},{}]", hundred.join(","), r#"{"keys":["id"],"id":100}"#);
-        assert_eq!(
-            validate_upsert(more.as_bytes()),
-            Err("an array must hold 1 to 100 records, it holds 101".into())
-        );
     }
 }
