@@ -2,7 +2,7 @@
 //! stopping at the first.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -118,6 +118,38 @@ fn reload(ctx: &mut Ctx, r: &schema::Reload) -> ReloadSettings {
     }
 }
 
+/// The most open connections `[server] max_connections` may allow (each holds a file
+/// descriptor; Linux's default ceiling is 1,048,576).
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// The largest request head `[server] max_header_bytes` may allow.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// The most runtime threads `[server] worker_threads` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// A `[server]` number within `range` (`default` when absent, or standing in for a bad
+/// one so compiling goes on).
+fn bounded(
+    ctx: &mut Ctx,
+    field: &str,
+    value: Option<u64>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> usize {
+    let Some(n) = value else { return default };
+    let (min, max) = (*range.start(), *range.end());
+    match usize::try_from(n) {
+        Ok(n) if range.contains(&n) => n,
+        Ok(n) if n < min => {
+            ctx.problem("server", field, format!("{n} is below the minimum {min}"));
+            default
+        }
+        _ => {
+            ctx.problem("server", field, format!("{n} is above the maximum {max}"));
+            default
+        }
+    }
+}
+
 fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
     let listen = s
         .listen
@@ -130,17 +162,11 @@ fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
     if listen.is_empty() && s.listen.is_some() {
         ctx.problem("server", "listen", "needs at least one address");
     }
-    let positive = |ctx: &mut Ctx, field: &str, v: Option<u64>, default: u64, min: u64| match v {
-        Some(n) if n < min => {
-            ctx.problem("server", field, format!("{n} is below the minimum {min}"));
-            default
-        }
-        Some(n) => n,
-        None => default,
-    };
-    let max_connections = positive(ctx, "max_connections", s.max_connections, 10_000, 1) as usize;
-    let max_header_bytes = positive(ctx, "max_header_bytes", s.max_header_bytes, 32_768, 1024) as usize;
-    let worker_threads = s.worker_threads.map(|n| positive(ctx, "worker_threads", Some(n), 1, 1) as usize);
+    let max_connections = bounded(ctx, "max_connections", s.max_connections, 10_000, 1..=MAX_CONNECTIONS);
+    let max_header_bytes =
+        bounded(ctx, "max_header_bytes", s.max_header_bytes, 32_768, 1024..=MAX_HEADER_BYTES);
+    let worker_threads =
+        s.worker_threads.map(|n| bounded(ctx, "worker_threads", Some(n), 1, 1..=MAX_WORKER_THREADS));
     ServerSettings {
         listen,
         header_timeout: ctx.duration("server", "header_timeout", &s.header_timeout, Duration::from_secs(10)),
@@ -181,13 +207,19 @@ fn server_tls(ctx: &mut Ctx, t: &schema::ServerTls) -> Option<crate::tls::Server
     }
 }
 
+/// Who may read `/metrics` and `/config` when `[admin] allow` is not given.
+const LOOPBACK: [IpNet; 2] = [
+    IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+    IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+];
+
 fn admin(ctx: &mut Ctx, a: &schema::Admin) -> AdminSettings {
     let listen = parse_addr(&a.listen).unwrap_or_else(|e| {
         ctx.problem("admin", "listen", e);
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
     let nets: Vec<IpNet> = match &a.allow {
-        None => vec!["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")],
+        None => LOOPBACK.to_vec(),
         Some(list) => nets(ctx, "admin", "allow", list),
     };
     AdminSettings { listen, allow: AddrSet::new(&nets) }
@@ -315,4 +347,57 @@ fn keep_unchanged_secrets(
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| format!("{text:?} is not an IP:port socket address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const ROUTE: &str = "[secrets.k]\nvalue = \"k\"\n[[routes]]\nname = \"r\"\nprefix = \"/r\"\nsecret = \"k\"\n\
+        upstream = \"http://127.0.0.1:9\"\ninject = { header = \"x-key\" }\nallow = [\"127.0.0.1\"]\n";
+
+    fn compiled(text: &str) -> Result<Snapshot, Vec<String>> {
+        let inputs =
+            Inputs::parse(Path::new("keygate.toml"), text.as_bytes()).map_err(|p| vec![p.to_string()])?;
+        compile(&inputs, 1, None, &upstream::Cache::default()).map_err(|p| {
+            p.list.iter().map(|p| format!("{}: {}: {}", p.location, p.field, p.message)).collect()
+        })
+    }
+
+    #[test]
+    fn server_limits_above_their_maximum_are_problems() {
+        let text = format!(
+            "[server]\nmax_connections = 9223372036854775807\nmax_header_bytes = 4294967296\n\
+             worker_threads = 100000\n{ROUTE}"
+        );
+        assert_eq!(
+            compiled(&text).err().unwrap_or_default(),
+            [
+                "server: max_connections: 9223372036854775807 is above the maximum 1000000",
+                "server: max_header_bytes: 4294967296 is above the maximum 1048576",
+                "server: worker_threads: 100000 is above the maximum 1024",
+            ]
+        );
+        let at_the_maximum = format!(
+            "[server]\nmax_connections = 1000000\nmax_header_bytes = 1048576\nworker_threads = 1024\n{ROUTE}"
+        );
+        let server = compiled(&at_the_maximum).expect("the maxima themselves are allowed").server;
+        assert_eq!(
+            (server.max_connections, server.max_header_bytes, server.worker_threads),
+            (1_000_000, 1_048_576, Some(1024))
+        );
+    }
+
+    #[test]
+    fn the_admin_listener_admits_loopback_by_default() {
+        let snapshot = compiled(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{ROUTE}")).unwrap();
+        let allow = &snapshot.admin.expect("admin").allow;
+        for (addr, admitted) in
+            [("127.0.0.1", true), ("127.255.0.9", true), ("::1", true), ("10.0.0.1", false), ("::2", false)]
+        {
+            assert_eq!(allow.contains(addr.parse().unwrap()), admitted, "{addr}");
+        }
+    }
 }
