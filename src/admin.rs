@@ -27,7 +27,7 @@ use crate::server::{Handler, Listening, Server};
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// The admin endpoints as a listener's request handler.
-pub struct Admin {
+pub(crate) struct Admin {
     gw: Arc<Gateway>,
 }
 
@@ -48,7 +48,7 @@ impl Handler for Admin {
 
 /// Serves the admin endpoints on `listener` with the header and idle timeouts of
 /// `settings` and [`MAX_CONNECTIONS`], until the returned server is shut down.
-pub fn start(gw: Arc<Gateway>, listener: TcpListener, settings: &ServerSettings) -> Server {
+pub(crate) fn start(gw: Arc<Gateway>, listener: TcpListener, settings: &ServerSettings) -> Server {
     let listening = Listening {
         name: "admin",
         header_timeout: settings.header_timeout,
@@ -96,7 +96,7 @@ fn readyz(gw: &Gateway, snapshot: &crate::config::Snapshot) -> Response<ProxyBod
 }
 
 /// The `/config` document: what runs, with fingerprints instead of secrets.
-pub fn config_json(snapshot: &crate::config::Snapshot) -> serde_json::Value {
+pub(crate) fn config_json(snapshot: &crate::config::Snapshot) -> serde_json::Value {
     let routes: Vec<_> = snapshot
         .routes
         .routes()

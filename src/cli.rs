@@ -14,12 +14,12 @@ use crate::config::{self, Snapshot};
 #[command(name = "keygate", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// Where the config file is.
 #[derive(Debug, clap::Args)]
-pub struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// Config file [default: $KEYGATE_CONFIG, else config/keygate.toml]
     #[arg(
         short,
@@ -29,11 +29,11 @@ pub struct ConfigArg {
         hide_default_value = true,
         hide_env = true
     )]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve with the given config.
     Run(ConfigArg),
     /// Validate config and secrets and print the effective route table.
@@ -135,7 +135,7 @@ fn check(path: &Path) -> ExitCode {
 
 /// The effective route table: names, prefixes, upstreams, operations, allow lists and
 /// secret fingerprints — never secrets.
-pub fn route_table(snapshot: &Snapshot) -> String {
+pub(crate) fn route_table(snapshot: &Snapshot) -> String {
     let mut rows = vec![["ROUTE", "PREFIX", "UPSTREAM", "OPERATIONS", "ALLOW", "SECRET"].map(String::from)];
     for route in snapshot.routes.routes() {
         let fingerprint = snapshot

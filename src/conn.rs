@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 /// What the connection tells the pipeline about the caller.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
     /// SAN URIs / DNS names of a verified client certificate (mTLS), else empty.

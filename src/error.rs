@@ -11,10 +11,10 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use crate::body::{self, ProxyBody};
 
 /// Name of the header that marks keygate's own answers.
-pub const ERROR_HEADER: &str = "x-keygate-error";
+pub(crate) const ERROR_HEADER: &str = "x-keygate-error";
 
 /// The `x-keygate-error` code of an upstream error body keygate withheld.
-pub const WITHHELD: &str = "upstream_body_withheld";
+pub(crate) const WITHHELD: &str = "upstream_body_withheld";
 
 /// Why keygate answered a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +154,7 @@ impl Refusal {
 
 /// Why keygate withheld an upstream's error body: it could not read it for secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Withheld {
+pub(crate) enum Withheld {
     /// The `Content-Encoding` names a coding keygate does not decode, or several.
     Coding,
     /// The body does not decode as its label says.
@@ -165,7 +165,7 @@ pub enum Withheld {
 
 impl Withheld {
     /// The `reason` of the log line.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Withheld::Coding => "coding",
             Withheld::Undecodable => "undecodable",
@@ -190,7 +190,7 @@ impl Withheld {
     /// keygate's body in place of the withheld one, with `headers` (the upstream's,
     /// already scrubbed, without their content coding and length) marked to match. The
     /// status stays the upstream's.
-    pub fn into_body(self, headers: &mut HeaderMap) -> ProxyBody {
+    pub(crate) fn into_body(self, headers: &mut HeaderMap) -> ProxyBody {
         own_body(headers, WITHHELD, self.message())
     }
 }

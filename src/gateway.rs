@@ -22,7 +22,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway serving `snapshot`, recording into `metrics`.
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Gateway> {
+    pub(crate) fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Gateway> {
         metrics.applied(&snapshot);
         let clients = upstream::Cache::default();
         clients.adopt(snapshot.routes.routes().iter().map(|r| &r.upstream));
@@ -35,22 +35,22 @@ impl Gateway {
     }
 
     /// The current snapshot. A request loads it once and keeps it to the end.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.config.load_full()
     }
 
     /// The upstream clients a new snapshot's routes take theirs from.
-    pub fn clients(&self) -> &upstream::Cache {
+    pub(crate) fn clients(&self) -> &upstream::Cache {
         &self.clients
     }
 
     /// Publishes a new snapshot in one atomic swap.
-    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+    pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
         self.config.store(snapshot);
     }
 
     /// Marks the start of shutdown: readiness fails and new requests are refused.
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 

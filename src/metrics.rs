@@ -20,23 +20,22 @@ const BUCKETS: &[f64] = &[
 /// Every metric keygate exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
-    pub upstream_duration: HistogramVec,
-    pub denied: IntCounterVec,
-    pub shadow_denied: IntCounterVec,
-    pub upstream_errors: IntCounterVec,
-    pub upstream_auth_failures: IntCounterVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) denied: IntCounterVec,
+    pub(crate) shadow_denied: IntCounterVec,
+    pub(crate) upstream_errors: IntCounterVec,
+    pub(crate) upstream_auth_failures: IntCounterVec,
     pub in_flight: IntGauge,
-    pub connections_open: IntGauge,
-    pub reloads: IntCounterVec,
-    pub last_reload_successful: IntGauge,
-    pub last_reload_success_timestamp: Gauge,
-    pub generation: IntGauge,
-    pub secret_loaded: GaugeVec,
-    pub tls_cert_expiry: Gauge,
+    pub(crate) connections_open: IntGauge,
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) last_reload_successful: IntGauge,
+    pub(crate) last_reload_success_timestamp: Gauge,
+    pub(crate) generation: IntGauge,
+    pub(crate) secret_loaded: GaugeVec,
+    pub(crate) tls_cert_expiry: Gauge,
     tls_registered: std::sync::Once,
-    pub build_info: IntGauge,
 }
 
 /// One metric: its name, HELP text and labels.
@@ -146,7 +145,7 @@ fn gauge(r: Option<&Registry>, d: &Def) -> Gauge {
 
 impl Metrics {
     /// Registers every metric in a fresh registry.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
         {
@@ -179,7 +178,6 @@ impl Metrics {
             // Registered on first use: it exists only with TLS.
             tls_cert_expiry: gauge(None, &TLS_CERT_EXPIRY),
             tls_registered: std::sync::Once::new(),
-            build_info,
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -189,7 +187,7 @@ impl Metrics {
     }
 
     /// Sets the expiry gauge, registering it on first use (it exists only with TLS).
-    pub fn set_tls_expiry(&self, not_after_unix: f64) {
+    pub(crate) fn set_tls_expiry(&self, not_after_unix: f64) {
         self.tls_registered.call_once(|| {
             let _ = self.registry.register(Box::new(self.tls_cert_expiry.clone()));
         });
@@ -198,7 +196,7 @@ impl Metrics {
 
     /// Records a newly applied snapshot: generation, reload time, secret load times,
     /// and zeroed series for the closed label sets of its routes.
-    pub fn applied(&self, snapshot: &Snapshot) {
+    pub(crate) fn applied(&self, snapshot: &Snapshot) {
         self.generation.set(snapshot.generation as i64);
         self.last_reload_successful.set(1);
         self.last_reload_success_timestamp.set(unix(snapshot.loaded_at));
@@ -221,13 +219,13 @@ impl Metrics {
     }
 
     /// Counts a failed reload.
-    pub fn reload_failed(&self) {
+    pub(crate) fn reload_failed(&self) {
         self.reloads.with_label_values(&["failure"]).inc();
         self.last_reload_successful.set(0);
     }
 
     /// Counts a successful reload (not the initial load).
-    pub fn reload_succeeded(&self, snapshot: &Snapshot) {
+    pub(crate) fn reload_succeeded(&self, snapshot: &Snapshot) {
         self.reloads.with_label_values(&["success"]).inc();
         self.applied(snapshot);
     }
@@ -239,21 +237,11 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
-
-    /// The registry (for tests and extra collectors).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
 
 /// Seconds since the Unix epoch.
-pub fn unix(t: std::time::SystemTime) -> f64 {
+pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 

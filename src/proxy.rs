@@ -24,7 +24,7 @@ use crate::upstream::Lease;
 /// Handles one request end to end. Never fails: refusals are responses. `guard` (the
 /// connection's own bookkeeping) is kept until the response's last byte, after the
 /// access record is written.
-pub async fn handle(
+pub(crate) async fn handle(
     gw: Arc<Gateway>,
     conn: ConnInfo,
     request: Request<Incoming>,

@@ -48,7 +48,7 @@ const FORWARDING: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
 /// True for the headers that frame or route the request on its way up: the hop-by-hop
 /// ones, `Host`, `Content-Length` and `Expect`. keygate never forwards a caller's copy
 /// and sets them itself where needed, so none of them can carry a credential.
-pub fn frames_request(name: &HeaderName) -> bool {
+pub(crate) fn frames_request(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
         || name == header::HOST
         || name == header::CONTENT_LENGTH
@@ -78,7 +78,7 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
 
 /// Cleans the upstream's response headers in place: hop-by-hop headers, `apikey` in
 /// `Location`, then every header whose name or value holds a secret.
-pub fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[S]) {
+pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[S]) {
     for name in connection_tokens(headers) {
         headers.remove(name.as_str());
     }
@@ -221,7 +221,7 @@ impl QueryRefused {
 
 /// The value of an injected query parameter.
 #[derive(Clone, Copy)]
-pub enum QueryValue<'a> {
+pub(crate) enum QueryValue<'a> {
     /// Already percent-encoded (as [`crate::routes::credential`] builds it once).
     Encoded(&'a str),
     /// Percent-encoded as it is written out.
@@ -242,7 +242,7 @@ pub fn rewrite_query(
 }
 
 /// [`rewrite_query`], for any list of names and a value that may be encoded already.
-pub fn rewrite_query_with<S: AsRef<str>>(
+pub(crate) fn rewrite_query_with<S: AsRef<str>>(
     query: Option<&str>,
     names: &[S],
     inject: Option<(&str, QueryValue<'_>)>,

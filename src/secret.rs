@@ -78,7 +78,7 @@ pub enum SecretProblem {
 }
 
 /// Reads a secret file: the whole file, trailing whitespace trimmed.
-pub fn read_file(path: &Path) -> Result<Secret, SecretProblem> {
+pub(crate) fn read_file(path: &Path) -> Result<Secret, SecretProblem> {
     let bytes = std::fs::read(path).map_err(|e| SecretProblem::Unreadable(e.kind().to_string()))?;
     let text = String::from_utf8(bytes).map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))?;
     let text = Zeroizing::new(text);
@@ -87,19 +87,19 @@ pub fn read_file(path: &Path) -> Result<Secret, SecretProblem> {
 
 /// True when a file can be read by its group or by everyone (a warning, not an error).
 #[cfg(unix)]
-pub fn is_shared_readable(path: &Path) -> bool {
+pub(crate) fn is_shared_readable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).map(|m| m.permissions().mode() & 0o044 != 0).unwrap_or(false)
 }
 
 #[cfg(not(unix))]
-pub fn is_shared_readable(_path: &Path) -> bool {
+pub(crate) fn is_shared_readable(_path: &Path) -> bool {
     false
 }
 
 /// Where a secret comes from, as written in config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     File(PathBuf),
     Env(String),
     /// Inline in config: accepted for development, `check` warns.

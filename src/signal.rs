@@ -3,7 +3,7 @@
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). Without handlers for those, on Ctrl-C; if
 /// even that cannot be installed, at once: stopping beats running with no way to stop.
-pub async fn stop_requested() {
+pub(crate) async fn stop_requested() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

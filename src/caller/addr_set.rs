@@ -35,11 +35,6 @@ impl AddrSet {
             IpAddr::V6(a) => self.v6.contains(u128::from(a)),
         }
     }
-
-    /// True when the set holds no network.
-    pub fn is_empty(&self) -> bool {
-        self.v4.ranges.is_empty() && self.v6.ranges.is_empty()
-    }
 }
 
 /// An address width keygate can index.
@@ -212,7 +207,7 @@ impl<K: Key> Index<K> {
 
 impl AddrSet {
     /// The networks covering exactly this set (ranges split back into CIDRs).
-    pub fn networks(&self) -> Vec<IpNet> {
+    pub(crate) fn networks(&self) -> Vec<IpNet> {
         let mut out = Vec::new();
         for &(s, e) in &self.v4.ranges {
             for net in ipnet::Ipv4Subnets::new(Ipv4Addr::from(s), Ipv4Addr::from(e), 0) {

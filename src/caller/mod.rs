@@ -15,7 +15,7 @@ pub use addr_set::AddrSet;
 
 /// A named group of callers from `[callers.groups.NAME]`.
 #[derive(Debug, Clone)]
-pub struct Group {
+pub(crate) struct Group {
     pub name: String,
     pub cidrs: AddrSet,
     pub identities: HashSet<String>,
@@ -30,7 +30,7 @@ impl Group {
 
 /// The caller-identification settings of one snapshot.
 #[derive(Debug, Clone, Default)]
-pub struct Callers {
+pub(crate) struct Callers {
     pub trusted_proxies: AddrSet,
     /// In config order: the first group that admits a caller names it.
     pub groups: Vec<Arc<Group>>,
@@ -39,7 +39,7 @@ pub struct Callers {
 impl Callers {
     /// Works out who is calling from the TCP peer and, behind a trusted proxy, from
     /// `X-Forwarded-For`. `addr` is `None` when a forwarded entry cannot be parsed.
-    pub fn identify(&self, peer: IpAddr, headers: &HeaderMap, identities: Arc<[String]>) -> Caller {
+    pub(crate) fn identify(&self, peer: IpAddr, headers: &HeaderMap, identities: Arc<[String]>) -> Caller {
         let addr = forwarded_caller(peer.to_canonical(), headers, &self.trusted_proxies);
         let mut caller = Caller { addr, identities, group: None };
         caller.group = self.groups.iter().find(|g| g.admits(&caller)).cloned();
@@ -74,7 +74,7 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
 
 /// One caller, as keygate sees it.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// The caller's address; `None` when it could not be worked out.
     pub addr: Option<IpAddr>,
     /// SAN URIs and DNS names of the caller's verified client certificate.
@@ -85,21 +85,21 @@ pub struct Caller {
 
 impl Caller {
     /// The `caller` label: the group's name, else `-`.
-    pub fn group_name(&self) -> &str {
+    pub(crate) fn group_name(&self) -> &str {
         self.group.as_ref().map_or("-", |g| g.name.as_str())
     }
 }
 
 /// A route's compiled `allow` (or `shadow_allow`) list.
 #[derive(Debug, Clone, Default)]
-pub struct Allow {
+pub(crate) struct Allow {
     pub cidrs: AddrSet,
     pub identities: HashSet<String>,
 }
 
 impl Allow {
     /// Compiles literal networks plus the members of the named groups.
-    pub fn new(nets: &[IpNet], groups: &[&Group]) -> Self {
+    pub(crate) fn new(nets: &[IpNet], groups: &[&Group]) -> Self {
         let mut all: Vec<IpNet> = nets.to_vec();
         let mut identities = HashSet::new();
         let mut group_sets = Vec::new();
@@ -115,7 +115,7 @@ impl Allow {
     }
 
     /// True when the caller's address or one of its identities is admitted.
-    pub fn permits(&self, caller: &Caller) -> bool {
+    pub(crate) fn permits(&self, caller: &Caller) -> bool {
         caller.addr.is_some_and(|a| self.cidrs.contains(a))
             || caller.identities.iter().any(|id| self.identities.contains(id))
     }

@@ -24,7 +24,7 @@ use crate::upstream;
 /// Compiles inputs into generation `generation`. Secrets whose value did not change
 /// since `previous` keep their load time; each route's upstream client comes from
 /// `clients`, which keeps those whose upstream did not change (and their pools).
-pub fn compile(
+pub(crate) fn compile(
     inputs: &Inputs,
     generation: u64,
     previous: Option<&Snapshot>,
@@ -318,7 +318,6 @@ fn secrets(
                     name.clone(),
                     LoadedSecret {
                         name: name.clone(),
-                        source,
                         fingerprint: value.fingerprint(),
                         loaded_at: SystemTime::now(),
                         value: Arc::new(value),

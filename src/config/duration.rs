@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 /// The longest duration any setting takes: one year.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`, up to [`MAX_DURATION`]: every duration
 /// keygate takes is added to the current time somewhere, and a longer one could
 /// overflow it.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);

@@ -16,7 +16,7 @@ use super::{Problems, schema};
 /// of the file's text. With it, a reload can tell that nothing changed without parsing
 /// the file again (parsing a large allowlist takes tens of MiB of transient memory).
 #[derive(Debug, Clone, Default)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     text_digest: [u8; 32],
     parts: Vec<Part>,
 }
@@ -47,7 +47,7 @@ impl Manifest {
 
     /// The digest a full read would give for a config file holding `text`, when that is
     /// the text this manifest was made from; `None` when the text changed.
-    pub fn digest_if_same_text(&self, text: &[u8]) -> Option<[u8; 32]> {
+    pub(crate) fn digest_if_same_text(&self, text: &[u8]) -> Option<[u8; 32]> {
         if <[u8; 32]>::from(Sha256::digest(text)) != self.text_digest {
             return None;
         }
@@ -86,7 +86,7 @@ struct Gathered {
 
 /// Everything one load reads, before compiling: the parsed file plus the bytes of every
 /// file and environment value it names, and a digest over all of them.
-pub struct Inputs {
+pub(crate) struct Inputs {
     pub path: PathBuf,
     pub file: schema::File,
     pub manifest: Manifest,
@@ -97,13 +97,13 @@ pub struct Inputs {
 
 impl Inputs {
     /// Reads and parses the config file, then every file and variable it names.
-    pub fn read(path: &Path) -> Result<Inputs, Problems> {
+    pub(crate) fn read(path: &Path) -> Result<Inputs, Problems> {
         Inputs::parse(path, &read_text(path)?)
     }
 
     /// Parses `bytes`, the text of the config file at `path`, then reads every file and
     /// variable it names.
-    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Inputs, Problems> {
+    pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Inputs, Problems> {
         let text = std::str::from_utf8(bytes).map_err(|_| problem(path, "the file is not UTF-8".into()))?;
         let file: schema::File =
             toml::from_str(text).map_err(|e| problem(path, describe_toml_error(text, &e)))?;
@@ -113,7 +113,7 @@ impl Inputs {
     }
 
     /// The bytes of a file named by the config, or why it could not be read.
-    pub fn file_bytes(&self, path: &Path) -> Result<&[u8], String> {
+    pub(crate) fn file_bytes(&self, path: &Path) -> Result<&[u8], String> {
         match self.files.get(path) {
             Some(Ok(bytes)) => Ok(bytes),
             Some(Err(e)) => Err(e.clone()),
@@ -122,12 +122,12 @@ impl Inputs {
     }
 
     /// The value of an environment variable named by the config.
-    pub fn env_value(&self, name: &str) -> Option<&str> {
+    pub(crate) fn env_value(&self, name: &str) -> Option<&str> {
         self.env.get(name).and_then(|v| v.as_deref().map(String::as_str))
     }
 
     /// Every file the config names (for the watcher).
-    pub fn named_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn named_files(&self) -> Vec<PathBuf> {
         let mut out = vec![self.path.clone()];
         out.extend(self.files.keys().cloned());
         out
@@ -135,7 +135,7 @@ impl Inputs {
 }
 
 /// The bytes of the config file at `path` (wiped when dropped: the file may hold a key).
-pub fn read_text(path: &Path) -> Result<Zeroizing<Vec<u8>>, Problems> {
+pub(crate) fn read_text(path: &Path) -> Result<Zeroizing<Vec<u8>>, Problems> {
     std::fs::read(path).map(Zeroizing::new).map_err(|e| problem(path, format!("cannot read the file: {e}")))
 }
 

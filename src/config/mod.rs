@@ -16,12 +16,13 @@ mod snapshot;
 
 use std::path::Path;
 
-pub use compile::compile;
-pub use duration::parse_duration;
-pub use inputs::{Inputs, Manifest, read_text};
+pub(crate) use compile::compile;
+pub(crate) use duration::parse_duration;
+pub(crate) use inputs::{Inputs, Manifest, read_text};
 pub use problems::{Problem, Problems};
-pub use settings::{AdminSettings, LogFormat, LogSettings, ReloadSettings, ServerSettings};
-pub use snapshot::{LoadedSecret, Snapshot};
+pub(crate) use settings::{AdminSettings, LogFormat, LogSettings, ReloadSettings, ServerSettings};
+pub(crate) use snapshot::LoadedSecret;
+pub use snapshot::Snapshot;
 
 /// Reads and compiles a config file as generation `generation`, with upstream clients
 /// of its own (a running gateway's reloads share the gateway's, see [`compile`]).

@@ -9,7 +9,7 @@ use crate::caller::AddrSet;
 
 /// Gateway listener settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
@@ -29,21 +29,21 @@ impl Eq for schema::ServerTls {}
 
 /// Admin listener settings.
 #[derive(Debug, Clone)]
-pub struct AdminSettings {
+pub(crate) struct AdminSettings {
     pub listen: SocketAddr,
     pub allow: AddrSet,
 }
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Json,
     Text,
 }
 
 /// Logging settings.
 #[derive(Debug, Clone)]
-pub struct LogSettings {
+pub(crate) struct LogSettings {
     pub format: LogFormat,
     pub level: String,
     pub access: bool,
@@ -51,7 +51,7 @@ pub struct LogSettings {
 
 /// Reload timing.
 #[derive(Debug, Clone, Copy)]
-pub struct ReloadSettings {
+pub(crate) struct ReloadSettings {
     pub poll_interval: Duration,
     pub debounce: Duration,
 }

@@ -9,13 +9,12 @@ use super::{AdminSettings, LogSettings, Manifest, ReloadSettings, ServerSettings
 use crate::caller::Callers;
 use crate::routes::RouteTable;
 use crate::scrub::Scrubber;
-use crate::secret::{Secret, Source};
+use crate::secret::Secret;
 
 /// A secret as loaded: shown by name and fingerprint, never by value.
 #[derive(Debug, Clone)]
-pub struct LoadedSecret {
+pub(crate) struct LoadedSecret {
     pub name: String,
-    pub source: Source,
     pub fingerprint: String,
     pub loaded_at: SystemTime,
     pub value: Arc<Secret>,
@@ -25,26 +24,26 @@ pub struct LoadedSecret {
 /// version throughout.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub generation: u64,
-    pub loaded_at: SystemTime,
-    pub path: PathBuf,
-    pub server: ServerSettings,
-    pub admin: Option<AdminSettings>,
-    pub log: LogSettings,
-    pub reload: ReloadSettings,
-    pub callers: Callers,
-    pub secrets: Vec<LoadedSecret>,
+    pub(crate) generation: u64,
+    pub(crate) loaded_at: SystemTime,
+    pub(crate) path: PathBuf,
+    pub(crate) server: ServerSettings,
+    pub(crate) admin: Option<AdminSettings>,
+    pub(crate) log: LogSettings,
+    pub(crate) reload: ReloadSettings,
+    pub(crate) callers: Callers,
+    pub(crate) secrets: Vec<LoadedSecret>,
     /// Every loaded secret, found and redacted in whatever goes back to callers.
-    pub scrub: Arc<Scrubber>,
+    pub(crate) scrub: Arc<Scrubber>,
     pub routes: RouteTable,
     /// The compiled `[server.tls]`, when callers speak TLS to keygate.
-    pub tls: Option<crate::tls::ServerTls>,
+    pub(crate) tls: Option<crate::tls::ServerTls>,
     /// Files whose change triggers a reload.
-    pub watched: Vec<PathBuf>,
+    pub(crate) watched: Vec<PathBuf>,
     /// SHA-256 over every input; equal digests mean a no-op reload.
-    pub digest: [u8; 32],
+    pub(crate) digest: [u8; 32],
     /// What the config file named, to recompute `digest` without parsing it again.
-    pub manifest: Manifest,
+    pub(crate) manifest: Manifest,
     /// Non-fatal findings (inline secrets, plain HTTP to remote hosts, …).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }

@@ -24,7 +24,7 @@ mod watch;
 
 /// What a reload attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The inputs are byte-identical to the running ones.
     Unchanged,
     /// A new generation is running.
@@ -34,7 +34,7 @@ pub enum Outcome {
 }
 
 /// Reloads config and secrets on file events, SIGHUP and a periodic poll.
-pub struct Reloader {
+pub(crate) struct Reloader {
     gw: Arc<Gateway>,
     path: PathBuf,
     log: Option<LogHandle>,
@@ -54,7 +54,7 @@ struct State {
 }
 
 impl Reloader {
-    pub fn new(gw: Arc<Gateway>, path: PathBuf, log: Option<LogHandle>) -> Reloader {
+    pub(crate) fn new(gw: Arc<Gateway>, path: PathBuf, log: Option<LogHandle>) -> Reloader {
         let bound = Bound::of(&gw.snapshot());
         Reloader { gw, path, log, bound, state: Mutex::new(State::default()) }
     }
@@ -62,11 +62,6 @@ impl Reloader {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // The state is two plain fields, valid whatever a panicking holder did.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Re-reads everything once and applies it if it changed and is valid.
-    pub fn reload(&self) -> Outcome {
-        self.attempt("request")
     }
 
     fn attempt(&self, trigger: &'static str) -> Outcome {
@@ -139,7 +134,7 @@ impl Reloader {
 
     /// Starts watching and listening for SIGHUP now (so that a change or a signal right
     /// after start is not lost), then reloads in a task until the task is aborted.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn(self) -> tokio::task::JoinHandle<()> {
         let this = Arc::new(self);
         let (tx, rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
         let mut watches = Watches::start(tx);

@@ -19,7 +19,7 @@ use crate::rewrite::{self, QueryRefused, QueryValue};
 use crate::secret::{QUERY_VALUE, Secret};
 
 /// How one route strips callers' credentials and injects its own.
-pub struct Credential {
+pub(crate) struct Credential {
     /// Header names removed from every caller request (besides what every route removes,
     /// see [`rewrite::request_headers`]).
     strip_headers: Box<[HeaderName]>,
@@ -41,7 +41,7 @@ enum Inject {
 /// Why a secret cannot travel where its route injects it. Never shows the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot be sent in the {place}: {why}")]
-pub struct Unsendable {
+pub(crate) struct Unsendable {
     /// `X-RJM-API-Key header`, `apikey query parameter`…
     place: String,
     why: &'static str,
@@ -56,7 +56,7 @@ impl Credential {
     /// own way. A space inside is kept (field values may hold SP, and keys with spaces
     /// travel intact), but a leading or trailing one is not: every HTTP parser strips
     /// it, so the upstream would see another key.
-    pub fn header(
+    pub(crate) fn header(
         name: HeaderName,
         shown: &str,
         prefix: &str,
@@ -93,7 +93,7 @@ impl Credential {
     /// Injects `name=<secret, percent-encoded>` into the query, strips every caller
     /// copy of `name` there, and removes it from `Location`. Non-ASCII is refused: each
     /// server decodes it its own way. ASCII is percent-encoded where it must be.
-    pub fn query(name: &str, secret: &Secret) -> Result<Credential, Unsendable> {
+    pub(crate) fn query(name: &str, secret: &Secret) -> Result<Credential, Unsendable> {
         let key = secret.expose();
         if !key.is_ascii() {
             let place = format!("{name} query parameter");
@@ -113,7 +113,7 @@ impl Credential {
     }
 
     /// Also strips these headers from callers.
-    pub fn stripping_headers(mut self, names: &[HeaderName]) -> Credential {
+    pub(crate) fn stripping_headers(mut self, names: &[HeaderName]) -> Credential {
         let mut all = self.strip_headers.into_vec();
         for name in names {
             if !all.contains(name) {
@@ -125,13 +125,13 @@ impl Credential {
     }
 
     /// Also strips caller copies of this query parameter.
-    pub fn stripping_query(mut self, name: &str) -> Credential {
+    pub(crate) fn stripping_query(mut self, name: &str) -> Credential {
         self.strip_query = with(self.strip_query, name);
         self
     }
 
     /// Also removes this query parameter from `Location` on the way down.
-    pub fn clearing_location(mut self, name: &str) -> Credential {
+    pub(crate) fn clearing_location(mut self, name: &str) -> Credential {
         self.location_query = with(self.location_query, name);
         self
     }
@@ -139,13 +139,13 @@ impl Credential {
     /// The caller's headers minus every copy of the credential and everything no route
     /// forwards, without the real credential: [`Credential::inject_header`] adds it to
     /// the result, so nothing the caller sent can remove or shadow it.
-    pub fn strip_headers(&self, caller: &HeaderMap) -> HeaderMap {
+    pub(crate) fn strip_headers(&self, caller: &HeaderMap) -> HeaderMap {
         rewrite::request_headers(caller, &self.strip_headers)
     }
 
     /// Adds the real credential to headers built by [`Credential::strip_headers`], when
     /// this route carries it in a header.
-    pub fn inject_header(&self, headers: &mut HeaderMap) {
+    pub(crate) fn inject_header(&self, headers: &mut HeaderMap) {
         if let Inject::Header { name, value } = &self.inject {
             headers.insert(name.clone(), value.clone());
         }
@@ -153,7 +153,11 @@ impl Credential {
 
     /// The caller's query minus every copy of the credential, with the real one appended
     /// when `inject` and this route carries it in the query. Look-alikes are refused.
-    pub fn query_for(&self, caller: Option<&str>, inject: bool) -> Result<Option<String>, QueryRefused> {
+    pub(crate) fn query_for(
+        &self,
+        caller: Option<&str>,
+        inject: bool,
+    ) -> Result<Option<String>, QueryRefused> {
         let add = match &self.inject {
             Inject::Query { name, encoded } if inject => Some((&**name, QueryValue::Encoded(encoded))),
             _ => None,
@@ -162,7 +166,7 @@ impl Credential {
     }
 
     /// The query parameter names a `Location` loses on the way down.
-    pub fn location_query(&self) -> &[Box<str>] {
+    pub(crate) fn location_query(&self) -> &[Box<str>] {
         &self.location_query
     }
 }

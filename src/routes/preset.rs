@@ -11,7 +11,7 @@ use crate::secret::Secret;
 
 /// Which BI API a preset route fronts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Preset {
+pub(crate) enum Preset {
     /// `rjmetrics-import`: key in the `apikey` query parameter.
     Import,
     /// `rjmetrics-export`: key in the `X-RJM-API-Key` header.
@@ -19,7 +19,7 @@ pub enum Preset {
 }
 
 /// The query parameter the import key travels in, and that leaves every `Location`.
-pub const APIKEY: &str = "apikey";
+pub(crate) const APIKEY: &str = "apikey";
 
 /// The header the export key travels in.
 const X_RJM_API_KEY: HeaderName = HeaderName::from_static("x-rjm-api-key");
@@ -58,7 +58,7 @@ enum Seg {
 
 /// One operation of a preset.
 #[derive(Debug)]
-pub struct Operation {
+pub(crate) struct Operation {
     pub name: &'static str,
     pattern: &'static [Seg],
     pub methods: &'static [Method],
@@ -111,7 +111,7 @@ const EXPORT_OPS: &[Operation] = &[
 
 impl Preset {
     /// Parses the config name of a preset.
-    pub fn from_name(name: &str) -> Option<Preset> {
+    pub(crate) fn from_name(name: &str) -> Option<Preset> {
         match name {
             "rjmetrics-import" => Some(Preset::Import),
             "rjmetrics-export" => Some(Preset::Export),
@@ -120,7 +120,7 @@ impl Preset {
     }
 
     /// The config name of this preset.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Preset::Import => "rjmetrics-import",
             Preset::Export => "rjmetrics-export",
@@ -128,7 +128,7 @@ impl Preset {
     }
 
     /// The production host used when a route names no `upstream`.
-    pub fn default_upstream(self) -> &'static str {
+    pub(crate) fn default_upstream(self) -> &'static str {
         match self {
             Preset::Import => "https://connect.rjmetrics.com",
             Preset::Export => "https://api.rjmetrics.com",
@@ -138,7 +138,7 @@ impl Preset {
     /// How this preset carries `secret`: the import key in the `apikey` query parameter,
     /// the export key in `X-RJM-API-Key`. Both strip [`BI_STRIP`] and every `apikey`
     /// from callers, and `apikey` from `Location`.
-    pub fn credential(self, secret: &Secret) -> Result<Credential, Unsendable> {
+    pub(crate) fn credential(self, secret: &Secret) -> Result<Credential, Unsendable> {
         let credential = match self {
             Preset::Import => Credential::query(APIKEY, secret)?,
             Preset::Export => Credential::header(X_RJM_API_KEY, "X-RJM-API-Key", "", "", secret)?
@@ -149,7 +149,7 @@ impl Preset {
     }
 
     /// Every operation of the preset, in table order.
-    pub fn operations(self) -> &'static [Operation] {
+    pub(crate) fn operations(self) -> &'static [Operation] {
         match self {
             Preset::Import => IMPORT_OPS,
             Preset::Export => EXPORT_OPS,
@@ -159,7 +159,7 @@ impl Preset {
     /// Matches a request to an operation. `remainder` is the path after the route's
     /// prefix (empty or starting with `/`), already free of dot and empty segments.
     /// `enabled` has bit `i` set when operation `i` is enabled on the route.
-    pub fn resolve(
+    pub(crate) fn resolve(
         self,
         method: &Method,
         remainder: &str,

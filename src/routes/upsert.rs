@@ -10,14 +10,14 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 /// Most records (data points) one upsert may carry.
-pub const MAX_RECORDS: usize = 100;
+pub(crate) const MAX_RECORDS: usize = 100;
 
 /// The longest key name a problem repeats (a longer one is cut).
 const SHOWN_NAME: usize = 64;
 
 /// One thing wrong with an upsert body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// The record it is about (counting from 0; a lone object is record 0), or `None`
     /// for the body as a whole.
     pub record: Option<usize>,
@@ -38,7 +38,7 @@ fn whole(what: String) -> Vec<Problem> {
 }
 
 /// The records of a valid upsert body, or every problem found in it.
-pub fn check(body: &[u8]) -> Result<Vec<Map<String, Value>>, Vec<Problem>> {
+pub(crate) fn check(body: &[u8]) -> Result<Vec<Map<String, Value>>, Vec<Problem>> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| whole(format!("the body is not valid JSON: {e}")))?;
     let items = match value {

@@ -48,7 +48,7 @@ fn read_key(path: &std::path::Path, flag: &str) -> Result<Secret, String> {
 }
 
 /// 16 random bytes as 32 lowercase hex characters, the shape of the vendor's sample keys.
-pub fn generate_key() -> Result<Secret, String> {
+pub(crate) fn generate_key() -> Result<Secret, String> {
     let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
     rustls::crypto::ring::default_provider()
         .secure_random

@@ -7,7 +7,7 @@
 //! Behaviour chosen where the vendor's docs are silent is listed in `docs/sandbox.md`.
 
 mod cli;
-pub use cli::generate_key;
+pub(crate) use cli::generate_key;
 mod clock;
 mod export;
 mod form;
@@ -37,7 +37,7 @@ const RECORD_LIMIT: usize = 10_000;
 
 /// Command-line flags of `keygate sandbox`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Args {
+pub(crate) struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9091")]
     pub listen: SocketAddr,
@@ -190,7 +190,7 @@ impl Sandbox {
 /// `keygate sandbox` entry point: parses nothing (clap already did), runs until
 /// Ctrl-C/SIGTERM. Prints where it listens and any key it generated, never a key it
 /// was given.
-pub async fn run(args: Args) -> Result<(), String> {
+pub(crate) async fn run(args: Args) -> Result<(), String> {
     let (settings, generated) = cli::settings_from_args(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await

@@ -35,7 +35,7 @@ use crate::body::{self, BoxError, ProxyBody};
 use crate::error::Withheld;
 
 /// Largest non-2xx body buffered whole, on the wire and once decoded.
-pub const SCRUB_LIMIT: usize = 64 * 1024;
+pub(crate) const SCRUB_LIMIT: usize = 64 * 1024;
 
 /// Content codings keygate decodes, as they may appear in `Accept-Encoding`.
 const DECODABLE: [&str; 5] = ["gzip", "x-gzip", "deflate", "br", "identity"];
@@ -100,7 +100,7 @@ where
 /// upstream that honours it never encodes an error body keygate would have to
 /// withhold. Nothing left means `identity`. No work when the caller sent none or only
 /// decodable codings.
-pub fn accept_encoding(headers: &mut HeaderMap) {
+pub(crate) fn accept_encoding(headers: &mut HeaderMap) {
     let decodable = |item: &str| {
         let coding = item.split(';').next().unwrap_or("").trim();
         DECODABLE.iter().any(|c| coding.eq_ignore_ascii_case(c))
@@ -210,14 +210,14 @@ fn withhold(route: &str, headers: &mut HeaderMap, why: Withheld) -> ProxyBody {
 /// A body whose trailers are scrubbed like headers (a name holding a secret removes the
 /// field, a value holding one is redacted); data frames pass untouched. Every upstream
 /// answer goes through one, 2xx or not.
-pub struct Trailers<B> {
+pub(crate) struct Trailers<B> {
     inner: B,
     scrub: Arc<Scrubber>,
 }
 
 impl<B> Trailers<B> {
     /// Wraps `inner`.
-    pub fn new(inner: B, scrub: Arc<Scrubber>) -> Self {
+    pub(crate) fn new(inner: B, scrub: Arc<Scrubber>) -> Self {
         Trailers { inner, scrub }
     }
 }

@@ -34,7 +34,7 @@ use timeouts::{Expired, Phases};
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-keygate-error: overloaded\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keygate is at its connection limit\"}";
 
 /// What a listener does with each request.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     /// Answers one request. Never fails: refusals are responses. `guard` is the
     /// connection's bookkeeping for this request and must live until the response's
     /// last byte has gone (attach it to the body).
@@ -71,7 +71,7 @@ impl Handler for Gateway {
 
 /// How a listener set holds its connections.
 #[derive(Clone)]
-pub struct Listening {
+pub(crate) struct Listening {
     /// A name for logs: `gateway`, `admin`.
     pub name: &'static str,
     /// Time allowed for a request head, from the connection's start or the first byte
@@ -89,7 +89,7 @@ pub struct Listening {
 
 impl Listening {
     /// The gateway's limits from `[server]`, with `open` counting its connections.
-    pub fn gateway(settings: &ServerSettings, open: IntGauge) -> Listening {
+    pub(crate) fn gateway(settings: &ServerSettings, open: IntGauge) -> Listening {
         Listening {
             name: "gateway",
             header_timeout: settings.header_timeout,
@@ -102,7 +102,7 @@ impl Listening {
 }
 
 /// A running listener set.
-pub struct Server {
+pub(crate) struct Server {
     shutdown: watch::Sender<bool>,
     permits: Arc<Semaphore>,
     max_connections: u32,
@@ -113,7 +113,7 @@ impl Server {
     /// Starts accepting on `listeners` with the limits of `listening`, answering each
     /// request with `handler`. With `tls`, every connection speaks TLS, with the
     /// settings [`Handler::tls`] gives when it is accepted.
-    pub fn start<H: Handler>(
+    pub(crate) fn start<H: Handler>(
         handler: Arc<H>,
         listeners: Vec<TcpListener>,
         listening: Listening,
@@ -137,13 +137,13 @@ impl Server {
     }
 
     /// The bound addresses.
-    pub fn local_addrs(&self) -> &[SocketAddr] {
+    pub(crate) fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
 
     /// Stops accepting, closes idle connections, and waits up to `grace` for the rest.
     /// Returns true when every connection finished in time.
-    pub async fn shutdown(self, grace: Duration) -> bool {
+    pub(crate) async fn shutdown(self, grace: Duration) -> bool {
         let _ = self.shutdown.send(true);
         let drained = self.permits.acquire_many(self.max_connections);
         matches!(tokio::time::timeout(grace, drained).await, Ok(Ok(_)))

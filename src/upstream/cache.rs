@@ -12,7 +12,7 @@ use super::{Upstream, UpstreamKey};
 /// life; compiling a snapshot asks it for each route's client. It keeps no client alive
 /// by itself: a client lives as long as a snapshot's route uses it.
 #[derive(Default)]
-pub struct Cache {
+pub(crate) struct Cache {
     clients: parking_lot::Mutex<Clients>,
 }
 
@@ -27,7 +27,7 @@ struct Clients {
 impl Cache {
     /// The client for `key`: the one a live snapshot already uses, else a new one made
     /// by `build` (which fails with a message for the config problem).
-    pub fn client(
+    pub(crate) fn client(
         &self,
         key: &UpstreamKey,
         build: impl FnOnce() -> Result<Upstream, String>,
@@ -43,7 +43,7 @@ impl Cache {
 
     /// Remembers clients built elsewhere (those of a snapshot compiled before the
     /// gateway existed), so that the first reload keeps them too.
-    pub fn adopt<'a>(&self, clients: impl IntoIterator<Item = &'a Arc<Upstream>>) {
+    pub(crate) fn adopt<'a>(&self, clients: impl IntoIterator<Item = &'a Arc<Upstream>>) {
         let mut held = self.clients.lock();
         for client in clients {
             held.insert(client.key.clone(), client);
@@ -51,7 +51,8 @@ impl Cache {
     }
 
     /// How many clients a live snapshot still uses.
-    pub fn live(&self) -> usize {
+    #[cfg(test)]
+    fn live(&self) -> usize {
         self.clients.lock().by_key.values().filter(|c| c.strong_count() > 0).count()
     }
 }

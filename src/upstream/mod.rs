@@ -36,15 +36,15 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::ProxyBody;
 use crate::error::UpstreamFailure;
-pub use cache::Cache;
+pub(crate) use cache::Cache;
 use pool::Pool;
 
 /// The lease on the HTTP/1.1 connection a response came on (see [`pool::Lease`]).
-pub type Lease = pool::Lease<http1::SendRequest<ProxyBody>>;
+pub(crate) type Lease = pool::Lease<http1::SendRequest<ProxyBody>>;
 
 /// What makes two upstreams the same client (and lets a reload keep its pool).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UpstreamKey {
+pub(crate) struct UpstreamKey {
     pub url: String,
     /// SHA-256 of the extra trust anchors' PEM, if any.
     pub ca_digest: Option<String>,
@@ -52,7 +52,7 @@ pub struct UpstreamKey {
 }
 
 /// One upstream base URL and its connection pool.
-pub struct Upstream {
+pub(crate) struct Upstream {
     key: UpstreamKey,
     scheme: Scheme,
     authority: Authority,
@@ -75,7 +75,7 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the client for `url` (scheme, host, optional port and base path; no query,
     /// no user info: config checks that). `extra_roots` is PEM text of extra anchors.
-    pub fn new(url: &Uri, extra_roots: Option<&[u8]>, key: UpstreamKey) -> Result<Upstream, String> {
+    pub(crate) fn new(url: &Uri, extra_roots: Option<&[u8]>, key: UpstreamKey) -> Result<Upstream, String> {
         let scheme = url.scheme().cloned().ok_or("the URL has no scheme")?;
         let authority = url.authority().cloned().ok_or("the URL has no host")?;
         let base_path = url.path().trim_end_matches('/').to_owned();
@@ -108,28 +108,28 @@ impl Upstream {
     }
 
     /// The identity of this client for reuse across reloads.
-    pub fn key(&self) -> &UpstreamKey {
+    pub(crate) fn key(&self) -> &UpstreamKey {
         &self.key
     }
 
     /// The configured URL, for display (it never carries a secret).
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.key.url
     }
 
     /// The path of the base URL, without a trailing slash.
-    pub fn base_path(&self) -> &str {
+    pub(crate) fn base_path(&self) -> &str {
         &self.base_path
     }
 
     /// True when requests go out without TLS.
-    pub fn is_plain_http(&self) -> bool {
+    pub(crate) fn is_plain_http(&self) -> bool {
         self.scheme == Scheme::HTTP
     }
 
     /// The request target for `path` and `query` on this upstream (origin form; the
     /// scheme and authority are added for HTTP/2).
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    pub(crate) fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let pq = match query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
@@ -140,7 +140,7 @@ impl Upstream {
     /// Sends `request`, waiting at most `timeout` for the response head. The [`Lease`]
     /// must travel with the response body: it returns the connection to the pool once
     /// the body has been read to its end.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: Request<ProxyBody>,
         timeout: Duration,

@@ -18,12 +18,12 @@ use tokio::time::Instant;
 use crate::body::Meter;
 
 /// How long an idle pooled connection is kept.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How many idle HTTP/1.1 connections one upstream keeps.
-pub const MAX_IDLE: usize = 256;
+pub(super) const MAX_IDLE: usize = 256;
 
 /// What the pool needs to know of a connection.
-pub trait Conn: Send + 'static {
+pub(crate) trait Conn: Send + 'static {
     /// True once the connection can no longer carry a request.
     fn is_closed(&self) -> bool;
 }
@@ -35,7 +35,7 @@ impl<B: Send + 'static> Conn for http1::SendRequest<B> {
 }
 
 /// Idle connections, newest last.
-pub struct Pool<C> {
+pub(crate) struct Pool<C> {
     state: Mutex<State<C>>,
 }
 
@@ -52,7 +52,7 @@ impl<C> Default for Pool<C> {
 
 impl<C: Conn> Pool<C> {
     /// The newest idle connection that is still open and not idle too long.
-    pub fn checkout(&self) -> Option<C> {
+    pub(crate) fn checkout(&self) -> Option<C> {
         let mut state = self.state.lock();
         while let Some((conn, since)) = state.idle.pop_back() {
             if !conn.is_closed() && since.elapsed() < IDLE_TIMEOUT {
@@ -71,7 +71,7 @@ impl<C: Conn> Pool<C> {
 
     /// Starts, once per pool, a task that drops connections idle past the timeout (or
     /// closed); it ends when the pool is dropped.
-    pub fn start_reaper(self: &Arc<Self>) {
+    pub(crate) fn start_reaper(self: &Arc<Self>) {
         if std::mem::replace(&mut self.state.lock().reaper, true) {
             return;
         }
@@ -96,24 +96,24 @@ impl<C: Conn> Pool<C> {
 /// dropped after the body was read to its end (see [`Lease::watch`]); otherwise the
 /// connection is closed.
 #[must_use]
-pub struct Lease<C: Conn> {
+pub(crate) struct Lease<C: Conn> {
     conn: Option<(C, Arc<Pool<C>>)>,
     meter: Option<Arc<Meter>>,
 }
 
 impl<C: Conn> Lease<C> {
     /// A lease on `conn`, which belongs to `pool`.
-    pub fn new(conn: C, pool: Arc<Pool<C>>) -> Lease<C> {
+    pub(crate) fn new(conn: C, pool: Arc<Pool<C>>) -> Lease<C> {
         Lease { conn: Some((conn, pool)), meter: None }
     }
 
     /// A lease that holds nothing (HTTP/2 streams need none).
-    pub fn none() -> Lease<C> {
+    pub(crate) fn none() -> Lease<C> {
         Lease { conn: None, meter: None }
     }
 
     /// Ties the lease to the meter of the response body.
-    pub fn watch(&mut self, meter: &Arc<Meter>) {
+    pub(crate) fn watch(&mut self, meter: &Arc<Meter>) {
         self.meter = Some(meter.clone());
     }
 }
