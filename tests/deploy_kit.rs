@@ -11,6 +11,7 @@
 //! The external tools (python3 with PyYAML, kubernetes-validate, promtool,
 //! systemd-analyze) are optional locally: without one, the test that needs it prints why
 //! it skipped. With `KEYGATE_REQUIRE_TOOLS=1` a missing tool is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};

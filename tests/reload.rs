@@ -3,6 +3,7 @@
 //! in-place writes, touches, deletions, bad reloads, SIGHUP, the poll, a listen address
 //! change, and reloads under load. Every test also checks that no secret value ever
 //! reached keygate's stdout or stderr.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod reload_support;
 
