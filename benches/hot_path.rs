@@ -4,6 +4,7 @@
 //! query variants).
 //!
 //! `cargo bench --bench hot_path`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
 

@@ -79,7 +79,7 @@ pub(crate) fn compile(
 
 /// Every route, each name and prefix used once.
 fn routes(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     specs: &[schema::RouteSpec],
     groups: &[Group],
     secrets: &BTreeMap<String, LoadedSecret>,
@@ -107,11 +107,11 @@ fn routes(
 }
 
 /// The networks of a list of CIDRs, each bad entry a problem.
-fn nets(ctx: &mut Ctx, location: &str, field: &str, list: &[String]) -> Vec<IpNet> {
+fn nets(ctx: &mut Ctx<'_>, location: &str, field: &str, list: &[String]) -> Vec<IpNet> {
     list.iter().filter_map(|s| parse_net(s).map_err(|e| ctx.problem(location, field, e)).ok()).collect()
 }
 
-fn reload(ctx: &mut Ctx, r: &schema::Reload) -> ReloadSettings {
+fn reload(ctx: &mut Ctx<'_>, r: &schema::Reload) -> ReloadSettings {
     ReloadSettings {
         poll_interval: ctx.duration("reload", "poll_interval", &r.poll_interval, Duration::from_secs(30)),
         debounce: ctx.duration("reload", "debounce", &r.debounce, Duration::from_millis(200)),
@@ -129,7 +129,7 @@ const MAX_WORKER_THREADS: usize = 1024;
 /// A `[server]` number within `range` (`default` when absent, or standing in for a bad
 /// one so compiling goes on).
 fn bounded(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     field: &str,
     value: Option<u64>,
     default: usize,
@@ -150,7 +150,7 @@ fn bounded(
     }
 }
 
-fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
+fn server(ctx: &mut Ctx<'_>, s: &schema::Server) -> ServerSettings {
     let listen = s
         .listen
         .as_ref()
@@ -179,7 +179,7 @@ fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
     }
 }
 
-fn server_tls(ctx: &mut Ctx, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
+fn server_tls(ctx: &mut Ctx<'_>, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
     let mut read = |field: &str, path: &PathBuf| match ctx.inputs.file_bytes(path) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
@@ -213,7 +213,7 @@ const LOOPBACK: [IpNet; 2] = [
     IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
 ];
 
-fn admin(ctx: &mut Ctx, a: &schema::Admin) -> AdminSettings {
+fn admin(ctx: &mut Ctx<'_>, a: &schema::Admin) -> AdminSettings {
     let listen = parse_addr(&a.listen).unwrap_or_else(|e| {
         ctx.problem("admin", "listen", e);
         SocketAddr::from(([127, 0, 0, 1], 0))
@@ -225,7 +225,7 @@ fn admin(ctx: &mut Ctx, a: &schema::Admin) -> AdminSettings {
     AdminSettings { listen, allow: AddrSet::new(&nets) }
 }
 
-fn log(ctx: &mut Ctx, l: &schema::Log) -> LogSettings {
+fn log(ctx: &mut Ctx<'_>, l: &schema::Log) -> LogSettings {
     let format = match l.format.as_deref() {
         None | Some("json") => LogFormat::Json,
         Some("text") => LogFormat::Text,
@@ -241,7 +241,7 @@ fn log(ctx: &mut Ctx, l: &schema::Log) -> LogSettings {
     LogSettings { format, level, access: l.access.unwrap_or(true) }
 }
 
-fn groups(ctx: &mut Ctx, specs: &[(String, schema::Group)]) -> Vec<Group> {
+fn groups(ctx: &mut Ctx<'_>, specs: &[(String, schema::Group)]) -> Vec<Group> {
     let mut out = Vec::new();
     for (name, spec) in specs {
         let location = format!("callers.groups.{name}");
@@ -267,7 +267,7 @@ fn groups(ctx: &mut Ctx, specs: &[(String, schema::Group)]) -> Vec<Group> {
 }
 
 fn secrets(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     specs: &[(String, schema::SecretSpec)],
 ) -> std::collections::BTreeMap<String, LoadedSecret> {
     let mut out = std::collections::BTreeMap::new();

@@ -12,7 +12,7 @@ const METHODS: [Method; 7] =
     [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
 
 /// The route's preset, when it names a known one, and its kind, when that compiles.
-pub(super) fn kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> (Option<Preset>, Option<Kind>) {
+pub(super) fn kind(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> (Option<Preset>, Option<Kind>) {
     let Some(name) = spec.preset.as_deref() else { return (None, generic_kind(ctx, location, spec)) };
     match Preset::from_name(name) {
         Some(preset) => (Some(preset), preset_kind(ctx, location, spec, preset)),
@@ -24,7 +24,7 @@ pub(super) fn kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> (Option<P
     }
 }
 
-fn preset_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec, preset: Preset) -> Option<Kind> {
+fn preset_kind(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec, preset: Preset) -> Option<Kind> {
     let client_id = match spec.client_id {
         None => {
             ctx.problem(location, "client_id", "is required by the BI presets");
@@ -50,7 +50,7 @@ fn preset_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec, preset: Preset) 
 }
 
 /// The bit set of the operations a preset route enables: all of them by default.
-fn operations(ctx: &mut Ctx, location: &str, spec: &RouteSpec, preset: Preset) -> u32 {
+fn operations(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec, preset: Preset) -> u32 {
     let ops = preset.operations();
     let Some(list) = &spec.operations else { return (1u32 << ops.len()) - 1 };
     let mut bits = 0;
@@ -68,7 +68,7 @@ fn operations(ctx: &mut Ctx, location: &str, spec: &RouteSpec, preset: Preset) -
     bits
 }
 
-fn generic_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> Option<Kind> {
+fn generic_kind(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> Option<Kind> {
     for (field, set) in [
         ("client_id", spec.client_id.is_some()),
         ("operations", spec.operations.is_some()),
@@ -102,7 +102,7 @@ fn generic_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> Option<Kind>
 
 /// A generic route's `methods`: [`METHODS`] when absent, else those listed (each one of
 /// them).
-fn methods(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> Vec<Method> {
+fn methods(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> Vec<Method> {
     let Some(list) = &spec.methods else { return METHODS.to_vec() };
     let mut out = Vec::new();
     for m in list {
@@ -120,7 +120,7 @@ fn methods(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> Vec<Method> {
 
 /// `inject = { header = …, format = … }`: a header keygate does not frame or route by,
 /// and a format holding `{secret}` once between text a header value can hold.
-fn inject_header(ctx: &mut Ctx, location: &str, header: &str, spec: &InjectSpec) -> Option<Inject> {
+fn inject_header(ctx: &mut Ctx<'_>, location: &str, header: &str, spec: &InjectSpec) -> Option<Inject> {
     let format = spec.format.as_deref().unwrap_or("{secret}");
     let Ok(name) = HeaderName::from_bytes(header.as_bytes()) else {
         ctx.problem(location, "inject.header", format!("{header:?} is not a valid header name"));

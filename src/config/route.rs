@@ -22,7 +22,7 @@ const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
 
 /// Compiles `routes[i]`; `None` when it has a problem (every one is recorded in `ctx`).
 pub(super) fn route(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     i: usize,
     spec: &RouteSpec,
     groups: &[Group],
@@ -76,7 +76,7 @@ pub(super) fn route(
 }
 
 /// Checks `name` and returns `prefix` (both required).
-fn name_and_prefix(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> String {
+fn name_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> String {
     match &spec.name {
         None => ctx.problem(location, "name", "is required"),
         Some(name) if !valid_name(name) => {
@@ -96,7 +96,7 @@ fn name_and_prefix(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> String {
 /// The route's secret by name, and its value when it loaded (a secret that failed to
 /// load has its own problem already).
 fn secret(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     location: &str,
     spec: &RouteSpec,
     secrets: &BTreeMap<String, LoadedSecret>,
@@ -115,7 +115,7 @@ fn secret(
 }
 
 /// The required `allow` list; an empty one is allowed, with a warning.
-fn allow(ctx: &mut Ctx, location: &str, name: &str, spec: &RouteSpec, groups: &[Group]) -> Option<Allow> {
+fn allow(ctx: &mut Ctx<'_>, location: &str, name: &str, spec: &RouteSpec, groups: &[Group]) -> Option<Allow> {
     let Some(list) = &spec.allow else {
         let message = "is required (everyone must be written out as [\"0.0.0.0/0\", \"::/0\"])";
         ctx.problem(location, "allow", message);
@@ -127,7 +127,7 @@ fn allow(ctx: &mut Ctx, location: &str, name: &str, spec: &RouteSpec, groups: &[
     Some(allow_list(ctx, location, "allow", list, groups))
 }
 
-fn max_body_bytes(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> u64 {
+fn max_body_bytes(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> u64 {
     match spec.max_body_bytes {
         Some(0) => {
             ctx.problem(location, "max_body_bytes", "must be at least 1");
@@ -140,7 +140,7 @@ fn max_body_bytes(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> u64 {
 
 /// The client for the route's `upstream`, or its preset's production host.
 fn upstream_client(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     location: &str,
     spec: &RouteSpec,
     preset: Option<Preset>,
@@ -154,7 +154,7 @@ fn upstream_client(
     upstream(ctx, location, url?, spec.ca_file.as_ref(), connect_timeout, clients)
 }
 
-fn allow_list(ctx: &mut Ctx, location: &str, field: &str, list: &[String], groups: &[Group]) -> Allow {
+fn allow_list(ctx: &mut Ctx<'_>, location: &str, field: &str, list: &[String], groups: &[Group]) -> Allow {
     let mut nets = Vec::new();
     let mut named = Vec::new();
     for entry in list {
@@ -173,7 +173,7 @@ fn allow_list(ctx: &mut Ctx, location: &str, field: &str, list: &[String], group
 }
 
 fn upstream(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     location: &str,
     url: &str,
     ca_file: Option<&PathBuf>,

@@ -8,9 +8,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -59,9 +60,8 @@ impl Reloader {
         Reloader { gw, path, log, bound, state: Mutex::new(State::default()) }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state is two plain fields, valid whatever a panicking holder did.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn attempt(&self, trigger: &'static str) -> Outcome {

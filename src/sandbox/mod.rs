@@ -22,10 +22,11 @@ mod tls;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -107,15 +108,15 @@ pub(crate) struct State {
 
 impl State {
     fn push_record(&self, request: RecordedRequest) {
-        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut record = self.record.lock();
         if record.len() == RECORD_LIMIT {
             record.pop_front();
         }
         record.push_back(request);
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, store::Store> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    fn store(&self) -> parking_lot::MutexGuard<'_, store::Store> {
+        self.store.lock()
     }
 }
 
@@ -175,7 +176,7 @@ impl Sandbox {
 
     /// Every request received (the last 10,000), oldest first.
     pub fn recorded(&self) -> Vec<RecordedRequest> {
-        let record = self.state.record.lock().unwrap_or_else(PoisonError::into_inner);
+        let record = self.state.record.lock();
         record.iter().cloned().collect()
     }
 
