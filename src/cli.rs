@@ -1,4 +1,5 @@
-//! The command line (design §1): `run`, `check`, `demo`, `sandbox`.
+//! The command line (docs/configuration.md, `keygate check`; docs/operations.md): `run`,
+//! `check`, and with the `sandbox` feature `demo` and `sandbox`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +13,12 @@ use crate::config::{self, Snapshot};
 /// keys for internal callers, so that they never hold the raw keys.
 #[derive(Debug, Parser)]
 #[command(name = "keygate", version, about, long_about = None)]
+#[cfg_attr(
+    not(feature = "sandbox"),
+    command(
+        after_help = "This build has no `demo` or `sandbox` command: it was built without the `sandbox` feature."
+    )
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -39,8 +46,10 @@ pub(crate) enum Command {
     /// Validate config and secrets and print the effective route table.
     Check(ConfigArg),
     /// Run the sandbox and a gateway pointed at it on loopback, with a walkthrough.
+    #[cfg(feature = "sandbox")]
     Demo(crate::demo::Args),
     /// A local stand-in for the BI import and export APIs.
+    #[cfg(feature = "sandbox")]
     Sandbox(crate::sandbox::Args),
 }
 
@@ -49,9 +58,11 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(arg) => run(&arg.config),
         Command::Check(arg) => check(&arg.config),
+        #[cfg(feature = "sandbox")]
         Command::Demo(args) => runtime(None)
             .and_then(|rt| rt.block_on(crate::demo::run(args)))
             .map_or_else(fail, |()| ExitCode::SUCCESS),
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => runtime(None)
             .and_then(|rt| rt.block_on(crate::sandbox::run(args)))
             .map_or_else(fail, |()| ExitCode::SUCCESS),

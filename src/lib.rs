@@ -7,6 +7,9 @@
 //! route forwards in [`rewrite`]; every secret redacted on the way down in [`scrub`];
 //! the request pipeline in `proxy`; every answer keygate writes itself in `error`.
 //!
+//! `sandbox` and `demo` exist with the default `sandbox` feature only; a production
+//! gateway is built without it.
+//!
 //! Modules are public only where the integration tests, benches, fuzz targets or the
 //! binary use them, and then only for the items they use.
 #![warn(unreachable_pub)]
@@ -22,6 +25,7 @@ pub mod caller;
 pub mod cli;
 pub mod config;
 mod conn;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 mod error;
 pub mod gateway;
@@ -30,6 +34,7 @@ mod proxy;
 mod reload;
 pub mod rewrite;
 pub mod routes;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod scrub;
 pub mod secret;

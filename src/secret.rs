@@ -77,14 +77,6 @@ pub enum SecretProblem {
     EnvMissing(String),
 }
 
-/// Reads a secret file: the whole file, trailing whitespace trimmed.
-pub(crate) fn read_file(path: &Path) -> Result<Secret, SecretProblem> {
-    let bytes = std::fs::read(path).map_err(|e| SecretProblem::Unreadable(e.kind().to_string()))?;
-    let text = String::from_utf8(bytes).map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))?;
-    let text = Zeroizing::new(text);
-    Secret::parse(&text)
-}
-
 /// True when a file can be read by its group or by everyone (a warning, not an error).
 #[cfg(unix)]
 pub(crate) fn is_shared_readable(path: &Path) -> bool {

@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use zeroize::Zeroizing;
 
 use super::{Args, Sandbox, Settings};
-use crate::secret::{self, Secret};
+use crate::secret::{Secret, SecretProblem};
 
 /// Which keys [`settings_from_args`] generated (and so may print).
 #[derive(Debug, Default)]
@@ -43,8 +44,15 @@ pub(super) fn settings_from_args(args: &Args) -> Result<(Settings, Generated), S
     Ok((settings, generated))
 }
 
+/// Reads a key file: the whole file, trailing whitespace trimmed.
 fn read_key(path: &std::path::Path, flag: &str) -> Result<Secret, String> {
-    secret::read_file(path).map_err(|problem| format!("sandbox: {flag} {}: {problem}", path.display()))
+    let read = std::fs::read(path)
+        .map_err(|e| SecretProblem::Unreadable(e.kind().to_string()))
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))
+        })
+        .and_then(|text| Secret::parse(&Zeroizing::new(text)));
+    read.map_err(|problem| format!("sandbox: {flag} {}: {problem}", path.display()))
 }
 
 /// 16 random bytes as 32 lowercase hex characters, the shape of the vendor's sample keys.
