@@ -1,6 +1,6 @@
-//! One exchange's record: filled in as the pipeline runs, then — when the last byte
-//! of the response has gone or the caller went away — written as the access log line
-//! (design §8) and counted in the request metrics.
+//! One exchange's record: filled in as the pipeline runs, then — when the last byte of
+//! the response has gone or the caller went away — written as the access log line
+//! (docs/metrics.md, "Access log") and counted in the request metrics.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

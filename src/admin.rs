@@ -1,7 +1,7 @@
-//! The admin listener (design §6): `/metrics` and `/config` for allowed callers,
-//! `/healthz` and `/readyz` for every caller. It is served by the gateway's listener
-//! machinery ([`crate::server`]): a connection cap of its own, the gateway's header and
-//! idle timeouts, and a drain on shutdown.
+//! The admin listener (docs/metrics.md, "Admin endpoints"): `/metrics` and `/config`
+//! for allowed callers, `/healthz` and `/readyz` for every caller. It is served by the
+//! gateway's listener machinery ([`crate::server`]): a connection cap of its own, the
+//! gateway's header and idle timeouts, and a drain on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! The answers keygate gives itself (design §7), and the one function that turns a
+//! The answers keygate gives itself (docs/errors.md), and the one function that turns a
 //! refusal or failure into an HTTP response.
 //!
 //! Every response keygate writes on its own carries `x-keygate-error: <code>` and the

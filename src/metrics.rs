@@ -1,6 +1,6 @@
-//! Prometheus metrics (design §6): names in one place, HELP on every metric, labels
-//! only from config and closed sets. One explicit [`Registry`] per [`Metrics`], so
-//! tests each get their own.
+//! Prometheus metrics (docs/metrics.md): names in one place, HELP on every metric,
+//! labels only from config and closed sets. One explicit [`Registry`] per [`Metrics`],
+//! so tests each get their own.
 
 use prometheus::core::Collector;
 use prometheus::{

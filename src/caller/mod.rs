@@ -47,7 +47,8 @@ impl Callers {
     }
 }
 
-/// Walks `X-Forwarded-For` from the right, skipping trusted hops (design §4).
+/// Walks `X-Forwarded-For` from the right, skipping trusted hops
+/// (docs/configuration.md, "How the caller is identified").
 fn forwarded_caller(peer: IpAddr, headers: &HeaderMap, trusted: &AddrSet) -> Option<IpAddr> {
     if !trusted.contains(peer) {
         return Some(peer);

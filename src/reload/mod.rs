@@ -1,9 +1,9 @@
-//! Hot reload (design §5): watch the directories holding the config and every file it
-//! names (Kubernetes swaps a `..data` symlink and editors save by rename, so watching
-//! the files themselves would miss changes), debounce on the trailing edge with a
-//! ceiling, re-read everything, and publish a new snapshot in one swap — or keep the
-//! running one. File events, SIGHUP and the poll are served by one loop, so no amount
-//! of event traffic holds off the other two.
+//! Hot reload (docs/configuration.md, "Reload"): watch the directories holding the
+//! config and every file it names (Kubernetes swaps a `..data` symlink and editors save
+//! by rename, so watching the files themselves would miss changes), debounce on the
+//! trailing edge with a ceiling, re-read everything, and publish a new snapshot in one
+//! swap — or keep the running one. File events, SIGHUP and the poll are served by one
+//! loop, so no amount of event traffic holds off the other two.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;

@@ -180,8 +180,9 @@ impl RouteTable {
     }
 }
 
-/// Refuses paths that could mean something else upstream (design §3): dot segments,
-/// empty segments, encoded `/`, `\`, `.` or NUL, and anything not in origin form.
+/// Refuses paths that could mean something else upstream (docs/presets.md, "Routing"):
+/// dot segments, empty segments, encoded `/`, `\`, `.` or NUL, and anything not in
+/// origin form.
 pub fn check_path(path: &str) -> Result<(), Refusal> {
     if !path.starts_with('/') {
         return Err(Refusal::InvalidPath("the path must start with /"));

@@ -1,10 +1,11 @@
 //! A local stand-in for the BI import and export APIs (`keygate sandbox`).
 //!
-//! One listener serves both APIs the way `bi-api.md` describes the real service: the
-//! import API (`/`, `/v1|v2/client/{cid}/...`, key in the `apikey` query parameter) and the
-//! export API (`/0.1/...`, key in the `X-RJM-API-Key` header, per-key IP allowlist). It
-//! records every request it receives so gateway tests can assert exactly what arrived.
-//! Behaviour chosen where the vendor's docs are silent is listed in `docs/sandbox.md`.
+//! One listener serves both APIs the way docs/vendor.md describes the real service: the
+//! import API (`/`, `/v1|v2/client/{cid}/...`, key in the `apikey` query parameter) and
+//! the export API (`/0.1/...`, key in the `X-RJM-API-Key` header, per-key IP
+//! allowlist). It records every request it receives so gateway tests can assert exactly
+//! what arrived. Behaviour chosen where the vendor's docs are silent is listed in
+//! `docs/sandbox.md`.
 
 mod cli;
 pub(crate) use cli::generate_key;

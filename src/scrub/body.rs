@@ -1,4 +1,5 @@
-//! Which response bodies are read for secrets, and how (design §3, §11).
+//! Which response bodies are read for secrets, and how (docs/presets.md, "On the way
+//! down"; docs/operations.md, "Keys in answers").
 //!
 //! 2xx bodies stream untouched. Every other body is read, whatever its `Content-Type`:
 //! - no content coding (or `identity`): up to [`SCRUB_LIMIT`] bytes are buffered and
