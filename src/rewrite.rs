@@ -76,8 +76,9 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     out
 }
 
-/// Cleans the upstream's response headers in place: hop-by-hop headers, `apikey` in
-/// `Location`, then every header whose name or value holds a secret.
+/// Cleans the upstream's response headers in place: hop-by-hop headers, the parameters
+/// `query_names` (the route's credential's) in `Location`, then every header whose name
+/// or value holds a secret.
 pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[S]) {
     for name in connection_tokens(headers) {
         headers.remove(name.as_str());
