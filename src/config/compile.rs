@@ -21,10 +21,15 @@ use crate::scrub::Scrubber;
 use crate::secret::{self, Secret, SecretProblem};
 use crate::upstream;
 
-/// Compiles inputs into generation `generation`. Secrets whose value did not change
-/// since `previous` keep their load time; each route's upstream client comes from
-/// `clients`, which keeps those whose upstream did not change (and their pools).
-pub(crate) fn compile(
+/// Compiles inputs into generation `generation`, with upstream clients of its own.
+/// Secrets whose value did not change since `previous` keep their load time.
+pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
+    compile_with(inputs, generation, previous, &upstream::Cache::default())
+}
+
+/// [`compile`], taking each route's upstream client from `clients`, which keeps those
+/// whose upstream did not change (and their pools): what a running gateway's reloads do.
+pub(crate) fn compile_with(
     inputs: &Inputs,
     generation: u64,
     previous: Option<&Snapshot>,
@@ -360,7 +365,7 @@ mod tests {
     fn compiled(text: &str) -> Result<Snapshot, Vec<String>> {
         let inputs =
             Inputs::parse(Path::new("keygate.toml"), text.as_bytes()).map_err(|p| vec![p.to_string()])?;
-        compile(&inputs, 1, None, &upstream::Cache::default()).map_err(|p| {
+        compile(&inputs, 1, None).map_err(|p| {
             p.list.iter().map(|p| format!("{}: {}: {}", p.location, p.field, p.message)).collect()
         })
     }

@@ -86,13 +86,13 @@ struct Gathered {
 
 /// Everything one load reads, before compiling: the parsed file plus the bytes of every
 /// file and environment value it names, and a digest over all of them.
-pub(crate) struct Inputs {
-    pub path: PathBuf,
-    pub file: schema::File,
-    pub manifest: Manifest,
+pub struct Inputs {
+    pub(crate) path: PathBuf,
+    pub(crate) file: schema::File,
+    pub(crate) manifest: Manifest,
     files: BTreeMap<PathBuf, Result<Zeroizing<Vec<u8>>, String>>,
     env: BTreeMap<String, Option<Zeroizing<String>>>,
-    pub digest: [u8; 32],
+    pub(crate) digest: [u8; 32],
 }
 
 impl Inputs {
@@ -103,7 +103,7 @@ impl Inputs {
 
     /// Parses `bytes`, the text of the config file at `path`, then reads every file and
     /// variable it names.
-    pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Inputs, Problems> {
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Inputs, Problems> {
         let text = std::str::from_utf8(bytes).map_err(|_| problem(path, "the file is not UTF-8".into()))?;
         let file: schema::File =
             toml::from_str(text).map_err(|e| problem(path, describe_toml_error(text, &e)))?;

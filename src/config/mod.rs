@@ -16,17 +16,18 @@ mod snapshot;
 
 use std::path::Path;
 
-pub(crate) use compile::compile;
+pub use compile::compile;
+pub(crate) use compile::compile_with;
 pub(crate) use duration::parse_duration;
-pub(crate) use inputs::{Inputs, Manifest, read_text};
+pub use inputs::Inputs;
+pub(crate) use inputs::{Manifest, read_text};
 pub use problems::{Problem, Problems};
 pub(crate) use settings::{AdminSettings, LogFormat, LogSettings, ReloadSettings, ServerSettings};
 pub(crate) use snapshot::LoadedSecret;
 pub use snapshot::Snapshot;
 
 /// Reads and compiles a config file as generation `generation`, with upstream clients
-/// of its own (a running gateway's reloads share the gateway's, see [`compile`]).
+/// of its own (a running gateway's reloads share the gateway's, see [`compile_with`]).
 pub fn load(path: &Path, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
-    let inputs = Inputs::read(path)?;
-    compile(&inputs, generation, previous, &crate::upstream::Cache::default())
+    compile(&Inputs::read(path)?, generation, previous)
 }

@@ -41,9 +41,9 @@ pub struct Snapshot {
     /// Files whose change triggers a reload.
     pub(crate) watched: Vec<PathBuf>,
     /// SHA-256 over every input; equal digests mean a no-op reload.
-    pub(crate) digest: [u8; 32],
+    pub digest: [u8; 32],
     /// What the config file named, to recompute `digest` without parsing it again.
     pub(crate) manifest: Manifest,
     /// Non-fatal findings (inline secrets, plain HTTP to remote hosts, …).
-    pub(crate) warnings: Vec<String>,
+    pub warnings: Vec<String>,
 }

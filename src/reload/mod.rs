@@ -85,10 +85,11 @@ impl Reloader {
         if inputs.digest == current.digest {
             return self.unchanged(trigger);
         }
-        let next = match config::compile(&inputs, current.generation + 1, Some(&current), self.gw.clients()) {
-            Ok(next) => next,
-            Err(problems) => return self.failed(trigger, problems.to_string(), Some(inputs.digest)),
-        };
+        let next =
+            match config::compile_with(&inputs, current.generation + 1, Some(&current), self.gw.clients()) {
+                Ok(next) => next,
+                Err(problems) => return self.failed(trigger, problems.to_string(), Some(inputs.digest)),
+            };
         self.state().last_failure = None;
         log_changes(trigger, &self.bound, &current, &next);
         if let Some(log) = &self.log {

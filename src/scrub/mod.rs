@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::secret::{QUERY_VALUE, Secret};
 
 /// The replacement for a secret found where it must not be.
-pub(crate) const REDACTED: &str = "[REDACTED]";
+pub const REDACTED: &str = "[REDACTED]";
 
 /// Why the scrubber could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +80,13 @@ impl Scrubber {
     }
 
     /// True when `haystack` holds any form of any secret.
-    pub(crate) fn finds(&self, haystack: &[u8]) -> bool {
+    pub fn finds(&self, haystack: &[u8]) -> bool {
         haystack.len() >= self.shortest && self.automaton.is_match(haystack)
     }
 
     /// A copy of `haystack` with every form of every secret replaced, or `None` when it
     /// holds none (the common case, which allocates nothing).
-    pub(crate) fn scrub(&self, haystack: &[u8]) -> Option<Vec<u8>> {
+    pub fn scrub(&self, haystack: &[u8]) -> Option<Vec<u8>> {
         if haystack.len() < self.shortest {
             return None;
         }
@@ -134,7 +134,7 @@ impl Scrubber {
     /// from one call to the next: the tail that could still be the start of a key
     /// split across pieces (fewer bytes than the longest needle). Returns what can be
     /// sent now; [`Scrubber::finish`] returns the rest at the end of the body.
-    pub(crate) fn push(&self, held: &mut Vec<u8>, piece: &[u8]) -> Vec<u8> {
+    pub fn push(&self, held: &mut Vec<u8>, piece: &[u8]) -> Vec<u8> {
         held.extend_from_slice(piece);
         let keep = self.longest.saturating_sub(1);
         if held.len() <= keep {
@@ -161,7 +161,7 @@ impl Scrubber {
     }
 
     /// The scrubbed rest of a body fed through [`Scrubber::push`].
-    pub(crate) fn finish(&self, held: Vec<u8>) -> Vec<u8> {
+    pub fn finish(&self, held: Vec<u8>) -> Vec<u8> {
         match self.scrub(&held) {
             Some(clean) => clean,
             None => held,
