@@ -3,6 +3,7 @@
 //! list's *last* entry and ones that match nothing, so neither gets an early exit.
 //!
 //! `cargo bench --bench allow`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -8,6 +8,7 @@
 //!
 //! `cargo bench --bench pipeline`; for an instruction profile:
 //! `valgrind --tool=callgrind target/release/deps/pipeline-* --bench --profile-time 5 keygate`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

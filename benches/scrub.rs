@@ -9,6 +9,7 @@
 //!   be errors).
 //!
 //! `cargo bench --bench scrub`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
 use std::io::Write;

@@ -1,6 +1,6 @@
-//! One exchange's record: filled in as the pipeline runs, then — when the last byte
-//! of the response has gone or the caller went away — written as the access log line
-//! (design §8) and counted in the request metrics.
+//! One exchange's record: filled in as the pipeline runs, then — when the last byte of
+//! the response has gone or the caller went away — written as the access log line
+//! (docs/metrics.md, "Access log") and counted in the request metrics.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,13 +12,13 @@ use hyper::body::Incoming;
 
 use crate::body::{Meter, Metered, ProxyBody};
 use crate::caller::Group;
+use crate::conn::ConnInfo;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
-use crate::proxy::ConnInfo;
 use crate::routes::Route;
 
 /// What is known about one request so far.
-pub struct Exchange {
+pub(crate) struct Exchange {
     start: Instant,
     access: bool,
     peer: SocketAddr,
@@ -36,13 +36,18 @@ pub struct Exchange {
 }
 
 /// Formats an optional caller address (`-` when unknown).
-pub fn addr_text(addr: Option<IpAddr>) -> String {
+pub(crate) fn addr_text(addr: Option<IpAddr>) -> String {
     addr.map_or_else(|| "-".to_owned(), |a| a.to_string())
 }
 
 impl Exchange {
     /// Starts the record and counts the request in flight.
-    pub fn begin(gw: &Gateway, conn: &ConnInfo, request: &Request<Incoming>, access: bool) -> Exchange {
+    pub(crate) fn begin(
+        gw: &Gateway,
+        conn: &ConnInfo,
+        request: &Request<Incoming>,
+        access: bool,
+    ) -> Exchange {
         gw.metrics.in_flight.inc();
         Exchange {
             start: Instant::now(),
@@ -61,7 +66,7 @@ impl Exchange {
     }
 
     /// Notes that keygate answered itself, and counts the denial.
-    pub fn refused(&mut self, gw: &Gateway, refusal: &Refusal) {
+    pub(crate) fn refused(&mut self, gw: &Gateway, refusal: &Refusal) {
         self.error = Some(refusal.code());
         gw.metrics.denied.with_label_values(&[self.route_name(), refusal.code()]).inc();
     }
@@ -72,7 +77,7 @@ impl Exchange {
 
     /// Wraps the response body so the record is completed when it ends; `then` is
     /// dropped right after the record is written.
-    pub fn finish(
+    pub(crate) fn finish(
         self,
         gw: Arc<Gateway>,
         response: Response<ProxyBody>,

@@ -1,7 +1,7 @@
-//! The admin listener (design §6): `/metrics` and `/config` for allowed callers,
-//! `/healthz` and `/readyz` for every caller. It is served by the gateway's listener
-//! machinery ([`crate::server`]): a connection cap of its own, the gateway's header and
-//! idle timeouts, and a drain on shutdown.
+//! The admin listener (docs/metrics.md, "Admin endpoints"): `/metrics` and `/config`
+//! for allowed callers, `/healthz` and `/readyz` for every caller. It is served by the
+//! gateway's listener machinery ([`crate::server`]): a connection cap of its own, the
+//! gateway's header and idle timeouts, and a drain on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,10 +15,10 @@ use tokio::net::TcpListener;
 
 use crate::body::{self, Meter, Metered, ProxyBody};
 use crate::config::ServerSettings;
+use crate::conn::ConnInfo;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::metrics::unix;
-use crate::proxy::ConnInfo;
 use crate::server::{Handler, Listening, Server};
 
 /// Open admin connections beyond this are answered 503 `overloaded`. Probes and
@@ -27,7 +27,7 @@ use crate::server::{Handler, Listening, Server};
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// The admin endpoints as a listener's request handler.
-pub struct Admin {
+pub(crate) struct Admin {
     gw: Arc<Gateway>,
 }
 
@@ -48,7 +48,7 @@ impl Handler for Admin {
 
 /// Serves the admin endpoints on `listener` with the header and idle timeouts of
 /// `settings` and [`MAX_CONNECTIONS`], until the returned server is shut down.
-pub fn start(gw: Arc<Gateway>, listener: TcpListener, settings: &ServerSettings) -> Server {
+pub(crate) fn start(gw: Arc<Gateway>, listener: TcpListener, settings: &ServerSettings) -> Server {
     let listening = Listening {
         name: "admin",
         header_timeout: settings.header_timeout,
@@ -96,7 +96,7 @@ fn readyz(gw: &Gateway, snapshot: &crate::config::Snapshot) -> Response<ProxyBod
 }
 
 /// The `/config` document: what runs, with fingerprints instead of secrets.
-pub fn config_json(snapshot: &crate::config::Snapshot) -> serde_json::Value {
+pub(crate) fn config_json(snapshot: &crate::config::Snapshot) -> serde_json::Value {
     let routes: Vec<_> = snapshot
         .routes
         .routes()

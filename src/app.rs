@@ -107,4 +107,4 @@ impl App {
 
 /// The least time the admin listener gets to drain: its answers are immediate, so
 /// only a connection that is still sending its head can take longer.
-pub const ADMIN_DRAIN: Duration = Duration::from_secs(1);
+pub(crate) const ADMIN_DRAIN: Duration = Duration::from_secs(1);

@@ -1,7 +1,6 @@
 //! Streaming bodies: the boxed body type keygate answers with, and the metering wrapper
-//! that counts bytes, enforces size limits and idle timeouts, scrubs secrets from
-//! trailers, and keeps a guard alive until the last byte has gone (the access log and
-//! duration metrics hang off it).
+//! that counts bytes, enforces size limits and idle timeouts, and keeps a guard alive
+//! until the last byte has gone (the access log and duration metrics hang off it).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,27 +14,25 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::{Instant, Sleep};
 
-use crate::scrub::Scrubber;
-
 /// The error type of every body keygate streams.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response keygate sends and every request it forwards.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// An empty body.
-pub fn empty() -> ProxyBody {
+pub(crate) fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A body holding `bytes`.
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Why a metered body stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// More bytes arrived than the limit allows.
     #[error("body exceeds the size limit")]
     TooLarge,
@@ -49,7 +46,7 @@ pub enum BodyError {
 
 /// Counters shared between a metered body and whoever reports on it.
 #[derive(Debug, Default)]
-pub struct Meter {
+pub(crate) struct Meter {
     bytes: AtomicU64,
     /// 0 = fine, 1 = too large, 2 = idle, 3 = broken.
     failure: AtomicU64,
@@ -59,12 +56,12 @@ pub struct Meter {
 
 impl Meter {
     /// Bytes that went through so far.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
     /// Why the body stopped early, if it did.
-    pub fn failure(&self) -> Option<BodyError> {
+    pub(crate) fn failure(&self) -> Option<BodyError> {
         match self.failure.load(Ordering::Relaxed) {
             1 => Some(BodyError::TooLarge),
             2 => Some(BodyError::Idle),
@@ -74,7 +71,7 @@ impl Meter {
     }
 
     /// True once the body has been read to its end (without a failure).
-    pub fn ended(&self) -> bool {
+    pub(crate) fn ended(&self) -> bool {
         self.ended.load(Ordering::Relaxed)
     }
 
@@ -94,33 +91,25 @@ impl Meter {
 }
 
 /// A body that counts its bytes, enforces an optional size limit and an idle timeout
-/// between frames, optionally scrubs its trailers, and holds `guard` until it is dropped.
-pub struct Metered<B> {
+/// between frames, and holds `guard` until it is dropped.
+pub(crate) struct Metered<B> {
     inner: B,
     meter: Arc<Meter>,
     limit: Option<u64>,
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
-    trailers: Option<Arc<Scrubber>>,
     _guard: Option<Box<dyn Send>>,
 }
 
 impl<B> Metered<B> {
     /// Wraps `inner`. `limit` bounds the total data bytes; `idle` bounds the wait for
     /// each frame.
-    pub fn new(inner: B, meter: Arc<Meter>, limit: Option<u64>, idle: Option<Duration>) -> Self {
-        Metered { inner, meter, limit, idle, timer: None, trailers: None, _guard: None }
-    }
-
-    /// Scrubs the trailers (names and values) with `scrub`, like response headers. Data
-    /// frames are not looked at.
-    pub fn scrub_trailers(mut self, scrub: Arc<Scrubber>) -> Self {
-        self.trailers = Some(scrub);
-        self
+    pub(crate) fn new(inner: B, meter: Arc<Meter>, limit: Option<u64>, idle: Option<Duration>) -> Self {
+        Metered { inner, meter, limit, idle, timer: None, _guard: None }
     }
 
     /// Keeps `guard` alive until this body is dropped.
-    pub fn with_guard(mut self, guard: Box<dyn Send>) -> Self {
+    pub(crate) fn with_guard(mut self, guard: Box<dyn Send>) -> Self {
         self._guard = Some(guard);
         self
     }
@@ -140,15 +129,13 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(mut frame))) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     let total = this.meter.bytes.fetch_add(len, Ordering::Relaxed) + len;
                     if this.limit.is_some_and(|limit| total > limit) {
                         return Poll::Ready(Some(Err(this.meter.fail(BodyError::TooLarge))));
                     }
-                } else if let (Some(scrub), Some(trailers)) = (&this.trailers, frame.trailers_mut()) {
-                    scrub.headers(trailers);
                 }
                 if let (Some(timer), Some(idle)) = (this.timer.as_mut(), this.idle) {
                     timer.as_mut().reset(Instant::now() + idle);
@@ -239,7 +226,7 @@ mod tests {
     /// A minimal `Stream` over an mpsc receiver, so the test needs no extra crate.
     mod tokio_stream_shim {
         use super::*;
-        pub struct Receiver<T>(pub tokio::sync::mpsc::Receiver<T>);
+        pub(super) struct Receiver<T>(pub tokio::sync::mpsc::Receiver<T>);
         impl<T> futures_util::Stream for Receiver<T> {
             type Item = T;
             fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {

@@ -1,4 +1,5 @@
-//! The command line (design §1): `run`, `check`, `demo`, `sandbox`.
+//! The command line (docs/configuration.md, `keygate check`; docs/operations.md): `run`,
+//! `check`, and with the `sandbox` feature `demo` and `sandbox`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,14 +13,20 @@ use crate::config::{self, Snapshot};
 /// keys for internal callers, so that they never hold the raw keys.
 #[derive(Debug, Parser)]
 #[command(name = "keygate", version, about, long_about = None)]
+#[cfg_attr(
+    not(feature = "sandbox"),
+    command(
+        after_help = "This build has no `demo` or `sandbox` command: it was built without the `sandbox` feature."
+    )
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// Where the config file is.
 #[derive(Debug, clap::Args)]
-pub struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// Config file [default: $KEYGATE_CONFIG, else config/keygate.toml]
     #[arg(
         short,
@@ -29,18 +36,20 @@ pub struct ConfigArg {
         hide_default_value = true,
         hide_env = true
     )]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve with the given config.
     Run(ConfigArg),
     /// Validate config and secrets and print the effective route table.
     Check(ConfigArg),
     /// Run the sandbox and a gateway pointed at it on loopback, with a walkthrough.
+    #[cfg(feature = "sandbox")]
     Demo(crate::demo::Args),
     /// A local stand-in for the BI import and export APIs.
+    #[cfg(feature = "sandbox")]
     Sandbox(crate::sandbox::Args),
 }
 
@@ -49,9 +58,11 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(arg) => run(&arg.config),
         Command::Check(arg) => check(&arg.config),
+        #[cfg(feature = "sandbox")]
         Command::Demo(args) => runtime(None)
             .and_then(|rt| rt.block_on(crate::demo::run(args)))
             .map_or_else(fail, |()| ExitCode::SUCCESS),
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => runtime(None)
             .and_then(|rt| rt.block_on(crate::sandbox::run(args)))
             .map_or_else(fail, |()| ExitCode::SUCCESS),
@@ -107,11 +118,11 @@ fn run(path: &Path) -> ExitCode {
             Ok(app) => app,
             Err(e) => return fail(e.to_string()),
         };
-        wait_for_signal().await;
+        crate::signal::stop_requested().await;
         tracing::info!("shutting down: draining connections");
         let drained = tokio::select! {
             drained = app.shutdown() => drained,
-            _ = wait_for_signal() => {
+            _ = crate::signal::stop_requested() => {
                 tracing::warn!("second signal: exiting at once");
                 return ExitCode::FAILURE;
             }
@@ -122,29 +133,6 @@ fn run(path: &Path) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -158,7 +146,7 @@ fn check(path: &Path) -> ExitCode {
 
 /// The effective route table: names, prefixes, upstreams, operations, allow lists and
 /// secret fingerprints — never secrets.
-pub fn route_table(snapshot: &Snapshot) -> String {
+pub(crate) fn route_table(snapshot: &Snapshot) -> String {
     let mut rows = vec![["ROUTE", "PREFIX", "UPSTREAM", "OPERATIONS", "ALLOW", "SECRET"].map(String::from)];
     for route in snapshot.routes.routes() {
         let fingerprint = snapshot

@@ -13,14 +13,14 @@ use crate::config;
 use crate::sandbox::{self, Sandbox};
 
 /// The client id the demo's sandbox and routes use.
-pub const CLIENT_ID: u64 = 12345;
+pub(crate) const CLIENT_ID: u64 = 12345;
 
 /// `keygate demo` flags.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Gateway port; admin on PORT+1, sandbox on PORT+2. 0 picks three free ports.
     #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    pub(crate) port: u16,
 }
 
 /// The three addresses the demo serves on.
@@ -71,7 +71,7 @@ impl Step {
 }
 
 /// Rows the walkthrough pushes.
-pub const ROWS: &str =
+pub(crate) const ROWS: &str =
     r#"[{"keys":["id"],"id":1,"item":"lamp","total":19.5},{"keys":["id"],"id":2,"item":"desk","total":120}]"#;
 
 /// The walkthrough, in order. The end-to-end test runs exactly these steps.
@@ -137,7 +137,7 @@ pub fn walkthrough(ports: &Ports) -> Vec<Step> {
 }
 
 /// The embedded gateway config for the demo.
-pub fn config_text(ports: &Ports, key_dir: &Path) -> String {
+pub(crate) fn config_text(ports: &Ports, key_dir: &Path) -> String {
     format!(
         r#"[server]
 listen = "{gateway}"
@@ -228,7 +228,7 @@ async fn bind(port: u16, offset: u16) -> Result<TcpListener, String> {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(args: Args) -> Result<(), String> {
+pub(crate) async fn run(args: Args) -> Result<(), String> {
     let local = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
     let sandbox_listener = bind(args.port, 2).await?;
     // Reserve the gateway and admin ports, then release them for the gateway to bind.
@@ -263,7 +263,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let app = App::start(snapshot, Some(config_path.clone()), Some(log)).await.map_err(|e| e.to_string())?;
 
     println!("{}", banner(&ports, &keys.0, &fingerprints));
-    crate::cli::wait_for_signal().await;
+    crate::signal::stop_requested().await;
     println!("stopping the demo");
     app.shutdown().await;
     sandbox.shutdown().await;

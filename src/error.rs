@@ -1,4 +1,4 @@
-//! The answers keygate gives itself (design §7), and the one function that turns a
+//! The answers keygate gives itself (docs/errors.md), and the one function that turns a
 //! refusal or failure into an HTTP response.
 //!
 //! Every response keygate writes on its own carries `x-keygate-error: <code>` and the
@@ -6,15 +6,15 @@
 //! refusals from the upstream's answers. Messages are built from closed sets and config
 //! values only: never from a secret, never from an upstream URL with its query.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use crate::body::ProxyBody;
-use crate::upstream::Failure;
+use crate::body::{self, ProxyBody};
 
 /// Name of the header that marks keygate's own answers.
-pub const ERROR_HEADER: &str = "x-keygate-error";
+pub(crate) const ERROR_HEADER: &str = "x-keygate-error";
+
+/// The `x-keygate-error` code of an upstream error body keygate withheld.
+pub(crate) const WITHHELD: &str = "upstream_body_withheld";
 
 /// Why keygate answered a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,10 @@ pub enum Refusal {
     InvalidBody(String),
     /// The request is malformed in a way that is not about its path or body.
     BadRequest(&'static str),
+    /// The request's `Transfer-Encoding` is not one plain `chunked`: a proxy in front may
+    /// frame the body differently, so nothing more on this connection can be trusted and
+    /// the answer closes it.
+    AmbiguousFraming,
     /// The caller is outside the route's allow list.
     CallerNotAllowed,
     /// The client id in the path is not the route's `client_id`.
@@ -42,7 +46,7 @@ pub enum Refusal {
     HeadersTooLarge,
     /// Connecting to the upstream failed, or it broke the protocol.
     /// Carries the failure kind (never `Timeout`, which is [`Refusal::UpstreamTimeout`]).
-    UpstreamUnavailable(Failure),
+    UpstreamUnavailable(UpstreamFailure),
     /// Too many connections or requests.
     Overloaded,
     /// keygate is draining after SIGTERM/SIGINT.
@@ -59,7 +63,7 @@ impl Refusal {
         match self {
             Refusal::InvalidPath(_) => "invalid_path",
             Refusal::InvalidBody(_) => "invalid_body",
-            Refusal::BadRequest(_) => "bad_request",
+            Refusal::BadRequest(_) | Refusal::AmbiguousFraming => "bad_request",
             Refusal::CallerNotAllowed => "caller_not_allowed",
             Refusal::ClientMismatch => "client_mismatch",
             Refusal::NoRoute => "no_route",
@@ -78,9 +82,10 @@ impl Refusal {
     /// The HTTP status keygate answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::InvalidPath(_) | Refusal::InvalidBody(_) | Refusal::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::InvalidPath(_)
+            | Refusal::InvalidBody(_)
+            | Refusal::BadRequest(_)
+            | Refusal::AmbiguousFraming => StatusCode::BAD_REQUEST,
             Refusal::CallerNotAllowed | Refusal::ClientMismatch => StatusCode::FORBIDDEN,
             Refusal::NoRoute | Refusal::UnknownOperation => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -100,6 +105,9 @@ impl Refusal {
             Refusal::InvalidPath(why) => format!("the request path is not allowed: {why}"),
             Refusal::InvalidBody(why) => format!("the request body is invalid: {why}"),
             Refusal::BadRequest(why) => format!("the request is malformed: {why}"),
+            Refusal::AmbiguousFraming => {
+                "the request is malformed: Transfer-Encoding must be a single \"chunked\"".into()
+            }
             Refusal::CallerNotAllowed => "the caller is not allowed to use this route".into(),
             Refusal::ClientMismatch => "the client id in the path is not this route's".into(),
             Refusal::NoRoute => "no route matches this path".into(),
@@ -121,22 +129,109 @@ impl Refusal {
 
     /// The one place a refusal becomes a response.
     pub fn into_response(self) -> Response<ProxyBody> {
-        let body = serde_json::json!({ "error": self.code(), "message": self.message() });
-        let bytes = Bytes::from(body.to_string());
-        let mut response = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+        let mut response = Response::new(body::empty());
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
+        *response.body_mut() = own_body(headers, self.code(), &self.message());
+        let headers = response.headers_mut();
         if let Refusal::MethodNotAllowed(allow) = &self {
             if let Ok(value) = HeaderValue::from_str(allow) {
                 headers.insert(header::ALLOW, value);
             }
         }
-        if matches!(self, Refusal::ShuttingDown) {
+        if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+
+    /// True when the answer must end the connection: keygate is draining, or the
+    /// request's framing leaves the rest of the connection unreadable.
+    fn closes_connection(&self) -> bool {
+        matches!(self, Refusal::ShuttingDown | Refusal::AmbiguousFraming)
+    }
+}
+
+/// Why keygate withheld an upstream's error body: it could not read it for secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Withheld {
+    /// The `Content-Encoding` names a coding keygate does not decode, or several.
+    Coding,
+    /// The body does not decode as its label says.
+    Undecodable,
+    /// Past what keygate reads, on the wire (encoded) or once decoded.
+    TooLarge,
+}
+
+impl Withheld {
+    /// The `reason` of the log line.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Withheld::Coding => "coding",
+            Withheld::Undecodable => "undecodable",
+            Withheld::TooLarge => "too_large",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Withheld::Coding => {
+                "keygate withheld the upstream's error body: its content coding is not one keygate reads"
+            }
+            Withheld::Undecodable => {
+                "keygate withheld the upstream's error body: it does not decode as its content coding says"
+            }
+            Withheld::TooLarge => {
+                "keygate withheld the upstream's error body: it is compressed and larger than keygate reads"
+            }
+        }
+    }
+
+    /// keygate's body in place of the withheld one, with `headers` (the upstream's,
+    /// already scrubbed, without their content coding and length) marked to match. The
+    /// status stays the upstream's.
+    pub(crate) fn into_body(self, headers: &mut HeaderMap) -> ProxyBody {
+        own_body(headers, WITHHELD, self.message())
+    }
+}
+
+/// keygate's own body, `{"error":"<code>","message":"<sentence>"}`, with the
+/// `Content-Type` and `x-keygate-error` that mark it: every answer keygate writes itself
+/// is written here.
+fn own_body(headers: &mut HeaderMap, code: &'static str, message: &str) -> ProxyBody {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
+    body::full(serde_json::json!({ "error": code, "message": message }).to_string())
+}
+
+/// Why an upstream call failed (the `kind` label of `keygate_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Name resolution or the TCP connect failed, or the connection broke during the
+    /// HTTP handshake.
+    Connect,
+    /// The connect or response timeout ran out.
+    Timeout,
+    /// The TLS handshake or session failed (certificate verification included).
+    Tls,
+    /// Anything else on an open connection: a reset, invalid HTTP, a `101`, both
+    /// framings on one answer.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Every kind, in the order their series are listed.
+    pub const ALL: [UpstreamFailure; 4] =
+        [UpstreamFailure::Connect, UpstreamFailure::Timeout, UpstreamFailure::Tls, UpstreamFailure::Protocol];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Protocol => "protocol",
+        }
     }
 }
 
@@ -150,6 +245,7 @@ mod tests {
             (Refusal::InvalidPath("x"), 400, "invalid_path"),
             (Refusal::InvalidBody("x".into()), 400, "invalid_body"),
             (Refusal::BadRequest("x"), 400, "bad_request"),
+            (Refusal::AmbiguousFraming, 400, "bad_request"),
             (Refusal::CallerNotAllowed, 403, "caller_not_allowed"),
             (Refusal::ClientMismatch, 403, "client_mismatch"),
             (Refusal::NoRoute, 404, "no_route"),
@@ -157,7 +253,7 @@ mod tests {
             (Refusal::MethodNotAllowed("GET".into()), 405, "method_not_allowed"),
             (Refusal::BodyTooLarge, 413, "body_too_large"),
             (Refusal::HeadersTooLarge, 431, "headers_too_large"),
-            (Refusal::UpstreamUnavailable(Failure::Connect), 502, "upstream_unavailable"),
+            (Refusal::UpstreamUnavailable(UpstreamFailure::Connect), 502, "upstream_unavailable"),
             (Refusal::Overloaded, 503, "overloaded"),
             (Refusal::ShuttingDown, 503, "shutting_down"),
             (Refusal::NotReady("x"), 503, "not_ready"),
@@ -168,6 +264,17 @@ mod tests {
             assert_eq!(response.status().as_u16(), status, "{code}");
             assert_eq!(response.headers()[ERROR_HEADER], code);
             assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        }
+    }
+
+    #[test]
+    fn only_draining_and_ambiguous_framing_close_the_connection() {
+        let closing = [Refusal::ShuttingDown, Refusal::AmbiguousFraming];
+        for refusal in closing {
+            assert_eq!(refusal.into_response().headers()[header::CONNECTION], "close");
+        }
+        for refusal in [Refusal::BadRequest("x"), Refusal::Overloaded, Refusal::NoRoute] {
+            assert!(refusal.into_response().headers().get(header::CONNECTION).is_none());
         }
     }
 

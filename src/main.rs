@@ -1,5 +1,4 @@
 //! The `keygate` binary: parse the command line and hand over to the library.
-#![forbid(unsafe_code)]
 
 use clap::Parser;
 

@@ -1,13 +1,15 @@
-//! Prometheus metrics (design §6): names in one place, HELP on every metric, labels
-//! only from config and closed sets. One explicit [`Registry`] per [`Metrics`], so
-//! tests each get their own.
+//! Prometheus metrics (docs/metrics.md): names in one place, HELP on every metric,
+//! labels only from config and closed sets. One explicit [`Registry`] per [`Metrics`],
+//! so tests each get their own.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
 use crate::config::Snapshot;
+use crate::error::UpstreamFailure;
 
 /// Buckets from 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -18,54 +20,133 @@ const BUCKETS: &[f64] = &[
 /// Every metric keygate exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
-    pub upstream_duration: HistogramVec,
-    pub denied: IntCounterVec,
-    pub shadow_denied: IntCounterVec,
-    pub upstream_errors: IntCounterVec,
-    pub upstream_auth_failures: IntCounterVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) denied: IntCounterVec,
+    pub(crate) shadow_denied: IntCounterVec,
+    pub(crate) upstream_errors: IntCounterVec,
+    pub(crate) upstream_auth_failures: IntCounterVec,
     pub in_flight: IntGauge,
-    pub connections_open: IntGauge,
-    pub reloads: IntCounterVec,
-    pub last_reload_successful: IntGauge,
-    pub last_reload_success_timestamp: Gauge,
-    pub generation: IntGauge,
-    pub secret_loaded: GaugeVec,
-    pub tls_cert_expiry: Gauge,
+    pub(crate) connections_open: IntGauge,
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) last_reload_successful: IntGauge,
+    pub(crate) last_reload_success_timestamp: Gauge,
+    pub(crate) generation: IntGauge,
+    pub(crate) secret_loaded: GaugeVec,
+    pub(crate) tls_cert_expiry: Gauge,
     tls_registered: std::sync::Once,
-    pub build_info: IntGauge,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(c.clone())).expect("unique metric name");
-    c
+/// One metric: its name, HELP text and labels.
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-    let h = HistogramVec::new(opts, labels).expect("static metric definition");
-    registry.register(Box::new(h.clone())).expect("unique metric name");
-    h
+const REQUESTS: Def = Def {
+    name: "keygate_requests_total",
+    help: "Requests answered, by route, operation, caller group and status code.",
+    labels: &["route", "operation", "caller", "code"],
+};
+const REQUEST_DURATION: Def = Def {
+    name: "keygate_request_duration_seconds",
+    help: "Time from request head to the last byte of the response.",
+    labels: &["route", "operation"],
+};
+const UPSTREAM_DURATION: Def = Def {
+    name: "keygate_upstream_duration_seconds",
+    help: "Time from sending upstream to the upstream's response head.",
+    labels: &["route", "operation"],
+};
+const DENIED: Def = Def {
+    name: "keygate_denied_total",
+    help: "Requests keygate refused itself, by error code.",
+    labels: &["route", "reason"],
+};
+const SHADOW_DENIED: Def = Def {
+    name: "keygate_shadow_denied_total",
+    help: "Requests the route's shadow_allow list would have refused.",
+    labels: &["route"],
+};
+const UPSTREAM_ERRORS: Def = Def {
+    name: "keygate_upstream_errors_total",
+    help: "Failed upstream calls, by kind (connect, timeout, tls, protocol).",
+    labels: &["route", "kind"],
+};
+const UPSTREAM_AUTH_FAILURES: Def = Def {
+    name: "keygate_upstream_auth_failures_total",
+    help: "Upstream 401/403 answers: key revoked or egress IP not allowlisted.",
+    labels: &["route"],
+};
+const IN_FLIGHT: Def =
+    Def { name: "keygate_requests_in_flight", help: "Requests being handled now.", labels: &[] };
+const CONNECTIONS_OPEN: Def =
+    Def { name: "keygate_connections_open", help: "Caller connections open now.", labels: &[] };
+const RELOADS: Def = Def {
+    name: "keygate_config_reloads_total",
+    help: "Config reload attempts, by result.",
+    labels: &["result"],
+};
+const LAST_RELOAD_SUCCESSFUL: Def = Def {
+    name: "keygate_config_last_reload_successful",
+    help: "1 when the last reload attempt succeeded, else 0.",
+    labels: &[],
+};
+const LAST_RELOAD_SUCCESS_TIMESTAMP: Def = Def {
+    name: "keygate_config_last_reload_success_timestamp_seconds",
+    help: "When a config was last applied, Unix time.",
+    labels: &[],
+};
+const GENERATION: Def = Def {
+    name: "keygate_config_generation",
+    help: "Generation of the running config; bumps on every applied change.",
+    labels: &[],
+};
+const SECRET_LOADED: Def = Def {
+    name: "keygate_secret_loaded_timestamp_seconds",
+    help: "When each secret was last (re)loaded, Unix time.",
+    labels: &["secret"],
+};
+const TLS_CERT_EXPIRY: Def = Def {
+    name: "keygate_tls_cert_expiry_timestamp_seconds",
+    help: "notAfter of the serving certificate, Unix time.",
+    labels: &[],
+};
+const BUILD_INFO: Def = Def { name: "keygate_build_info", help: "keygate's version; always 1.", labels: &[] };
+
+/// A metric built from a literal definition, registered in `registry` when given.
+/// Both steps fail only for a malformed name or a name registered twice, which the
+/// definitions above rule out (and `every_metric_is_registered_once_with_help` checks).
+#[expect(clippy::expect_used, reason = "literal definitions, each registered once: checked by a unit test")]
+fn build<M: Collector + Clone + 'static>(registry: Option<&Registry>, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("literal metric definition");
+    if let Some(registry) = registry {
+        registry.register(Box::new(metric.clone())).expect("unique metric name");
+    }
+    metric
 }
 
-fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("static metric definition");
-    registry.register(Box::new(g.clone())).expect("unique metric name");
-    g
+fn counter(r: &Registry, d: &Def) -> IntCounterVec {
+    build(Some(r), IntCounterVec::new(Opts::new(d.name, d.help), d.labels))
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
-    let g = Gauge::new(name, help).expect("static metric definition");
-    registry.register(Box::new(g.clone())).expect("unique metric name");
-    g
+fn histogram(r: &Registry, d: &Def) -> HistogramVec {
+    build(Some(r), HistogramVec::new(HistogramOpts::new(d.name, d.help).buckets(BUCKETS.to_vec()), d.labels))
+}
+
+fn int_gauge(r: &Registry, d: &Def) -> IntGauge {
+    build(Some(r), IntGauge::new(d.name, d.help))
+}
+
+fn gauge(r: Option<&Registry>, d: &Def) -> Gauge {
+    build(r, Gauge::new(d.name, d.help))
 }
 
 impl Metrics {
-    /// Registers every metric in a fresh registry. The definitions are static, so the
-    /// `expect`s cannot fire.
-    pub fn new() -> Metrics {
+    /// Registers every metric in a fresh registry.
+    pub(crate) fn new() -> Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
         {
@@ -73,99 +154,31 @@ impl Metrics {
             // Registration fails only on a duplicate; this registry is new.
             let _ = r.register(Box::new(pc));
         }
-        let build_info = {
-            let g = IntGauge::with_opts(
-                Opts::new("keygate_build_info", "keygate's version; always 1.")
-                    .const_label("version", env!("CARGO_PKG_VERSION")),
-            )
-            .expect("static metric definition");
-            r.register(Box::new(g.clone())).expect("unique metric name");
-            g.set(1);
-            g
-        };
-        let secret_loaded = GaugeVec::new(
-            Opts::new(
-                "keygate_secret_loaded_timestamp_seconds",
-                "When each secret was last (re)loaded, Unix time.",
-            ),
-            &["secret"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(secret_loaded.clone())).expect("unique metric name");
+        let version =
+            Opts::new(BUILD_INFO.name, BUILD_INFO.help).const_label("version", env!("CARGO_PKG_VERSION"));
+        let build_info = build(Some(&r), IntGauge::with_opts(version));
+        build_info.set(1);
         let m = Metrics {
-            requests: counter(
-                &r,
-                "keygate_requests_total",
-                "Requests answered, by route, operation, caller group and status code.",
-                &["route", "operation", "caller", "code"],
+            requests: counter(&r, &REQUESTS),
+            request_duration: histogram(&r, &REQUEST_DURATION),
+            upstream_duration: histogram(&r, &UPSTREAM_DURATION),
+            denied: counter(&r, &DENIED),
+            shadow_denied: counter(&r, &SHADOW_DENIED),
+            upstream_errors: counter(&r, &UPSTREAM_ERRORS),
+            upstream_auth_failures: counter(&r, &UPSTREAM_AUTH_FAILURES),
+            in_flight: int_gauge(&r, &IN_FLIGHT),
+            connections_open: int_gauge(&r, &CONNECTIONS_OPEN),
+            reloads: counter(&r, &RELOADS),
+            last_reload_successful: int_gauge(&r, &LAST_RELOAD_SUCCESSFUL),
+            last_reload_success_timestamp: gauge(Some(&r), &LAST_RELOAD_SUCCESS_TIMESTAMP),
+            generation: int_gauge(&r, &GENERATION),
+            secret_loaded: build(
+                Some(&r),
+                GaugeVec::new(Opts::new(SECRET_LOADED.name, SECRET_LOADED.help), SECRET_LOADED.labels),
             ),
-            request_duration: histogram(
-                &r,
-                "keygate_request_duration_seconds",
-                "Time from request head to the last byte of the response.",
-                &["route", "operation"],
-            ),
-            upstream_duration: histogram(
-                &r,
-                "keygate_upstream_duration_seconds",
-                "Time from sending upstream to the upstream's response head.",
-                &["route", "operation"],
-            ),
-            denied: counter(
-                &r,
-                "keygate_denied_total",
-                "Requests keygate refused itself, by error code.",
-                &["route", "reason"],
-            ),
-            shadow_denied: counter(
-                &r,
-                "keygate_shadow_denied_total",
-                "Requests the route's shadow_allow list would have refused.",
-                &["route"],
-            ),
-            upstream_errors: counter(
-                &r,
-                "keygate_upstream_errors_total",
-                "Failed upstream calls, by kind (connect, timeout, tls, protocol).",
-                &["route", "kind"],
-            ),
-            upstream_auth_failures: counter(
-                &r,
-                "keygate_upstream_auth_failures_total",
-                "Upstream 401/403 answers: key revoked or egress IP not allowlisted.",
-                &["route"],
-            ),
-            in_flight: int_gauge(&r, "keygate_requests_in_flight", "Requests being handled now."),
-            connections_open: int_gauge(&r, "keygate_connections_open", "Caller connections open now."),
-            reloads: counter(
-                &r,
-                "keygate_config_reloads_total",
-                "Config reload attempts, by result.",
-                &["result"],
-            ),
-            last_reload_successful: int_gauge(
-                &r,
-                "keygate_config_last_reload_successful",
-                "1 when the last reload attempt succeeded, else 0.",
-            ),
-            last_reload_success_timestamp: gauge(
-                &r,
-                "keygate_config_last_reload_success_timestamp_seconds",
-                "When a config was last applied, Unix time.",
-            ),
-            generation: int_gauge(
-                &r,
-                "keygate_config_generation",
-                "Generation of the running config; bumps on every applied change.",
-            ),
-            secret_loaded,
-            tls_cert_expiry: Gauge::new(
-                "keygate_tls_cert_expiry_timestamp_seconds",
-                "notAfter of the serving certificate, Unix time.",
-            )
-            .expect("static metric definition"),
+            // Registered on first use: it exists only with TLS.
+            tls_cert_expiry: gauge(None, &TLS_CERT_EXPIRY),
             tls_registered: std::sync::Once::new(),
-            build_info,
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -175,7 +188,7 @@ impl Metrics {
     }
 
     /// Sets the expiry gauge, registering it on first use (it exists only with TLS).
-    pub fn set_tls_expiry(&self, not_after_unix: f64) {
+    pub(crate) fn set_tls_expiry(&self, not_after_unix: f64) {
         self.tls_registered.call_once(|| {
             let _ = self.registry.register(Box::new(self.tls_cert_expiry.clone()));
         });
@@ -184,7 +197,7 @@ impl Metrics {
 
     /// Records a newly applied snapshot: generation, reload time, secret load times,
     /// and zeroed series for the closed label sets of its routes.
-    pub fn applied(&self, snapshot: &Snapshot) {
+    pub(crate) fn applied(&self, snapshot: &Snapshot) {
         self.generation.set(snapshot.generation as i64);
         self.last_reload_successful.set(1);
         self.last_reload_success_timestamp.set(unix(snapshot.loaded_at));
@@ -197,8 +210,8 @@ impl Metrics {
         }
         for route in snapshot.routes.routes() {
             self.upstream_auth_failures.with_label_values(&[&route.name]);
-            for kind in ["connect", "timeout", "tls", "protocol"] {
-                self.upstream_errors.with_label_values(&[&route.name, kind]);
+            for kind in UpstreamFailure::ALL {
+                self.upstream_errors.with_label_values(&[&route.name, kind.label()]);
             }
             if route.shadow_allow.is_some() {
                 self.shadow_denied.with_label_values(&[&route.name]);
@@ -207,13 +220,13 @@ impl Metrics {
     }
 
     /// Counts a failed reload.
-    pub fn reload_failed(&self) {
+    pub(crate) fn reload_failed(&self) {
         self.reloads.with_label_values(&["failure"]).inc();
         self.last_reload_successful.set(0);
     }
 
     /// Counts a successful reload (not the initial load).
-    pub fn reload_succeeded(&self, snapshot: &Snapshot) {
+    pub(crate) fn reload_succeeded(&self, snapshot: &Snapshot) {
         self.reloads.with_label_values(&["success"]).inc();
         self.applied(snapshot);
     }
@@ -225,20 +238,54 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
-
-    /// The registry (for tests and extra collectors).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
 }
 
 /// Seconds since the Unix epoch.
-pub fn unix(t: std::time::SystemTime) -> f64 {
+pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [&Def; 16] = [
+        &REQUESTS,
+        &REQUEST_DURATION,
+        &UPSTREAM_DURATION,
+        &DENIED,
+        &SHADOW_DENIED,
+        &UPSTREAM_ERRORS,
+        &UPSTREAM_AUTH_FAILURES,
+        &IN_FLIGHT,
+        &CONNECTIONS_OPEN,
+        &RELOADS,
+        &LAST_RELOAD_SUCCESSFUL,
+        &LAST_RELOAD_SUCCESS_TIMESTAMP,
+        &GENERATION,
+        &SECRET_LOADED,
+        &TLS_CERT_EXPIRY,
+        &BUILD_INFO,
+    ];
+
+    #[test]
+    fn every_metric_is_registered_once_with_help() {
+        let m = Metrics::new();
+        m.set_tls_expiry(1.0);
+        // One series of each labelled family, so that every family is rendered.
+        m.requests.with_label_values(&["r", "o", "c", "200"]).inc();
+        m.request_duration.with_label_values(&["r", "o"]).observe(0.1);
+        m.upstream_duration.with_label_values(&["r", "o"]).observe(0.1);
+        m.denied.with_label_values(&["r", "no_route"]).inc();
+        m.shadow_denied.with_label_values(&["r"]).inc();
+        m.upstream_errors.with_label_values(&["r", "tls"]).inc();
+        m.upstream_auth_failures.with_label_values(&["r"]).inc();
+        m.secret_loaded.with_label_values(&["s"]).set(1.0);
+        let text = m.render();
+        for def in ALL {
+            assert!(text.contains(&format!("# HELP {} {}\n", def.name, def.help)), "{}", def.name);
+            assert_eq!(text.matches(&format!("# TYPE {} ", def.name)).count(), 1, "{}", def.name);
+        }
+        assert!(text.contains(&format!("keygate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    }
 }

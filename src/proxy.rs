@@ -1,39 +1,30 @@
 //! The request pipeline: an ordered list of small steps, each either passing the
 //! request on or answering it. Each step says why it sits where it sits.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use zeroize::Zeroizing;
 
 use crate::access::Exchange;
 use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
 use crate::caller::Caller;
 use crate::config::Snapshot;
-use crate::error::Refusal;
+use crate::conn::ConnInfo;
+use crate::error::{Refusal, UpstreamFailure};
 use crate::gateway::Gateway;
 use crate::rewrite;
-use crate::routes::{Inject, Kind, Preset, Route, Target, check_path};
+use crate::routes::{Kind, Route, Target, check_path, upsert};
 use crate::scrub;
-use crate::upstream::{Failure, Lease};
-
-/// What the connection tells the pipeline about the caller.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// SAN URIs / DNS names of a verified client certificate (mTLS), else empty.
-    pub identities: Arc<[String]>,
-}
+use crate::upstream::Lease;
 
 /// Handles one request end to end. Never fails: refusals are responses. `guard` (the
 /// connection's own bookkeeping) is kept until the response's last byte, after the
 /// access record is written.
-pub async fn handle(
+pub(crate) async fn handle(
     gw: Arc<Gateway>,
     conn: ConnInfo,
     request: Request<Incoming>,
@@ -47,18 +38,13 @@ pub async fn handle(
         Ok(response) => response,
         Err(refusal) => {
             exchange.refused(&gw, &refusal);
-            // After a framing refusal nothing more on this connection can be trusted.
-            let close = refusal == Refusal::BadRequest(AMBIGUOUS_FRAMING);
-            let mut response = refusal.into_response();
-            if close {
-                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
+            refusal.into_response()
         }
     };
     exchange.finish(gw, response, bytes_in, guard)
 }
 
+/// The steps of one request, in order. The first that answers ends it.
 async fn pipeline(
     gw: &Gateway,
     snapshot: &Snapshot,
@@ -71,27 +57,9 @@ async fn pipeline(
     if gw.is_shutting_down() {
         return Err(Refusal::ShuttingDown);
     }
-    // Size first: nothing else should spend work on an oversized head.
-    if head_size(&request) > snapshot.server.max_header_bytes {
-        return Err(Refusal::HeadersTooLarge);
-    }
-    // Framing before anything reads the body: hyper refuses a `chunked` that is not the
-    // last coding; anything but one plain `chunked` line is refused too, since a proxy
-    // in front may frame it differently and re-framing upstream would drop a coding.
-    if !plain_framing(request.headers()) {
-        return Err(Refusal::BadRequest(AMBIGUOUS_FRAMING));
-    }
-    // RFC 9112 §3.2: more than one Host line is a 400, and so is an HTTP/1.1 request
-    // without one (HTTP/1.0 may omit it; HTTP/2 carries `:authority`). keygate routes by
-    // path alone, but a proxy in front might have routed by the line it picked.
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => return Err(Refusal::BadRequest("more than one Host header")),
-        (None, _) if request.version() == Version::HTTP_11 => {
-            return Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header"));
-        }
-        _ => {}
-    }
+    // The head alone, before routing: nothing should spend work on a head that is too
+    // large or that a proxy in front may read another way.
+    check_head(snapshot, &request)?;
     // Paths are checked before routing so no trick can reach a prefix it should not.
     let path = request.uri().path();
     check_path(path)?;
@@ -99,23 +67,73 @@ async fn pipeline(
     let route = route.clone();
     exchange.route = Some(route.clone());
     // Who is calling decides everything below; an unknown caller learns nothing more.
-    let caller = snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone());
-    exchange.caller = caller.group.clone();
-    exchange.caller_addr = caller.addr;
-    shadow_check(gw, &route, &caller);
-    if !route.allow.permits(&caller) {
-        return Err(Refusal::CallerNotAllowed);
-    }
+    admit(gw, snapshot, conn, &route, &request, exchange)?;
     let target = route.target(request.method(), remainder)?;
     exchange.operation = target.operation;
     // A declared length over the limit is refused before any byte (or 100 Continue).
     if declared_length(request.headers()).is_some_and(|n| n > route.max_body_bytes) {
         return Err(Refusal::BodyTooLarge);
     }
-
+    // Only now is the request rewritten and its body read: strip, inject, body.
     let upstream_request = build_request(snapshot, &route, &target, request, bytes_in).await?;
+    let (response, lease) = send(gw, &route, &target, upstream_request, bytes_in).await?;
+    exchange.upstream_status = Some(response.status());
+    Ok(downstream(snapshot, &route, response, lease).await)
+}
+
+/// Refuses a head that is too large or that can be read two ways: any framing but one
+/// plain `chunked`, and anything but exactly one `Host` line on HTTP/1.1.
+fn check_head(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<(), Refusal> {
+    if head_size(request) > snapshot.server.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    // Before anything reads the body: hyper refuses a `chunked` that is not the last
+    // coding; anything but one plain `chunked` line is refused too, since a proxy in
+    // front may frame it differently and re-framing upstream would drop a coding.
+    if !plain_framing(request.headers()) {
+        return Err(Refusal::AmbiguousFraming);
+    }
+    // RFC 9112 §3.2: more than one Host line is a 400, and so is an HTTP/1.1 request
+    // without one (HTTP/1.0 may omit it; HTTP/2 carries `:authority`). keygate routes by
+    // path alone, but a proxy in front might have routed by the line it picked.
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(Refusal::BadRequest("more than one Host header")),
+        (None, _) if request.version() == Version::HTTP_11 => {
+            Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Identifies the caller, notes it on the exchange, and refuses it unless the route's
+/// `allow` admits it (`shadow_allow` is only counted).
+fn admit(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    route: &Route,
+    request: &Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<(), Refusal> {
+    let caller = snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone());
+    exchange.caller = caller.group.clone();
+    exchange.caller_addr = caller.addr;
+    shadow_check(gw, route, &caller);
+    if route.allow.permits(&caller) { Ok(()) } else { Err(Refusal::CallerNotAllowed) }
+}
+
+/// Sends the request and times it. A `101` and every failure become refusals; a 401
+/// or 403 is counted, since it means the key or the egress address was refused.
+async fn send(
+    gw: &Gateway,
+    route: &Route,
+    target: &Target,
+    request: Request<ProxyBody>,
+    bytes_in: &Meter,
+) -> Result<(Response<Incoming>, Lease), Refusal> {
     let started = Instant::now();
-    let result = route.upstream.send(upstream_request, route.response_timeout).await;
+    let result = route.upstream.send(request, route.response_timeout).await;
     gw.metrics
         .upstream_duration
         .with_label_values(&[&route.name, target.operation])
@@ -124,16 +142,15 @@ async fn pipeline(
         // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
         // on would tell the caller a tunnel exists.
         Ok((response, _)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            return Err(upstream_failure(gw, &route, Failure::Protocol, bytes_in));
+            return Err(upstream_failure(gw, route, UpstreamFailure::Protocol, bytes_in));
         }
         Ok(answer) => answer,
-        Err(failure) => return Err(upstream_failure(gw, &route, failure, bytes_in)),
+        Err(failure) => return Err(upstream_failure(gw, route, failure, bytes_in)),
     };
-    exchange.upstream_status = Some(response.status());
     if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         gw.metrics.upstream_auth_failures.with_label_values(&[&route.name]).inc();
     }
-    Ok(downstream(snapshot, &route, response, lease).await)
+    Ok((response, lease))
 }
 
 /// Counts and logs a request the route's `shadow_allow` would refuse; never decides.
@@ -156,30 +173,6 @@ fn head_size(request: &Request<Incoming>) -> usize {
     let line = request.method().as_str().len() + uri_len(request.uri()) + 12;
     request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
 }
-
-/// The header the export key travels in.
-const X_RJM_API_KEY: HeaderName = HeaderName::from_static("x-rjm-api-key");
-
-/// What every BI route removes from callers: their own credentials and cookies, and the
-/// headers that ask a server or a framework in front of the API to rewrite the target
-/// (`X-Original-URL`, `X-Rewrite-URL`), the URL it believes it serves
-/// (`X-Forwarded-Host/-Proto/-Prefix`) or the method (the `*-Method-Override` family).
-static PRESET_DROP: [HeaderName; 11] = [
-    header::AUTHORIZATION,
-    header::COOKIE,
-    X_RJM_API_KEY,
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
-
-/// The reason given for a request whose `Transfer-Encoding` is not one plain `chunked`.
-const AMBIGUOUS_FRAMING: &str = "Transfer-Encoding must be a single \"chunked\"";
 
 /// True when the request has no `Transfer-Encoding`, or exactly one line reading `chunked`.
 fn plain_framing(headers: &http::HeaderMap) -> bool {
@@ -212,72 +205,58 @@ async fn build_request(
     bytes_in: &Arc<Meter>,
 ) -> Result<Request<ProxyBody>, Refusal> {
     let (parts, incoming) = request.into_parts();
-    let credential = target.credential.then(|| route.secret.as_ref());
-
-    // Removal happens on the caller's headers before injection, so a `Connection`
-    // naming the credential header cannot strip the real one.
-    let generic_drop;
-    let generic_names;
-    let drop: &[HeaderName];
-    let query_names: &[&str];
-    let mut inject_header: Option<(HeaderName, HeaderValue)> = None;
-    let mut inject_query: Option<&str> = None;
-    let unsendable = |_| Refusal::NotReady("the secret cannot be sent in a header");
-    match &route.kind {
-        Kind::Preset { preset, .. } => {
-            drop = &PRESET_DROP;
-            query_names = &["apikey"];
-            match preset {
-                Preset::Import => inject_query = Some("apikey"),
-                Preset::Export => {
-                    if let Some(secret) = credential {
-                        let value = HeaderValue::from_str(secret.expose()).map_err(unsendable)?;
-                        inject_header = Some((X_RJM_API_KEY, value));
-                    }
-                }
-            }
-        }
-        Kind::Generic { inject, .. } => match inject {
-            Inject::Header { name, prefix, suffix } => {
-                generic_drop = [name.clone()];
-                drop = &generic_drop;
-                query_names = &[];
-                if let Some(secret) = credential {
-                    let text = Zeroizing::new(format!("{prefix}{}{suffix}", secret.expose()));
-                    inject_header = Some((name.clone(), HeaderValue::from_str(&text).map_err(unsendable)?));
-                }
-            }
-            Inject::Query(name) => {
-                drop = &[];
-                generic_names = [name.as_str()];
-                query_names = &generic_names;
-                inject_query = Some(name);
-            }
-        },
-    }
-    let query_inject = inject_query.zip(credential);
-    let query = rewrite::rewrite_query(parts.uri.query(), query_names, query_inject)?;
-    let mut headers = rewrite::request_headers(&parts.headers, drop);
+    let credential = &route.credential;
+    // Removal works on the caller's headers and query before the real credential is
+    // added, so nothing a caller sends (a `Connection` naming the credential header, a
+    // second copy) can remove or shadow it.
+    let mut headers = credential.strip_headers(&parts.headers);
     // So that an error body comes back in a coding keygate can read for secrets.
     scrub::body::accept_encoding(&mut headers);
-    if let Some((name, mut value)) = inject_header {
-        value.set_sensitive(true);
-        headers.insert(name, value);
+    let query = credential
+        .query_for(parts.uri.query(), target.credential)
+        .map_err(|refused| Refusal::BadRequest(refused.reason()))?;
+    if target.credential {
+        credential.inject_header(&mut headers);
     }
     let uri = route
         .upstream
         .uri(&target.path, query.as_deref())
         .map_err(|_| Refusal::InvalidPath("the path cannot be forwarded"))?;
+    let body = request_body(snapshot, route, target, &parts, incoming, bytes_in).await?;
 
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// The body sent upstream: a checked upsert whole, nothing for a BI `GET`, anything
+/// else streamed within the route's limit and the idle timeout.
+async fn request_body(
+    snapshot: &Snapshot,
+    route: &Route,
+    target: &Target,
+    parts: &http::request::Parts,
+    incoming: Incoming,
+    bytes_in: &Arc<Meter>,
+) -> Result<ProxyBody, Refusal> {
     let limit = Some(route.max_body_bytes);
     let idle = Some(snapshot.server.idle_timeout);
     let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
-    let body = if target.validate_upsert {
+    if target.validate_upsert {
         // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
         let bytes = Box::pin(metered.collect()).await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
-        crate::routes::preset::validate_upsert(&bytes).map_err(Refusal::InvalidBody)?;
-        body::full(bytes)
-    } else if matches!(route.kind, Kind::Preset { .. })
+        // The first problem is the answer (the sandbox, like the vendor, lists them all).
+        if let Err(problems) = upsert::check(&bytes) {
+            return Err(Refusal::InvalidBody(
+                problems.into_iter().next().map_or_else(String::new, |p| p.to_string()),
+            ));
+        }
+        return Ok(body::full(bytes));
+    }
+    if matches!(route.kind, Kind::Preset { .. })
         && (parts.method == Method::GET || parts.method == Method::HEAD)
     {
         // No BI GET takes a body; one here is a mistake or a smuggling attempt.
@@ -286,17 +265,9 @@ async fn build_request(
         {
             return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
         }
-        body::empty()
-    } else {
-        metered.boxed_unsync()
-    };
-
-    let mut out = Request::new(body);
-    *out.method_mut() = parts.method;
-    *out.uri_mut() = uri;
-    *out.version_mut() = Version::HTTP_11;
-    *out.headers_mut() = headers;
-    Ok(out)
+        return Ok(body::empty());
+    }
+    Ok(metered.boxed_unsync())
 }
 
 fn body_refusal(bytes_in: &Meter) -> Refusal {
@@ -309,13 +280,13 @@ fn body_refusal(bytes_in: &Meter) -> Refusal {
 
 /// Maps an upstream failure to keygate's answer and counts it. A request body that
 /// broke its own limits is the caller's fault, not the upstream's.
-fn upstream_failure(gw: &Gateway, route: &Route, failure: Failure, bytes_in: &Meter) -> Refusal {
+fn upstream_failure(gw: &Gateway, route: &Route, failure: UpstreamFailure, bytes_in: &Meter) -> Refusal {
     if bytes_in.failure().is_some() {
         return body_refusal(bytes_in);
     }
     gw.metrics.upstream_errors.with_label_values(&[&route.name, failure.label()]).inc();
     match failure {
-        Failure::Timeout => Refusal::UpstreamTimeout,
+        UpstreamFailure::Timeout => Refusal::UpstreamTimeout,
         kind => Refusal::UpstreamUnavailable(kind),
     }
 }
@@ -330,22 +301,13 @@ async fn downstream(
     mut lease: Lease,
 ) -> Response<ProxyBody> {
     let (mut parts, incoming) = response.into_parts();
-    let both;
-    let query_names: &[&str] = match &route.kind {
-        Kind::Generic { inject: Inject::Query(name), .. } => {
-            both = ["apikey", name.as_str()];
-            &both
-        }
-        _ => &["apikey"],
-    };
-    rewrite::response_headers(&mut parts.headers, &snapshot.scrub, query_names);
+    rewrite::response_headers(&mut parts.headers, &snapshot.scrub, route.credential.location_query());
     let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
     // The upstream connection is reused only after this body has been read whole.
     let meter = Arc::new(Meter::default());
     lease.watch(&meter);
-    let streamed = Metered::new(incoming, meter, None, idle)
-        .with_guard(Box::new(lease))
-        .scrub_trailers(snapshot.scrub.clone());
+    let metered = Metered::new(incoming, meter, None, idle).with_guard(Box::new(lease));
+    let streamed = scrub::body::Trailers::new(metered, snapshot.scrub.clone());
 
     let body = if parts.status.is_success() {
         streamed.boxed_unsync()

@@ -1,19 +1,21 @@
-//! What changes on the way up and down (design §3).
+//! What changes on the way up and down, mechanically (docs/presets.md, "On the way up"
+//! and "On the way down"): which headers no route forwards, and how a query is rid of
+//! named parameters. Which names those are for a route is its credential's business
+//! ([`crate::routes::credential`]).
 //!
 //! Up: hop-by-hop headers (and every header `Connection` names), forwarding headers,
-//! header names with `_`, and every caller copy of the credential are removed *before*
-//! the one real credential is added, so nothing a caller sends can remove or shadow it.
-//! Down: hop-by-hop headers go, `apikey` leaves `Location`, and every secret is
-//! scrubbed from what remains ([`crate::scrub`] owns what that means).
+//! header names with `_`, and the route's own list are removed *before* the one real
+//! credential is added, so nothing a caller sends can remove or shadow it.
+//! Down: hop-by-hop headers go, the route's credential names leave `Location`, and
+//! every secret is scrubbed from what remains ([`crate::scrub`] owns what that means).
 
 use std::borrow::Cow;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{percent_decode_str, utf8_percent_encode};
 
-use crate::error::Refusal;
 use crate::scrub::Scrubber;
-use crate::secret::Secret;
+use crate::secret::{QUERY_VALUE, Secret};
 
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the
 /// legacy `Proxy-Connection`.
@@ -43,14 +45,10 @@ static HOP_BY_HOP_NAMES: [HeaderName; 8] = [
 /// Headers that would tell the upstream about callers or let them vouch for themselves.
 const FORWARDING: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
 
-/// Everything but RFC 3986 unreserved characters is encoded in injected values.
-pub(crate) const QUERY_VALUE: &AsciiSet =
-    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
 /// True for the headers that frame or route the request on its way up: the hop-by-hop
 /// ones, `Host`, `Content-Length` and `Expect`. keygate never forwards a caller's copy
 /// and sets them itself where needed, so none of them can carry a credential.
-pub fn frames_request(name: &HeaderName) -> bool {
+pub(crate) fn frames_request(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
         || name == header::HOST
         || name == header::CONTENT_LENGTH
@@ -58,8 +56,9 @@ pub fn frames_request(name: &HeaderName) -> bool {
 }
 
 /// Builds the header map sent upstream: the caller's headers minus everything keygate
-/// must not forward. `drop` lists the route's credential header and, for BI presets,
-/// the caller's credentials, cookies and the headers that steer a server's routing.
+/// must not forward. `drop` is the route's own list (its credential header and, for BI
+/// presets, the caller's credentials, cookies and the headers that steer a server's
+/// routing: [`crate::routes::credential`]).
 pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     let named_by_connection = connection_tokens(caller);
     let mut out = HeaderMap::with_capacity(caller.len());
@@ -77,9 +76,10 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     out
 }
 
-/// Cleans the upstream's response headers in place: hop-by-hop headers, `apikey` in
-/// `Location`, then every header whose name or value holds a secret.
-pub fn response_headers(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[&str]) {
+/// Cleans the upstream's response headers in place: hop-by-hop headers, the parameters
+/// `query_names` (the route's credential's) in `Location`, then every header whose name
+/// or value holds a secret.
+pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[S]) {
     for name in connection_tokens(headers) {
         headers.remove(name.as_str());
     }
@@ -158,10 +158,10 @@ fn param_name(raw_name: &str, name: &str) -> ParamName {
 }
 
 /// The strongest reading of `raw_name` over every credential name.
-fn param_name_of(raw_name: &str, names: &[&str]) -> ParamName {
+fn param_name_of<S: AsRef<str>>(raw_name: &str, names: &[S]) -> ParamName {
     let mut kind = ParamName::Other;
     for name in names {
-        match param_name(raw_name, name) {
+        match param_name(raw_name, name.as_ref()) {
             ParamName::LookAlike => return ParamName::LookAlike,
             ParamName::Copy => kind = ParamName::Copy,
             ParamName::Other => {}
@@ -198,8 +198,36 @@ fn looks_like(decoded: &str, name: &str) -> bool {
     rest.next().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
-/// Why a query naming a credential in disguise is refused.
-const LOOK_ALIKE: &str = "a query parameter name looks like a credential name";
+/// Why a query cannot be forwarded: it names a credential where some parser might
+/// read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueryRefused {
+    /// A parameter name that only looks like a credential name (see [`param_name`]).
+    #[error("a query parameter name looks like a credential name")]
+    LookAlike,
+    /// A `;`-separated piece names a credential: some servers split on `;`.
+    #[error("a query parameter hides a credential name after ';'")]
+    Hidden,
+}
+
+impl QueryRefused {
+    /// The reason, as a fixed sentence (the refusal's message names it).
+    pub fn reason(self) -> &'static str {
+        match self {
+            QueryRefused::LookAlike => "a query parameter name looks like a credential name",
+            QueryRefused::Hidden => "a query parameter hides a credential name after ';'",
+        }
+    }
+}
+
+/// The value of an injected query parameter.
+#[derive(Clone, Copy)]
+pub(crate) enum QueryValue<'a> {
+    /// Already percent-encoded (as [`crate::routes::credential`] builds it once).
+    Encoded(&'a str),
+    /// Percent-encoded as it is written out.
+    Raw(&'a Secret),
+}
 
 /// Removes every parameter naming any of `names` from a raw query string and, when
 /// `inject` is given, appends exactly one `inject.0=<encoded inject.1>`. Other
@@ -210,7 +238,16 @@ pub fn rewrite_query(
     query: Option<&str>,
     names: &[&str],
     inject: Option<(&str, &Secret)>,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<String>, QueryRefused> {
+    rewrite_query_with(query, names, inject.map(|(name, secret)| (name, QueryValue::Raw(secret))))
+}
+
+/// [`rewrite_query`], for any list of names and a value that may be encoded already.
+pub(crate) fn rewrite_query_with<S: AsRef<str>>(
+    query: Option<&str>,
+    names: &[S],
+    inject: Option<(&str, QueryValue<'_>)>,
+) -> Result<Option<String>, QueryRefused> {
     if query.is_none_or(str::is_empty) && inject.is_none() {
         return Ok(None);
     }
@@ -219,7 +256,7 @@ pub fn rewrite_query(
         let raw_name = piece.split('=').next().unwrap_or("");
         match param_name_of(raw_name, names) {
             ParamName::Copy => continue,
-            ParamName::LookAlike => return Err(Refusal::BadRequest(LOOK_ALIKE)),
+            ParamName::LookAlike => return Err(QueryRefused::LookAlike),
             ParamName::Other => {}
         }
         let smuggled = piece.split(';').skip(1).any(|sub| {
@@ -227,26 +264,29 @@ pub fn rewrite_query(
             param_name_of(sub_name, names) != ParamName::Other
         });
         if smuggled {
-            return Err(Refusal::BadRequest("a query parameter hides a credential name after ';'"));
+            return Err(QueryRefused::Hidden);
         }
         if !out.is_empty() {
             out.push('&');
         }
         out.push_str(piece);
     }
-    if let Some((name, secret)) = inject {
+    if let Some((name, value)) = inject {
         if !out.is_empty() {
             out.push('&');
         }
         out.push_str(name);
         out.push('=');
-        out.extend(utf8_percent_encode(secret.expose(), QUERY_VALUE));
+        match value {
+            QueryValue::Encoded(encoded) => out.push_str(encoded),
+            QueryValue::Raw(secret) => out.extend(utf8_percent_encode(secret.expose(), QUERY_VALUE)),
+        }
     }
     Ok((!out.is_empty()).then_some(out))
 }
 
 /// Removes credential parameters from the query of a URL (absolute or relative).
-fn strip_from_url(url: &str, names: &[&str]) -> String {
+fn strip_from_url<S: AsRef<str>>(url: &str, names: &[S]) -> String {
     let (before_fragment, fragment) = match url.find('#') {
         Some(i) => url.split_at(i),
         None => (url, ""),
@@ -255,7 +295,7 @@ fn strip_from_url(url: &str, names: &[&str]) -> String {
         return url.to_owned();
     };
     // A refusal here means a `;`-smuggled name: drop the whole query rather than pass it.
-    match rewrite_query(Some(query), names, None) {
+    match rewrite_query_with(Some(query), names, None) {
         Ok(Some(q)) => format!("{base}?{q}{fragment}"),
         Ok(None) | Err(_) => format!("{base}{fragment}"),
     }
@@ -290,7 +330,7 @@ mod tests {
     #[test]
     fn refuses_semicolon_smuggling() {
         let got = rewrite_query(Some("a=1;apikey=evil"), &["apikey"], None);
-        assert!(matches!(got, Err(Refusal::BadRequest(_))));
+        assert_eq!(got, Err(QueryRefused::Hidden));
     }
 
     #[test]
@@ -324,12 +364,22 @@ mod tests {
         for name in look_alikes {
             for query in [format!("{name}=evil"), format!("a=1&{name}"), format!("a=1;{name}=evil")] {
                 let got = rewrite_query(Some(&query), &["apikey"], None);
-                assert!(matches!(got, Err(Refusal::BadRequest(_))), "{query}: {got:?}");
+                assert!(
+                    matches!(got, Err(QueryRefused::LookAlike | QueryRefused::Hidden)),
+                    "{query}: {got:?}"
+                );
             }
         }
         // The rule follows the route's own name (a generic route's `inject.query`).
         let got = rewrite_query(Some("token%00=x"), &["token"], None);
-        assert!(matches!(got, Err(Refusal::BadRequest(_))), "{got:?}");
+        assert_eq!(got, Err(QueryRefused::LookAlike));
+    }
+
+    #[test]
+    fn each_refusal_reason_is_its_message() {
+        for refused in [QueryRefused::LookAlike, QueryRefused::Hidden] {
+            assert_eq!(refused.reason(), refused.to_string());
+        }
     }
 
     #[test]

@@ -7,8 +7,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+/// How keygate percent-encodes a secret it sends in a query: everything but the RFC 3986
+/// unreserved characters. The scrubber looks for this form too.
+pub(crate) const QUERY_VALUE: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// A credential held in memory: redacted when printed, zeroized when dropped.
 #[derive(Clone, PartialEq, Eq)]
@@ -71,29 +77,21 @@ pub enum SecretProblem {
     EnvMissing(String),
 }
 
-/// Reads a secret file: the whole file, trailing whitespace trimmed.
-pub fn read_file(path: &Path) -> Result<Secret, SecretProblem> {
-    let bytes = std::fs::read(path).map_err(|e| SecretProblem::Unreadable(e.kind().to_string()))?;
-    let text = String::from_utf8(bytes).map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))?;
-    let text = Zeroizing::new(text);
-    Secret::parse(&text)
-}
-
 /// True when a file can be read by its group or by everyone (a warning, not an error).
 #[cfg(unix)]
-pub fn is_shared_readable(path: &Path) -> bool {
+pub(crate) fn is_shared_readable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).map(|m| m.permissions().mode() & 0o044 != 0).unwrap_or(false)
 }
 
 #[cfg(not(unix))]
-pub fn is_shared_readable(_path: &Path) -> bool {
+pub(crate) fn is_shared_readable(_path: &Path) -> bool {
     false
 }
 
 /// Where a secret comes from, as written in config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     File(PathBuf),
     Env(String),
     /// Inline in config: accepted for development, `check` warns.

@@ -35,7 +35,7 @@ where
 }
 
 /// Installs the global subscriber. Call once, before anything logs.
-pub fn init(settings: &LogSettings) -> LogHandle {
+pub(crate) fn init(settings: &LogSettings) -> LogHandle {
     let (filter, handle) = reload::Layer::new(filter(settings));
     let json = (settings.format == LogFormat::Json).then(|| json_layer(std::io::stdout));
     let text = (settings.format == LogFormat::Text)
@@ -47,7 +47,7 @@ pub fn init(settings: &LogSettings) -> LogHandle {
 
 impl LogHandle {
     /// Applies a reloaded `[log]` level and access switch.
-    pub fn apply(&self, settings: &LogSettings) {
+    pub(crate) fn apply(&self, settings: &LogSettings) {
         if let Err(e) = self.0.reload(filter(settings)) {
             tracing::warn!(error = %e, "could not change the log level");
         }

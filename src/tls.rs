@@ -14,7 +14,7 @@ use x509_parser::extensions::GeneralName;
 
 /// The compiled `[server.tls]`.
 #[derive(Clone)]
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
     /// The serving certificate's notAfter.
     pub not_after: SystemTime,
@@ -30,7 +30,7 @@ impl fmt::Debug for ServerTls {
 
 /// What is wrong with the TLS files (never echoes key material).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TlsProblem {
+pub(crate) enum TlsProblem {
     #[error("cert: {0}")]
     Cert(String),
     #[error("key: {0}")]
@@ -52,7 +52,7 @@ fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// Builds the server config from PEM bytes: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
-pub fn server_tls(
+pub(crate) fn server_tls(
     cert_pem: &[u8],
     key_pem: &[u8],
     client_ca_pem: Option<&[u8]>,
@@ -98,7 +98,7 @@ fn not_after(cert: &CertificateDer<'_>) -> Result<SystemTime, String> {
 
 /// The SAN URIs and DNS names of a verified client certificate: the identities that
 /// `[callers.groups.*] identities` match exactly.
-pub fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
+pub(crate) fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return Vec::new() };
     let Ok(Some(san)) = parsed.subject_alternative_name() else { return Vec::new() };
     san.value

@@ -1,83 +1,48 @@
 //! Compiles [`Inputs`] into a [`Snapshot`], collecting every problem instead of
 //! stopping at the first.
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
+use super::ctx::{Ctx, parse_net, valid_name};
 use super::route;
-use super::schema;
-use super::*;
-use crate::caller::Group;
+use super::{
+    AdminSettings, Inputs, LoadedSecret, LogFormat, LogSettings, Problem, Problems, ReloadSettings,
+    ServerSettings, Snapshot, schema,
+};
+use crate::caller::{AddrSet, Callers, Group};
+use crate::routes::{Route, RouteTable};
+use crate::scrub::Scrubber;
 use crate::secret::{self, Secret, SecretProblem};
-use crate::upstream::{Upstream, UpstreamKey};
+use crate::upstream;
 
-/// What compiling collects: the inputs it reads from, the problems and the warnings.
-pub(super) struct Ctx<'a> {
-    pub(super) inputs: &'a Inputs,
-    pub(super) problems: Vec<Problem>,
-    pub(super) warnings: Vec<String>,
-}
-
-impl Ctx<'_> {
-    pub(super) fn problem(&mut self, location: impl Into<String>, field: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            location: location.into(),
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
-    pub(super) fn duration(
-        &mut self,
-        location: &str,
-        field: &str,
-        value: &Option<String>,
-        default: Duration,
-    ) -> Duration {
-        match value.as_deref().map(parse_duration) {
-            None => default,
-            Some(Ok(d)) if !d.is_zero() => d,
-            Some(Ok(_)) => {
-                self.problem(location, field, "must be greater than zero");
-                default
-            }
-            Some(Err(e)) => {
-                self.problem(location, field, e);
-                default
-            }
-        }
-    }
-}
-
-/// Compiles inputs into generation `generation`. `previous` lends its upstream clients
-/// (and their pools) to routes whose upstream did not change.
+/// Compiles inputs into generation `generation`, with upstream clients of its own.
+/// Secrets whose value did not change since `previous` keep their load time.
 pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
+    compile_with(inputs, generation, previous, &upstream::Cache::default())
+}
+
+/// [`compile`], taking each route's upstream client from `clients`, which keeps those
+/// whose upstream did not change (and their pools): what a running gateway's reloads do.
+pub(crate) fn compile_with(
+    inputs: &Inputs,
+    generation: u64,
+    previous: Option<&Snapshot>,
+    clients: &upstream::Cache,
+) -> Result<Snapshot, Problems> {
     let mut ctx = Ctx { inputs, problems: Vec::new(), warnings: Vec::new() };
     let f = &inputs.file;
 
     let server = server(&mut ctx, &f.server);
     let admin = f.admin.as_ref().map(|a| admin(&mut ctx, a));
     let log = log(&mut ctx, &f.log);
-    let reload = ReloadSettings {
-        poll_interval: ctx.duration(
-            "reload",
-            "poll_interval",
-            &f.reload.poll_interval,
-            Duration::from_secs(30),
-        ),
-        debounce: ctx.duration("reload", "debounce", &f.reload.debounce, Duration::from_millis(200)),
-    };
-    let trusted: Vec<IpNet> = f
-        .callers
-        .trusted_proxies
-        .iter()
-        .filter_map(|s| parse_net(s).map_err(|e| ctx.problem("callers", "trusted_proxies", e)).ok())
-        .collect();
+    let reload = reload(&mut ctx, &f.reload);
+    let trusted: Vec<IpNet> = nets(&mut ctx, "callers", "trusted_proxies", &f.callers.trusted_proxies);
     let groups = groups(&mut ctx, &f.callers.groups);
     let mut secrets = secrets(&mut ctx, &f.secrets);
     if let Some(previous) = previous {
@@ -85,27 +50,7 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
     }
     let tls = f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t));
 
-    let mut upstreams: HashMap<UpstreamKey, Arc<Upstream>> = previous
-        .map(|p| p.routes.routes().iter().map(|r| (r.upstream.key().clone(), r.upstream.clone())).collect())
-        .unwrap_or_default();
-    let mut names = HashSet::new();
-    let mut prefixes = HashSet::new();
-    let mut routes = Vec::new();
-    for (i, spec) in f.routes.iter().enumerate() {
-        if let Some(route) = route::route(&mut ctx, i, spec, &groups, &secrets, &mut upstreams) {
-            let location = format!("routes[{i}] {:?}", route.name);
-            if !names.insert(route.name.clone()) {
-                ctx.problem(&location, "name", format!("{:?} is used by another route", route.name));
-            }
-            if !prefixes.insert(route.prefix.clone()) {
-                ctx.problem(&location, "prefix", format!("{:?} is used by another route", route.prefix));
-            }
-            routes.push(Arc::new(route));
-        }
-    }
-    if f.routes.is_empty() {
-        ctx.problem("", "routes", "no [[routes]] are configured");
-    }
+    let routes = routes(&mut ctx, &f.routes, &groups, &secrets, clients);
 
     // One scrubber over every loaded secret, whichever route uses it: an upstream can
     // echo another route's key as easily as its own.
@@ -137,7 +82,80 @@ pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) ->
     })
 }
 
-fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
+/// Every route, each name and prefix used once.
+fn routes(
+    ctx: &mut Ctx<'_>,
+    specs: &[schema::RouteSpec],
+    groups: &[Group],
+    secrets: &BTreeMap<String, LoadedSecret>,
+    clients: &upstream::Cache,
+) -> Vec<Arc<Route>> {
+    let mut names = HashSet::new();
+    let mut prefixes = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        if let Some(route) = route::route(ctx, i, spec, groups, secrets, clients) {
+            let location = format!("routes[{i}] {:?}", route.name);
+            if !names.insert(route.name.clone()) {
+                ctx.problem(&location, "name", format!("{:?} is used by another route", route.name));
+            }
+            if !prefixes.insert(route.prefix.clone()) {
+                ctx.problem(&location, "prefix", format!("{:?} is used by another route", route.prefix));
+            }
+            routes.push(Arc::new(route));
+        }
+    }
+    if specs.is_empty() {
+        ctx.problem("", "routes", "no [[routes]] are configured");
+    }
+    routes
+}
+
+/// The networks of a list of CIDRs, each bad entry a problem.
+fn nets(ctx: &mut Ctx<'_>, location: &str, field: &str, list: &[String]) -> Vec<IpNet> {
+    list.iter().filter_map(|s| parse_net(s).map_err(|e| ctx.problem(location, field, e)).ok()).collect()
+}
+
+fn reload(ctx: &mut Ctx<'_>, r: &schema::Reload) -> ReloadSettings {
+    ReloadSettings {
+        poll_interval: ctx.duration("reload", "poll_interval", &r.poll_interval, Duration::from_secs(30)),
+        debounce: ctx.duration("reload", "debounce", &r.debounce, Duration::from_millis(200)),
+    }
+}
+
+/// The most open connections `[server] max_connections` may allow (each holds a file
+/// descriptor; Linux's default ceiling is 1,048,576).
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// The largest request head `[server] max_header_bytes` may allow.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// The most runtime threads `[server] worker_threads` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// A `[server]` number within `range` (`default` when absent, or standing in for a bad
+/// one so compiling goes on).
+fn bounded(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    value: Option<u64>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> usize {
+    let Some(n) = value else { return default };
+    let (min, max) = (*range.start(), *range.end());
+    match usize::try_from(n) {
+        Ok(n) if range.contains(&n) => n,
+        Ok(n) if n < min => {
+            ctx.problem("server", field, format!("{n} is below the minimum {min}"));
+            default
+        }
+        _ => {
+            ctx.problem("server", field, format!("{n} is above the maximum {max}"));
+            default
+        }
+    }
+}
+
+fn server(ctx: &mut Ctx<'_>, s: &schema::Server) -> ServerSettings {
     let listen = s
         .listen
         .as_ref()
@@ -149,17 +167,11 @@ fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
     if listen.is_empty() && s.listen.is_some() {
         ctx.problem("server", "listen", "needs at least one address");
     }
-    let positive = |ctx: &mut Ctx, field: &str, v: Option<u64>, default: u64, min: u64| match v {
-        Some(n) if n < min => {
-            ctx.problem("server", field, format!("{n} is below the minimum {min}"));
-            default
-        }
-        Some(n) => n,
-        None => default,
-    };
-    let max_connections = positive(ctx, "max_connections", s.max_connections, 10_000, 1) as usize;
-    let max_header_bytes = positive(ctx, "max_header_bytes", s.max_header_bytes, 32_768, 1024) as usize;
-    let worker_threads = s.worker_threads.map(|n| positive(ctx, "worker_threads", Some(n), 1, 1) as usize);
+    let max_connections = bounded(ctx, "max_connections", s.max_connections, 10_000, 1..=MAX_CONNECTIONS);
+    let max_header_bytes =
+        bounded(ctx, "max_header_bytes", s.max_header_bytes, 32_768, 1024..=MAX_HEADER_BYTES);
+    let worker_threads =
+        s.worker_threads.map(|n| bounded(ctx, "worker_threads", Some(n), 1, 1..=MAX_WORKER_THREADS));
     ServerSettings {
         listen,
         header_timeout: ctx.duration("server", "header_timeout", &s.header_timeout, Duration::from_secs(10)),
@@ -172,7 +184,7 @@ fn server(ctx: &mut Ctx, s: &schema::Server) -> ServerSettings {
     }
 }
 
-fn server_tls(ctx: &mut Ctx, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
+fn server_tls(ctx: &mut Ctx<'_>, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
     let mut read = |field: &str, path: &PathBuf| match ctx.inputs.file_bytes(path) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
@@ -200,22 +212,25 @@ fn server_tls(ctx: &mut Ctx, t: &schema::ServerTls) -> Option<crate::tls::Server
     }
 }
 
-fn admin(ctx: &mut Ctx, a: &schema::Admin) -> AdminSettings {
+/// Who may read `/metrics` and `/config` when `[admin] allow` is not given.
+const LOOPBACK: [IpNet; 2] = [
+    IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+    IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+];
+
+fn admin(ctx: &mut Ctx<'_>, a: &schema::Admin) -> AdminSettings {
     let listen = parse_addr(&a.listen).unwrap_or_else(|e| {
         ctx.problem("admin", "listen", e);
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
     let nets: Vec<IpNet> = match &a.allow {
-        None => vec!["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")],
-        Some(list) => list
-            .iter()
-            .filter_map(|s| parse_net(s).map_err(|e| ctx.problem("admin", "allow", e)).ok())
-            .collect(),
+        None => LOOPBACK.to_vec(),
+        Some(list) => nets(ctx, "admin", "allow", list),
     };
     AdminSettings { listen, allow: AddrSet::new(&nets) }
 }
 
-fn log(ctx: &mut Ctx, l: &schema::Log) -> LogSettings {
+fn log(ctx: &mut Ctx<'_>, l: &schema::Log) -> LogSettings {
     let format = match l.format.as_deref() {
         None | Some("json") => LogFormat::Json,
         Some("text") => LogFormat::Text,
@@ -231,18 +246,14 @@ fn log(ctx: &mut Ctx, l: &schema::Log) -> LogSettings {
     LogSettings { format, level, access: l.access.unwrap_or(true) }
 }
 
-fn groups(ctx: &mut Ctx, specs: &[(String, schema::Group)]) -> Vec<Group> {
+fn groups(ctx: &mut Ctx<'_>, specs: &[(String, schema::Group)]) -> Vec<Group> {
     let mut out = Vec::new();
     for (name, spec) in specs {
         let location = format!("callers.groups.{name}");
         if !valid_name(name) {
             ctx.problem(&location, "", format!("group name {name:?} must match [a-z0-9_-]+"));
         }
-        let nets: Vec<IpNet> = spec
-            .cidrs
-            .iter()
-            .filter_map(|s| parse_net(s).map_err(|e| ctx.problem(&location, "cidrs", e)).ok())
-            .collect();
+        let nets = nets(ctx, &location, "cidrs", &spec.cidrs);
         for id in &spec.identities {
             if id.trim().is_empty() || id.trim() != id {
                 ctx.problem(&location, "identities", format!("{id:?} is empty or has surrounding spaces"));
@@ -261,7 +272,7 @@ fn groups(ctx: &mut Ctx, specs: &[(String, schema::Group)]) -> Vec<Group> {
 }
 
 fn secrets(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     specs: &[(String, schema::SecretSpec)],
 ) -> std::collections::BTreeMap<String, LoadedSecret> {
     let mut out = std::collections::BTreeMap::new();
@@ -312,7 +323,6 @@ fn secrets(
                     name.clone(),
                     LoadedSecret {
                         name: name.clone(),
-                        source,
                         fingerprint: value.fingerprint(),
                         loaded_at: SystemTime::now(),
                         value: Arc::new(value),
@@ -339,24 +349,59 @@ fn keep_unchanged_secrets(
     }
 }
 
-pub(super) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| format!("{text:?} is not an IP:port socket address"))
 }
 
-/// A CIDR (`10.0.0.0/8`) or a single address (`10.0.0.1` = /32, /128). Host bits set
-/// are refused: `10.1.2.3/8` is more likely a typo than a wish for `10.0.0.0/8`.
-pub(crate) fn parse_net(text: &str) -> Result<IpNet, String> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok(IpNet::from(ip));
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const ROUTE: &str = "[secrets.k]\nvalue = \"k\"\n[[routes]]\nname = \"r\"\nprefix = \"/r\"\nsecret = \"k\"\n\
+        upstream = \"http://127.0.0.1:9\"\ninject = { header = \"x-key\" }\nallow = [\"127.0.0.1\"]\n";
+
+    fn compiled(text: &str) -> Result<Snapshot, Vec<String>> {
+        let inputs =
+            Inputs::parse(Path::new("keygate.toml"), text.as_bytes()).map_err(|p| vec![p.to_string()])?;
+        compile(&inputs, 1, None).map_err(|p| {
+            p.list.iter().map(|p| format!("{}: {}: {}", p.location, p.field, p.message)).collect()
+        })
     }
-    let net: IpNet = text.parse().map_err(|_| format!("{text:?} is not a CIDR or IP address"))?;
-    if net.trunc() != net {
-        return Err(format!("{text:?} has host bits set (did you mean {}?)", net.trunc()));
+
+    #[test]
+    fn server_limits_above_their_maximum_are_problems() {
+        let text = format!(
+            "[server]\nmax_connections = 9223372036854775807\nmax_header_bytes = 4294967296\n\
+             worker_threads = 100000\n{ROUTE}"
+        );
+        assert_eq!(
+            compiled(&text).err().unwrap_or_default(),
+            [
+                "server: max_connections: 9223372036854775807 is above the maximum 1000000",
+                "server: max_header_bytes: 4294967296 is above the maximum 1048576",
+                "server: worker_threads: 100000 is above the maximum 1024",
+            ]
+        );
+        let at_the_maximum = format!(
+            "[server]\nmax_connections = 1000000\nmax_header_bytes = 1048576\nworker_threads = 1024\n{ROUTE}"
+        );
+        let server = compiled(&at_the_maximum).expect("the maxima themselves are allowed").server;
+        assert_eq!(
+            (server.max_connections, server.max_header_bytes, server.worker_threads),
+            (1_000_000, 1_048_576, Some(1024))
+        );
     }
-    Ok(net)
+
+    #[test]
+    fn the_admin_listener_admits_loopback_by_default() {
+        let snapshot = compiled(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{ROUTE}")).unwrap();
+        let allow = &snapshot.admin.expect("admin").allow;
+        for (addr, admitted) in
+            [("127.0.0.1", true), ("127.255.0.9", true), ("::1", true), ("10.0.0.1", false), ("::2", false)]
+        {
+            assert_eq!(allow.contains(addr.parse().unwrap()), admitted, "{addr}");
+        }
+    }
 }

@@ -1,283 +1,160 @@
-//! Compiles one `[[routes]]` table: its kind (a BI preset or a generic route), secret,
-//! allow lists, upstream client and limits.
+//! Compiles one `[[routes]]` table: its name and prefix, secret, allow lists, upstream
+//! client, limits and credential (its kind is compiled in [`super::kind`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Method, Uri};
+use http::Uri;
 use sha2::{Digest, Sha256};
 
-use super::LoadedSecret;
-use super::compile::{Ctx, parse_net, valid_name};
+use super::ctx::{Ctx, parse_net, valid_name};
 use super::schema::RouteSpec;
+use super::{LoadedSecret, kind};
 use crate::caller::{Allow, Group};
-use crate::routes::{Inject, Kind, Preset, Route, check_path};
+use crate::routes::{Preset, Route, check_path};
 use crate::secret::Secret;
-use crate::upstream::{Upstream, UpstreamKey};
+use crate::upstream::{self, Upstream, UpstreamKey};
 
 const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
 
+/// Compiles `routes[i]`; `None` when it has a problem (every one is recorded in `ctx`).
 pub(super) fn route(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     i: usize,
     spec: &RouteSpec,
     groups: &[Group],
     secrets: &BTreeMap<String, LoadedSecret>,
-    upstreams: &mut HashMap<UpstreamKey, Arc<Upstream>>,
+    clients: &upstream::Cache,
 ) -> Option<Route> {
     let name = spec.name.clone().unwrap_or_default();
     let location = format!("routes[{i}] {name:?}");
     let before = ctx.problems.len();
-    if spec.name.is_none() {
-        ctx.problem(&location, "name", "is required");
-    } else if !valid_name(&name) {
-        ctx.problem(&location, "name", format!("{name:?} must match [a-z0-9_-]+"));
-    }
-    let prefix = spec.prefix.clone().unwrap_or_default();
-    if spec.prefix.is_none() {
-        ctx.problem(&location, "prefix", "is required");
-    } else if !valid_prefix(&prefix) {
-        ctx.problem(&location, "prefix", format!("{prefix:?} must start with /, have no trailing /, and no empty, dot or encoded segments, ? or #"));
-    }
-
-    let preset = match spec.preset.as_deref() {
-        None => None,
-        Some(p) => match Preset::from_name(p) {
-            Some(p) => Some(p),
-            None => {
-                ctx.problem(
-                    &location,
-                    "preset",
-                    format!("{p:?} is not \"rjmetrics-import\" or \"rjmetrics-export\""),
-                );
-                None
-            }
-        },
-    };
-    let kind = match (preset, spec.preset.is_some()) {
-        (Some(preset), _) => preset_kind(ctx, &location, spec, preset),
-        (None, false) => generic_kind(ctx, &location, spec),
-        (None, true) => None,
-    };
-
-    let (secret_name, secret) = match &spec.secret {
-        None => {
-            ctx.problem(&location, "secret", "is required");
-            (String::new(), None)
-        }
-        Some(s) => match secrets.get(s) {
-            Some(loaded) => (s.clone(), Some(loaded.value.clone())),
-            None => {
-                if !ctx.inputs.file.secrets.iter().any(|(n, _)| n == s) {
-                    ctx.problem(&location, "secret", format!("{s:?} is not a [secrets.{s}] entry"));
-                }
-                (s.clone(), None)
-            }
-        },
-    };
-
-    let allow = match &spec.allow {
-        None => {
-            ctx.problem(
-                &location,
-                "allow",
-                "is required (everyone must be written out as [\"0.0.0.0/0\", \"::/0\"])",
-            );
-            None
-        }
-        Some(list) => {
-            if list.is_empty() {
-                ctx.warnings.push(format!("route {name:?} has an empty allow list: it admits nobody"));
-            }
-            Some(allow_list(ctx, &location, "allow", list, groups))
-        }
-    };
+    let prefix = name_and_prefix(ctx, &location, spec);
+    let (preset, kind) = kind::kind(ctx, &location, spec);
+    let (secret_name, secret) = secret(ctx, &location, spec, secrets);
+    let allow = allow(ctx, &location, &name, spec, groups);
     let shadow_allow =
         spec.shadow_allow.as_ref().map(|l| allow_list(ctx, &location, "shadow_allow", l, groups));
-
-    let default_upstream = preset.map(Preset::default_upstream);
-    let upstream_url = spec.upstream.as_deref().or(default_upstream);
-    if upstream_url.is_none() && spec.preset.is_none() {
-        ctx.problem(&location, "upstream", "is required for a route without a preset");
-    }
     let connect_timeout =
         ctx.duration(&location, "connect_timeout", &spec.connect_timeout, Duration::from_secs(5));
     let response_timeout =
         ctx.duration(&location, "response_timeout", &spec.response_timeout, Duration::from_secs(60));
-    let max_body_bytes = match spec.max_body_bytes {
-        Some(0) => {
-            ctx.problem(&location, "max_body_bytes", "must be at least 1");
-            DEFAULT_MAX_BODY
-        }
-        Some(n) => n,
-        None => DEFAULT_MAX_BODY,
+    let max_body_bytes = max_body_bytes(ctx, &location, spec);
+    let upstream = upstream_client(ctx, &location, spec, preset, connect_timeout, clients);
+    // A secret the route cannot carry is refused here, never per request.
+    let credential = match (&kind, &secret) {
+        (Some(kind), Some(secret)) => kind
+            .credential(secret)
+            .map_err(|why| ctx.problem(&location, "secret", format!("{secret_name:?} {why}")))
+            .ok(),
+        _ => None,
     };
-    let upstream = upstream_url
-        .and_then(|url| upstream(ctx, &location, url, spec.ca_file.as_ref(), connect_timeout, upstreams));
-
-    if let (Some(kind), Some(secret)) = (&kind, &secret) {
-        if let Some(why) = unsendable(kind, secret) {
-            ctx.problem(&location, "secret", format!("{secret_name:?} {why}"));
-        }
-    }
     if ctx.problems.len() != before {
         return None;
     }
-    let (kind, upstream, secret, allow) = (kind?, upstream?, secret?, allow?);
+    let (kind, upstream, credential, allow) = (kind?, upstream?, credential?, allow?);
     if upstream.is_plain_http() && !is_loopback_url(upstream.url()) {
         ctx.warnings.push(format!("route {name:?} sends its secret over plain HTTP to a non-loopback host"));
     }
+    let allow_text = spec.allow.clone().unwrap_or_default();
     Some(Route {
         name,
         prefix,
         kind,
         upstream,
         secret_name,
-        secret,
+        credential,
         allow,
-        allow_text: spec.allow.clone().unwrap_or_default(),
+        allow_text,
         shadow_allow,
         max_body_bytes,
         response_timeout,
     })
 }
 
-fn preset_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec, preset: Preset) -> Option<Kind> {
-    let client_id = match spec.client_id {
-        None => {
-            ctx.problem(location, "client_id", "is required by the BI presets");
-            return None;
+/// Checks `name` and returns `prefix` (both required).
+fn name_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> String {
+    match &spec.name {
+        None => ctx.problem(location, "name", "is required"),
+        Some(name) if !valid_name(name) => {
+            ctx.problem(location, "name", format!("{name:?} must match [a-z0-9_-]+"))
         }
-        Some(0) => {
-            ctx.problem(location, "client_id", "must be a positive integer");
-            return None;
-        }
-        Some(id) => id.to_string(),
-    };
-    if spec.inject.is_some() {
-        ctx.problem(location, "inject", "is set by the preset and cannot be given");
+        Some(_) => {}
     }
-    if spec.methods.is_some() {
-        ctx.problem(location, "methods", "preset routes take operations, not methods");
+    let prefix = spec.prefix.clone().unwrap_or_default();
+    if spec.prefix.is_none() {
+        ctx.problem(location, "prefix", "is required");
+    } else if !valid_prefix(&prefix) {
+        ctx.problem(location, "prefix", format!("{prefix:?} must start with /, have no trailing /, and no empty, dot or encoded segments, ? or #"));
     }
-    if spec.validate_body.is_some() && preset != Preset::Import {
-        ctx.problem(location, "validate_body", "only applies to the rjmetrics-import preset");
-    }
-    let ops = preset.operations();
-    let enabled = match &spec.operations {
-        None => (1u32 << ops.len()) - 1,
-        Some(list) => {
-            let mut bits = 0;
-            for name in list {
-                match ops.iter().position(|op| op.name == name) {
-                    Some(i) => bits |= 1 << i,
-                    None => {
-                        let known: Vec<&str> = ops.iter().map(|op| op.name).collect();
-                        ctx.problem(
-                            location,
-                            "operations",
-                            format!(
-                                "{name:?} is not an operation of {} ({})",
-                                preset.name(),
-                                known.join(", ")
-                            ),
-                        );
-                    }
-                }
-            }
-            bits
-        }
-    };
-    Some(Kind::Preset { preset, client_id, enabled, validate_body: spec.validate_body.unwrap_or(true) })
+    prefix
 }
 
-fn generic_kind(ctx: &mut Ctx, location: &str, spec: &RouteSpec) -> Option<Kind> {
-    for (field, set) in [
-        ("client_id", spec.client_id.is_some()),
-        ("operations", spec.operations.is_some()),
-        ("validate_body", spec.validate_body.is_some()),
-    ] {
-        if set {
-            ctx.problem(location, field, "only applies to preset routes");
-        }
-    }
-    let methods = match &spec.methods {
-        None => ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-            .iter()
-            .map(|m| Method::from_bytes(m.as_bytes()).expect("literal"))
-            .collect(),
-        Some(list) => {
-            let mut out = Vec::new();
-            for m in list {
-                match m.as_str() {
-                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
-                        out.push(Method::from_bytes(m.as_bytes()).expect("checked"))
-                    }
-                    _ => ctx.problem(
-                        location,
-                        "methods",
-                        format!("{m:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-                    ),
-                }
-            }
-            out
-        }
+/// The route's secret by name, and its value when it loaded (a secret that failed to
+/// load has its own problem already).
+fn secret(
+    ctx: &mut Ctx<'_>,
+    location: &str,
+    spec: &RouteSpec,
+    secrets: &BTreeMap<String, LoadedSecret>,
+) -> (String, Option<Arc<Secret>>) {
+    let Some(name) = &spec.secret else {
+        ctx.problem(location, "secret", "is required");
+        return (String::new(), None);
     };
-    let Some(inject) = &spec.inject else {
-        ctx.problem(location, "inject", "is required for a route without a preset");
+    if let Some(loaded) = secrets.get(name) {
+        return (name.clone(), Some(loaded.value.clone()));
+    }
+    if !ctx.inputs.file.secrets.iter().any(|(n, _)| n == name) {
+        ctx.problem(location, "secret", format!("{name:?} is not a [secrets.{name}] entry"));
+    }
+    (name.clone(), None)
+}
+
+/// The required `allow` list; an empty one is allowed, with a warning.
+fn allow(ctx: &mut Ctx<'_>, location: &str, name: &str, spec: &RouteSpec, groups: &[Group]) -> Option<Allow> {
+    let Some(list) = &spec.allow else {
+        let message = "is required (everyone must be written out as [\"0.0.0.0/0\", \"::/0\"])";
+        ctx.problem(location, "allow", message);
         return None;
     };
-    let inject = match (&inject.header, &inject.query) {
-        (Some(header), None) => {
-            let format = inject.format.clone().unwrap_or_else(|| "{secret}".into());
-            let name = HeaderName::from_bytes(header.as_bytes());
-            let parts: Vec<&str> = format.split("{secret}").collect();
-            match (name, parts.as_slice()) {
-                (Err(_), _) => {
-                    ctx.problem(location, "inject.header", format!("{header:?} is not a valid header name"));
-                    return None;
-                }
-                (Ok(name), _) if crate::rewrite::frames_request(&name) => {
-                    ctx.problem(
-                        location,
-                        "inject.header",
-                        format!("{header:?} frames or routes the request; keygate sets or strips it itself"),
-                    );
-                    return None;
-                }
-                (Ok(name), [prefix, suffix]) => {
-                    if let Some(why) = header_text_problem(prefix, suffix) {
-                        ctx.problem(location, "inject.format", why);
-                        return None;
-                    }
-                    Inject::Header { name, prefix: (*prefix).into(), suffix: (*suffix).into() }
-                }
-                (Ok(_), _) => {
-                    // Not quoted: a format without `{secret}` often holds a pasted key.
-                    ctx.problem(location, "inject.format", "must contain {secret} exactly once");
-                    return None;
-                }
-            }
-        }
-        (None, Some(query)) if inject.format.is_none() => {
-            if query.is_empty() || !query.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
-                ctx.problem(location, "inject.query", format!("{query:?} must be a plain parameter name"));
-                return None;
-            }
-            Inject::Query(query.clone())
-        }
-        _ => {
-            ctx.problem(location, "inject", "needs exactly one of header (with optional format) or query");
-            return None;
-        }
-    };
-    Some(Kind::Generic { methods, inject })
+    if list.is_empty() {
+        ctx.warnings.push(format!("route {name:?} has an empty allow list: it admits nobody"));
+    }
+    Some(allow_list(ctx, location, "allow", list, groups))
 }
 
-fn allow_list(ctx: &mut Ctx, location: &str, field: &str, list: &[String], groups: &[Group]) -> Allow {
+fn max_body_bytes(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> u64 {
+    match spec.max_body_bytes {
+        Some(0) => {
+            ctx.problem(location, "max_body_bytes", "must be at least 1");
+            DEFAULT_MAX_BODY
+        }
+        Some(n) => n,
+        None => DEFAULT_MAX_BODY,
+    }
+}
+
+/// The client for the route's `upstream`, or its preset's production host.
+fn upstream_client(
+    ctx: &mut Ctx<'_>,
+    location: &str,
+    spec: &RouteSpec,
+    preset: Option<Preset>,
+    connect_timeout: Duration,
+    clients: &upstream::Cache,
+) -> Option<Arc<Upstream>> {
+    let url = spec.upstream.as_deref().or(preset.map(Preset::default_upstream));
+    if url.is_none() && spec.preset.is_none() {
+        ctx.problem(location, "upstream", "is required for a route without a preset");
+    }
+    upstream(ctx, location, url?, spec.ca_file.as_ref(), connect_timeout, clients)
+}
+
+fn allow_list(ctx: &mut Ctx<'_>, location: &str, field: &str, list: &[String], groups: &[Group]) -> Allow {
     let mut nets = Vec::new();
     let mut named = Vec::new();
     for entry in list {
@@ -296,12 +173,12 @@ fn allow_list(ctx: &mut Ctx, location: &str, field: &str, list: &[String], group
 }
 
 fn upstream(
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<'_>,
     location: &str,
     url: &str,
     ca_file: Option<&PathBuf>,
     connect_timeout: Duration,
-    cache: &mut HashMap<UpstreamKey, Arc<Upstream>>,
+    clients: &upstream::Cache,
 ) -> Option<Arc<Upstream>> {
     let uri: Uri = match url.parse() {
         Ok(u) => u,
@@ -339,67 +216,14 @@ fn upstream(
         ca_digest: extra.map(|b| hex::encode(Sha256::digest(b))),
         connect_timeout,
     };
-    if let Some(existing) = cache.get(&key) {
-        return Some(existing.clone());
-    }
-    match Upstream::new(&uri, extra, key.clone()) {
-        Ok(u) => {
-            let u = Arc::new(u);
-            cache.insert(key, u.clone());
-            Some(u)
-        }
+    match clients.client(&key, || Upstream::new(&uri, extra, key.clone())) {
+        Ok(client) => Some(client),
         Err(e) => {
             let field = if ca_file.is_some() { "ca_file" } else { "upstream" };
             ctx.problem(location, field, e);
             None
         }
     }
-}
-
-/// Why `secret` cannot travel where `kind` injects it, if it cannot. Never shows the
-/// value.
-///
-/// In a header (the export preset's `X-RJM-API-Key`, a generic `inject.header`), the
-/// value sent is `prefix + secret + suffix` and must be visible ASCII and spaces:
-/// `HeaderValue` would also take bytes ≥ 0x80 (obs-text), which keygate would send as
-/// raw UTF-8 that each server reads its own way. A space inside is kept (field values
-/// may hold SP, and keys with spaces travel intact), but a leading or trailing one is
-/// not: every HTTP parser strips it, so the upstream would see another key.
-/// In a query (the import preset's `apikey`, a generic `inject.query`), non-ASCII is
-/// refused for the same reason; ASCII is percent-encoded where it must be.
-fn unsendable(kind: &Kind, secret: &Secret) -> Option<String> {
-    let value = secret.expose();
-    let (place, prefix, suffix) = match kind {
-        Kind::Preset { preset: Preset::Import, .. } => ("the apikey query parameter".to_owned(), None, None),
-        Kind::Generic { inject: Inject::Query(name), .. } => {
-            (format!("the {name} query parameter"), None, None)
-        }
-        Kind::Preset { preset: Preset::Export, .. } => {
-            ("the X-RJM-API-Key header".to_owned(), Some(""), Some(""))
-        }
-        Kind::Generic { inject: Inject::Header { name, prefix, suffix }, .. } => {
-            (format!("the {name} header"), Some(prefix.as_str()), Some(suffix.as_str()))
-        }
-    };
-    if !value.is_ascii() {
-        return Some(format!("cannot be sent in {place}: it holds non-ASCII characters"));
-    }
-    let (Some(prefix), Some(suffix)) = (prefix, suffix) else { return None };
-    if !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
-        return Some(format!("cannot be sent in {place}: it holds characters a header value cannot"));
-    }
-    let edge = (prefix.is_empty() && value.starts_with(' ')) || (suffix.is_empty() && value.ends_with(' '));
-    edge.then(|| format!("cannot be sent in {place}: HTTP strips the space it begins or ends with"))
-}
-
-/// Why an `inject.format`'s text around `{secret}` cannot be a header value, if so.
-fn header_text_problem(prefix: &str, suffix: &str) -> Option<&'static str> {
-    let text = || prefix.bytes().chain(suffix.bytes());
-    if !text().all(|b| b == b' ' || b.is_ascii_graphic()) {
-        return Some("holds characters a header value cannot (only visible ASCII and spaces)");
-    }
-    (prefix.starts_with(' ') || suffix.ends_with(' '))
-        .then_some("begins or ends with a space, which HTTP strips from header values")
 }
 
 /// `url` fit for an error message: user info, query and fragment become `***`, since

@@ -1,4 +1,5 @@
-//! The on-disk config file (design §2): plain serde structs, unknown keys refused.
+//! The on-disk config file (docs/configuration.md): plain serde structs, unknown keys
+//! refused.
 //! Every field here is documented for operators; `compile` turns them into typed,
 //! checked settings.
 

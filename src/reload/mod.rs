@@ -1,16 +1,17 @@
-//! Hot reload (design §5): watch the directories holding the config and every file it
-//! names (Kubernetes swaps a `..data` symlink and editors save by rename, so watching
-//! the files themselves would miss changes), debounce on the trailing edge with a
-//! ceiling, re-read everything, and publish a new snapshot in one swap — or keep the
-//! running one. File events, SIGHUP and the poll are served by one loop, so no amount
-//! of event traffic holds off the other two.
+//! Hot reload (docs/configuration.md, "Reload"): watch the directories holding the
+//! config and every file it names (Kubernetes swaps a `..data` symlink and editors save
+//! by rename, so watching the files themselves would miss changes), debounce on the
+//! trailing edge with a ceiling, re-read everything, and publish a new snapshot in one
+//! swap — or keep the running one. File events, SIGHUP and the poll are served by one
+//! loop, so no amount of event traffic holds off the other two.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,7 +25,7 @@ mod watch;
 
 /// What a reload attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The inputs are byte-identical to the running ones.
     Unchanged,
     /// A new generation is running.
@@ -34,7 +35,7 @@ pub enum Outcome {
 }
 
 /// Reloads config and secrets on file events, SIGHUP and a periodic poll.
-pub struct Reloader {
+pub(crate) struct Reloader {
     gw: Arc<Gateway>,
     path: PathBuf,
     log: Option<LogHandle>,
@@ -54,19 +55,13 @@ struct State {
 }
 
 impl Reloader {
-    pub fn new(gw: Arc<Gateway>, path: PathBuf, log: Option<LogHandle>) -> Reloader {
+    pub(crate) fn new(gw: Arc<Gateway>, path: PathBuf, log: Option<LogHandle>) -> Reloader {
         let bound = Bound::of(&gw.snapshot());
         Reloader { gw, path, log, bound, state: Mutex::new(State::default()) }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state is two plain fields, valid whatever a panicking holder did.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Re-reads everything once and applies it if it changed and is valid.
-    pub fn reload(&self) -> Outcome {
-        self.attempt("request")
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn attempt(&self, trigger: &'static str) -> Outcome {
@@ -90,10 +85,11 @@ impl Reloader {
         if inputs.digest == current.digest {
             return self.unchanged(trigger);
         }
-        let next = match config::compile(&inputs, current.generation + 1, Some(&current)) {
-            Ok(next) => next,
-            Err(problems) => return self.failed(trigger, problems.to_string(), Some(inputs.digest)),
-        };
+        let next =
+            match config::compile_with(&inputs, current.generation + 1, Some(&current), self.gw.clients()) {
+                Ok(next) => next,
+                Err(problems) => return self.failed(trigger, problems.to_string(), Some(inputs.digest)),
+            };
         self.state().last_failure = None;
         log_changes(trigger, &self.bound, &current, &next);
         if let Some(log) = &self.log {
@@ -139,7 +135,7 @@ impl Reloader {
 
     /// Starts watching and listening for SIGHUP now (so that a change or a signal right
     /// after start is not lost), then reloads in a task until the task is aborted.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn(self) -> tokio::task::JoinHandle<()> {
         let this = Arc::new(self);
         let (tx, rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
         let mut watches = Watches::start(tx);

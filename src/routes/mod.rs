@@ -1,8 +1,12 @@
 //! The route table: longest-prefix matching on segment boundaries, the path checks that
 //! run before anything is forwarded, and what a matched request becomes upstream
-//! (operation, upstream path, whether a key is injected).
+//! (operation, upstream path, whether a key is injected). How each route strips and
+//! injects its key is its [`Credential`] ([`credential`]); the BI presets' part of that
+//! is in [`preset`].
 
-pub mod preset;
+pub(crate) mod credential;
+pub(crate) mod preset;
+pub(crate) mod upsert;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +18,12 @@ use crate::caller::Allow;
 use crate::error::Refusal;
 use crate::secret::Secret;
 use crate::upstream::Upstream;
-pub use preset::Preset;
+pub(crate) use credential::{Credential, Unsendable};
+pub(crate) use preset::Preset;
 
 /// How a generic route carries its key.
 #[derive(Debug, Clone)]
-pub enum Inject {
+pub(crate) enum Inject {
     /// One header, with the secret between `prefix` and `suffix` (from `format`).
     Header { name: HeaderName, prefix: String, suffix: String },
     /// One query parameter.
@@ -27,7 +32,7 @@ pub enum Inject {
 
 /// What kind of route this is.
 #[derive(Debug, Clone)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A BI preset pinned to one client id; `enabled` is a bit set over the preset's
     /// operation table.
     Preset { preset: Preset, client_id: String, enabled: u32, validate_body: bool },
@@ -35,26 +40,44 @@ pub enum Kind {
     Generic { methods: Vec<Method>, inject: Inject },
 }
 
+impl Kind {
+    /// How a route of this kind carries `secret`: a preset's own way, or its `inject`.
+    /// Every route's `Location` loses `apikey`, the BI key's name, besides its own.
+    pub(crate) fn credential(&self, secret: &Secret) -> Result<Credential, Unsendable> {
+        match self {
+            Kind::Preset { preset, .. } => preset.credential(secret),
+            Kind::Generic { inject: Inject::Header { name, prefix, suffix }, .. } => {
+                Credential::header(name.clone(), name.as_str(), prefix, suffix, secret)
+                    .map(|c| c.clearing_location(preset::APIKEY))
+            }
+            Kind::Generic { inject: Inject::Query(name), .. } => {
+                Credential::query(name, secret).map(|c| c.clearing_location(preset::APIKEY))
+            }
+        }
+    }
+}
+
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
-    pub prefix: String,
-    pub kind: Kind,
-    pub upstream: Arc<Upstream>,
-    pub secret_name: String,
-    pub secret: Arc<Secret>,
-    pub allow: Allow,
+    pub(crate) prefix: String,
+    pub(crate) kind: Kind,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) secret_name: String,
+    /// How this route strips callers' keys and injects its own.
+    pub(crate) credential: Credential,
+    pub(crate) allow: Allow,
     /// The `allow` entries as written (for `check`).
-    pub allow_text: Vec<String>,
-    pub shadow_allow: Option<Allow>,
-    pub max_body_bytes: u64,
-    pub response_timeout: Duration,
+    pub(crate) allow_text: Vec<String>,
+    pub(crate) shadow_allow: Option<Allow>,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) response_timeout: Duration,
 }
 
 /// Where a matched request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// The `operation` label.
     pub operation: &'static str,
     /// False only for calls that carry no key (the import status check).
@@ -67,7 +90,7 @@ pub struct Target {
 
 impl Route {
     /// Matches the request to one of this route's operations.
-    pub fn target(&self, method: &Method, remainder: &str) -> Result<Target, Refusal> {
+    pub(crate) fn target(&self, method: &Method, remainder: &str) -> Result<Target, Refusal> {
         let (operation, credential, validate_upsert) = match &self.kind {
             Kind::Preset { preset, client_id, enabled, validate_body } => {
                 let op = preset.resolve(method, remainder, client_id, *enabled)?;
@@ -86,7 +109,7 @@ impl Route {
     }
 
     /// The operation names this route forwards (for `check` and `/config`).
-    pub fn operation_names(&self) -> Vec<String> {
+    pub(crate) fn operation_names(&self) -> Vec<String> {
         match &self.kind {
             Kind::Preset { preset, enabled, .. } => preset
                 .operations()
@@ -106,7 +129,7 @@ fn join_path(base: &str, remainder: &str) -> String {
 }
 
 /// The `operation` label of a generic route: the method, from a closed set.
-pub fn method_label(method: &Method) -> &'static str {
+pub(crate) fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "get",
         Method::HEAD => "head",
@@ -128,7 +151,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table. Prefixes were checked unique and well-formed by config.
-    pub fn new(routes: Vec<Arc<Route>>) -> Self {
+    pub(crate) fn new(routes: Vec<Arc<Route>>) -> Self {
         let by_prefix = routes.iter().enumerate().map(|(i, r)| (r.prefix.clone(), i)).collect();
         RouteTable { routes, by_prefix }
     }
@@ -157,8 +180,9 @@ impl RouteTable {
     }
 }
 
-/// Refuses paths that could mean something else upstream (design §3): dot segments,
-/// empty segments, encoded `/`, `\`, `.` or NUL, and anything not in origin form.
+/// Refuses paths that could mean something else upstream (docs/presets.md, "Routing"):
+/// dot segments, empty segments, encoded `/`, `\`, `.` or NUL, and anything not in
+/// origin form.
 pub fn check_path(path: &str) -> Result<(), Refusal> {
     if !path.starts_with('/') {
         return Err(Refusal::InvalidPath("the path must start with /"));

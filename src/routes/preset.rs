@@ -1,19 +1,46 @@
-//! The two Magento BI presets: their operation tables (design §3), path matching with
-//! client-id pinning and id checks, and local validation of import upsert bodies.
+//! The two Magento BI presets: their operation tables (docs/presets.md), path matching
+//! with client-id pinning and id checks, and how each carries its key: what is stripped
+//! from callers and where the real key goes. Upsert bodies are checked by [`super::upsert`].
 
 use http::Method;
-use serde_json::Value;
+use http::header::{self, HeaderName};
 
+use super::credential::{Credential, Unsendable};
 use crate::error::Refusal;
+use crate::secret::Secret;
 
 /// Which BI API a preset route fronts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Preset {
+pub(crate) enum Preset {
     /// `rjmetrics-import`: key in the `apikey` query parameter.
     Import,
     /// `rjmetrics-export`: key in the `X-RJM-API-Key` header.
     Export,
 }
+
+/// The query parameter the import key travels in, and that leaves every `Location`.
+pub(crate) const APIKEY: &str = "apikey";
+
+/// The header the export key travels in.
+const X_RJM_API_KEY: HeaderName = HeaderName::from_static("x-rjm-api-key");
+
+/// What both BI presets remove from callers: their own credentials and cookies, and the
+/// headers that ask a server or a framework in front of the API to rewrite the target
+/// (`X-Original-URL`, `X-Rewrite-URL`), the URL it believes it serves
+/// (`X-Forwarded-Host/-Proto/-Prefix`) or the method (the `*-Method-Override` family).
+static BI_STRIP: [HeaderName; 11] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    X_RJM_API_KEY,
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 
 /// One segment of an operation's path pattern.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +58,7 @@ enum Seg {
 
 /// One operation of a preset.
 #[derive(Debug)]
-pub struct Operation {
+pub(crate) struct Operation {
     pub name: &'static str,
     pattern: &'static [Seg],
     pub methods: &'static [Method],
@@ -84,7 +111,7 @@ const EXPORT_OPS: &[Operation] = &[
 
 impl Preset {
     /// Parses the config name of a preset.
-    pub fn from_name(name: &str) -> Option<Preset> {
+    pub(crate) fn from_name(name: &str) -> Option<Preset> {
         match name {
             "rjmetrics-import" => Some(Preset::Import),
             "rjmetrics-export" => Some(Preset::Export),
@@ -93,7 +120,7 @@ impl Preset {
     }
 
     /// The config name of this preset.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Preset::Import => "rjmetrics-import",
             Preset::Export => "rjmetrics-export",
@@ -101,15 +128,28 @@ impl Preset {
     }
 
     /// The production host used when a route names no `upstream`.
-    pub fn default_upstream(self) -> &'static str {
+    pub(crate) fn default_upstream(self) -> &'static str {
         match self {
             Preset::Import => "https://connect.rjmetrics.com",
             Preset::Export => "https://api.rjmetrics.com",
         }
     }
 
+    /// How this preset carries `secret`: the import key in the `apikey` query parameter,
+    /// the export key in `X-RJM-API-Key`. Both strip [`BI_STRIP`] and every `apikey`
+    /// from callers, and `apikey` from `Location`.
+    pub(crate) fn credential(self, secret: &Secret) -> Result<Credential, Unsendable> {
+        let credential = match self {
+            Preset::Import => Credential::query(APIKEY, secret)?,
+            Preset::Export => Credential::header(X_RJM_API_KEY, "X-RJM-API-Key", "", "", secret)?
+                .stripping_query(APIKEY)
+                .clearing_location(APIKEY),
+        };
+        Ok(credential.stripping_headers(&BI_STRIP))
+    }
+
     /// Every operation of the preset, in table order.
-    pub fn operations(self) -> &'static [Operation] {
+    pub(crate) fn operations(self) -> &'static [Operation] {
         match self {
             Preset::Import => IMPORT_OPS,
             Preset::Export => EXPORT_OPS,
@@ -119,7 +159,7 @@ impl Preset {
     /// Matches a request to an operation. `remainder` is the path after the route's
     /// prefix (empty or starting with `/`), already free of dot and empty segments.
     /// `enabled` has bit `i` set when operation `i` is enabled on the route.
-    pub fn resolve(
+    pub(crate) fn resolve(
         self,
         method: &Method,
         remainder: &str,
@@ -181,46 +221,6 @@ fn is_id(s: &str) -> bool {
 
 fn is_table(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// Most records one upsert may carry.
-pub const MAX_RECORDS: usize = 100;
-
-/// Checks an upsert body as the Import API would (design §3): valid JSON; one object
-/// or an array of 1 to 100 objects; each with `keys`, a non-empty array of strings
-/// naming fields present in that object. The reason names the record index.
-pub fn validate_upsert(body: &[u8]) -> Result<(), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not valid JSON ({e})"))?;
-    let records: Vec<&Value> = match &value {
-        Value::Object(_) => vec![&value],
-        Value::Array(items) if items.is_empty() || items.len() > MAX_RECORDS => {
-            return Err(format!("an array must hold 1 to {MAX_RECORDS} records, it holds {}", items.len()));
-        }
-        Value::Array(items) => items.iter().collect(),
-        _ => return Err("the body must be a JSON object or an array of objects".into()),
-    };
-    for (i, record) in records.iter().enumerate() {
-        let Value::Object(fields) = record else {
-            return Err(format!("record {i} is not an object"));
-        };
-        let Some(keys) = fields.get("keys") else {
-            return Err(format!("record {i} has no \"keys\" field"));
-        };
-        let keys = match keys.as_array() {
-            Some(keys) if !keys.is_empty() => keys,
-            _ => return Err(format!("record {i}: \"keys\" must be a non-empty array of field names")),
-        };
-        for key in keys {
-            let Some(name) = key.as_str() else {
-                return Err(format!("record {i}: \"keys\" must hold only strings"));
-            };
-            if !fields.contains_key(name) {
-                let shown: String = name.chars().take(64).collect();
-                return Err(format!("record {i}: key field {shown:?} is missing from the record"));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -327,30 +327,31 @@ mod tests {
     }
 
     #[test]
-    fn upsert_bodies_follow_the_vendor_rules() {
-        assert_eq!(validate_upsert(br#"{"keys":["id"],"id":1}"#), Ok(()));
-        assert_eq!(validate_upsert(br#"[{"keys":["a","b"],"a":1,"b":2}]"#), Ok(()));
-        let bad = [
-            (&br#"{"keys":["id"]"#[..], "not valid JSON"),
-            (br#"[]"#, "an array must hold 1 to 100 records, it holds 0"),
-            (br#"3"#, "the body must be a JSON object or an array of objects"),
-            (br#"[{"keys":["id"],"id":1}, 4]"#, "record 1 is not an object"),
-            (br#"[{"id":1}]"#, "record 0 has no \"keys\" field"),
-            (br#"[{"keys":[],"id":1}]"#, "record 0: \"keys\" must be a non-empty array"),
-            (br#"[{"keys":"id","id":1}]"#, "record 0: \"keys\" must be a non-empty array"),
-            (br#"[{"keys":[1],"id":1}]"#, "record 0: \"keys\" must hold only strings"),
-            (br#"[{"keys":["id"],"id":1},{"keys":["id"]}]"#, "record 1: key field \"id\" is missing"),
-        ];
-        for (body, reason) in bad {
-            let err = validate_upsert(body).unwrap_err();
-            assert!(err.starts_with(reason), "{err} / {reason}");
+    fn each_preset_strips_every_bi_credential_and_injects_its_own() {
+        let key = Secret::parse("k").unwrap();
+        let mut caller = http::HeaderMap::new();
+        for name in &BI_STRIP {
+            caller.insert(name, http::HeaderValue::from_static("caller"));
         }
-        let hundred: Vec<String> = (0..100).map(|i| format!(r#"{{"keys":["id"],"id":{i}}}"#)).collect();
-        assert_eq!(validate_upsert(format!("[{}]", hundred.join(",")).as_bytes()), Ok(()));
-        let more = format!("[{},{}]", hundred.join(","), r#"{"keys":["id"],"id":100}"#);
-        assert_eq!(
-            validate_upsert(more.as_bytes()),
-            Err("an array must hold 1 to 100 records, it holds 101".into())
-        );
+        caller.insert("x-other", http::HeaderValue::from_static("1"));
+        for preset in [Preset::Import, Preset::Export] {
+            let credential = preset.credential(&key).unwrap();
+            let mut headers = credential.strip_headers(&caller);
+            assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-other"], "{preset:?}");
+            credential.inject_header(&mut headers);
+            let query = credential.query_for(Some("a=1&APIKEY=caller"), true).unwrap();
+            match preset {
+                Preset::Import => {
+                    assert_eq!(query.as_deref(), Some("a=1&apikey=k"));
+                    assert!(headers.get(X_RJM_API_KEY).is_none());
+                }
+                Preset::Export => {
+                    assert_eq!(query.as_deref(), Some("a=1"));
+                    assert_eq!(headers[X_RJM_API_KEY], "k");
+                }
+            }
+            let location: Vec<&str> = credential.location_query().iter().map(|n| &**n).collect();
+            assert_eq!(location, [APIKEY]);
+        }
     }
 }

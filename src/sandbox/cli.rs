@@ -1,12 +1,13 @@
 //! Turning `keygate sandbox` flags into [`Settings`]: key files, generated keys, the
-//! start-up banner (which shows generated keys only) and waiting for a stop signal.
+//! start-up banner (which shows generated keys only).
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use zeroize::Zeroizing;
 
 use super::{Args, Sandbox, Settings};
-use crate::secret::{self, Secret};
+use crate::secret::{Secret, SecretProblem};
 
 /// Which keys [`settings_from_args`] generated (and so may print).
 #[derive(Debug, Default)]
@@ -43,12 +44,19 @@ pub(super) fn settings_from_args(args: &Args) -> Result<(Settings, Generated), S
     Ok((settings, generated))
 }
 
+/// Reads a key file: the whole file, trailing whitespace trimmed.
 fn read_key(path: &std::path::Path, flag: &str) -> Result<Secret, String> {
-    secret::read_file(path).map_err(|problem| format!("sandbox: {flag} {}: {problem}", path.display()))
+    let read = std::fs::read(path)
+        .map_err(|e| SecretProblem::Unreadable(e.kind().to_string()))
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| SecretProblem::Unreadable("not UTF-8".to_owned()))
+        })
+        .and_then(|text| Secret::parse(&Zeroizing::new(text)));
+    read.map_err(|problem| format!("sandbox: {flag} {}: {problem}", path.display()))
 }
 
 /// 16 random bytes as 32 lowercase hex characters, the shape of the vendor's sample keys.
-pub fn generate_key() -> Result<Secret, String> {
+pub(crate) fn generate_key() -> Result<Secret, String> {
     let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
     rustls::crypto::ring::default_provider()
         .secure_random
@@ -81,23 +89,6 @@ pub(super) fn banner(sandbox: &Sandbox, settings: &Settings, generated: &Generat
         lines.push(pem.trim_end().to_owned());
     }
     lines.join("\n")
-}
-
-pub(super) async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    // Without a SIGTERM handler, Ctrl-C still stops the sandbox; if even that cannot be
-    // installed, stopping right away beats running with no way to stop.
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub(super) fn parse_secret(raw: &str) -> Result<Secret, String> {

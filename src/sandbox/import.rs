@@ -7,9 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::respond::{self, Resp};
 use super::{State, form};
-
-/// Most data points one upsert request may hold.
-const MAX_RECORDS: usize = 100;
+use crate::routes::upsert;
 
 /// `GET /`: the unauthenticated "API is up" check.
 pub(super) fn status(method: &Method) -> Resp {
@@ -75,57 +73,10 @@ fn upsert(state: &State, table: &str, body: &[u8]) -> Resp {
     }
 }
 
-/// Applies the vendor's rules; on failure returns every reason found (record indexes
-/// count from 0).
+/// Applies the vendor's rules ([`crate::routes::upsert`], shared with the gateway); on
+/// failure returns every reason found (record indexes count from 0).
 pub(super) fn validate(body: &[u8]) -> Result<Vec<Map<String, Value>>, Vec<String>> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| vec![format!("the body is not valid JSON: {e}")])?;
-    let items = match value {
-        Value::Object(record) => vec![Value::Object(record)],
-        Value::Array(items) if items.is_empty() => {
-            return Err(vec!["the array holds no data points (send 1 to 100)".to_owned()]);
-        }
-        Value::Array(items) if items.len() > MAX_RECORDS => {
-            return Err(vec![format!("at most {MAX_RECORDS} data points per request, got {}", items.len())]);
-        }
-        Value::Array(items) => items,
-        _ => {
-            return Err(vec!["the body must be a JSON object or an array of objects".to_owned()]);
-        }
-    };
-    let mut records = Vec::with_capacity(items.len());
-    let mut reasons = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        match item {
-            Value::Object(record) => match check_keys(&record) {
-                Ok(()) => records.push(record),
-                Err(reason) => reasons.push(format!("record {index}: {reason}")),
-            },
-            _ => reasons.push(format!("record {index}: is not a JSON object")),
-        }
-    }
-    if reasons.is_empty() { Ok(records) } else { Err(reasons) }
-}
-
-fn check_keys(record: &Map<String, Value>) -> Result<(), String> {
-    let names = match record.get("keys") {
-        None => return Err("the keys field is missing".to_owned()),
-        Some(Value::Array(names)) if !names.is_empty() => names,
-        Some(_) => return Err("keys must be a non-empty array of field names".to_owned()),
-    };
-    for name in names {
-        match name {
-            Value::String(name) if name == "keys" => {
-                return Err("keys cannot name itself".to_owned());
-            }
-            Value::String(name) if record.contains_key(name) => {}
-            Value::String(name) => {
-                return Err(format!("key field {name:?} is not present in the record"));
-            }
-            _ => return Err("keys must contain only strings".to_owned()),
-        }
-    }
-    Ok(())
+    upsert::check(body).map_err(|problems| problems.iter().map(ToString::to_string).collect())
 }
 
 #[cfg(test)]

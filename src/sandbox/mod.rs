@@ -1,13 +1,14 @@
 //! A local stand-in for the BI import and export APIs (`keygate sandbox`).
 //!
-//! One listener serves both APIs the way `bi-api.md` describes the real service: the
-//! import API (`/`, `/v1|v2/client/{cid}/...`, key in the `apikey` query parameter) and the
-//! export API (`/0.1/...`, key in the `X-RJM-API-Key` header, per-key IP allowlist). It
-//! records every request it receives so gateway tests can assert exactly what arrived.
-//! Behaviour chosen where the vendor's docs are silent is listed in `docs/sandbox.md`.
+//! One listener serves both APIs the way docs/vendor.md describes the real service: the
+//! import API (`/`, `/v1|v2/client/{cid}/...`, key in the `apikey` query parameter) and
+//! the export API (`/0.1/...`, key in the `X-RJM-API-Key` header, per-key IP
+//! allowlist). It records every request it receives so gateway tests can assert exactly
+//! what arrived. Behaviour chosen where the vendor's docs are silent is listed in
+//! `docs/sandbox.md`.
 
 mod cli;
-pub use cli::generate_key;
+pub(crate) use cli::generate_key;
 mod clock;
 mod export;
 mod form;
@@ -22,10 +23,11 @@ mod tls;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,7 +39,7 @@ const RECORD_LIMIT: usize = 10_000;
 
 /// Command-line flags of `keygate sandbox`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Args {
+pub(crate) struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9091")]
     pub listen: SocketAddr,
@@ -107,15 +109,15 @@ pub(crate) struct State {
 
 impl State {
     fn push_record(&self, request: RecordedRequest) {
-        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut record = self.record.lock();
         if record.len() == RECORD_LIMIT {
             record.pop_front();
         }
         record.push_back(request);
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, store::Store> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    fn store(&self) -> parking_lot::MutexGuard<'_, store::Store> {
+        self.store.lock()
     }
 }
 
@@ -175,7 +177,7 @@ impl Sandbox {
 
     /// Every request received (the last 10,000), oldest first.
     pub fn recorded(&self) -> Vec<RecordedRequest> {
-        let record = self.state.record.lock().unwrap_or_else(PoisonError::into_inner);
+        let record = self.state.record.lock();
         record.iter().cloned().collect()
     }
 
@@ -190,7 +192,7 @@ impl Sandbox {
 /// `keygate sandbox` entry point: parses nothing (clap already did), runs until
 /// Ctrl-C/SIGTERM. Prints where it listens and any key it generated, never a key it
 /// was given.
-pub async fn run(args: Args) -> Result<(), String> {
+pub(crate) async fn run(args: Args) -> Result<(), String> {
     let (settings, generated) = cli::settings_from_args(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -198,7 +200,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let sandbox =
         Sandbox::start(listener, settings.clone()).map_err(|e| format!("sandbox: cannot start: {e}"))?;
     println!("{}", cli::banner(&sandbox, &settings, &generated));
-    cli::wait_for_signal().await;
+    crate::signal::stop_requested().await;
     sandbox.shutdown().await;
     Ok(())
 }

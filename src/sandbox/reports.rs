@@ -92,7 +92,7 @@ impl Report {
     }
 
     /// The report as `info` and the lists describe it.
-    pub fn describe(&self) -> Value {
+    pub(super) fn describe(&self) -> Value {
         let kind = match self.builder {
             Builder::Visual => "visual",
             Builder::Sql => "sql",
@@ -108,12 +108,12 @@ impl Report {
     }
 
     /// Whether the report exports to `format` (SQL Report Builder figures: CSV only).
-    pub fn supports(&self, format: Format) -> bool {
+    pub(super) fn supports(&self, format: Format) -> bool {
         format == Format::Csv || self.builder != Builder::Sql
     }
 
     /// CSV lines, the header row first when `headers`.
-    pub fn csv(&self, headers: bool) -> String {
+    pub(super) fn csv(&self, headers: bool) -> String {
         let mut out = String::new();
         if headers {
             table_file::push_line(&mut out, self.columns.iter().copied());
@@ -127,7 +127,7 @@ impl Report {
     }
 
     /// A JSON array of rows (arrays of cells), the header row first when `headers`.
-    pub fn json(&self, headers: bool) -> Value {
+    pub(super) fn json(&self, headers: bool) -> Value {
         let mut rows: Vec<Value> = Vec::new();
         if headers {
             rows.push(json!(self.columns));

@@ -40,7 +40,7 @@ pub(super) struct Export {
 
 impl Table {
     /// Column names: the union of every row's fields, in the order first seen.
-    pub fn columns(&self) -> &[String] {
+    pub(super) fn columns(&self) -> &[String] {
         &self.columns
     }
 
@@ -89,7 +89,7 @@ fn key_identity(record: &Map<String, Value>) -> String {
 
 impl Export {
     /// The export as the API describes it (list entries, `info`, `copy`).
-    pub fn describe(&self) -> Value {
+    pub(super) fn describe(&self) -> Value {
         json!({
             "id": self.id,
             "export_id": self.id,
@@ -104,7 +104,7 @@ impl Export {
 
 impl Store {
     /// Upserts validated records into `table`, creating it on first push.
-    pub fn upsert(&mut self, table: &str, records: Vec<Map<String, Value>>) {
+    pub(super) fn upsert(&mut self, table: &str, records: Vec<Map<String, Value>>) {
         let table = self.tables.entry(table.to_owned()).or_default();
         for record in records {
             table.upsert(record);
@@ -112,17 +112,17 @@ impl Store {
     }
 
     /// Tables by name.
-    pub fn tables(&self) -> impl Iterator<Item = (&String, &Table)> {
+    pub(super) fn tables(&self) -> impl Iterator<Item = (&String, &Table)> {
         self.tables.iter()
     }
 
     /// One table.
-    pub fn table(&self, name: &str) -> Option<&Table> {
+    pub(super) fn table(&self, name: &str) -> Option<&Table> {
         self.tables.get(name)
     }
 
     /// Creates a pending export of a table's current rows; `None` when there is no such table.
-    pub fn export_table(&mut self, name: &str) -> Option<std::io::Result<&Export>> {
+    pub(super) fn export_table(&mut self, name: &str) -> Option<std::io::Result<&Export>> {
         let table = self.tables.get(name)?;
         let zip = match table_file::zip_one(&format!("{name}.csv"), table.csv().as_bytes()) {
             Ok(zip) => Bytes::from(zip),
@@ -133,7 +133,7 @@ impl Store {
     }
 
     /// Creates a pending copy of an export; `None` when there is no such export.
-    pub fn copy_export(&mut self, id: u64, name: Option<String>) -> Option<&Export> {
+    pub(super) fn copy_export(&mut self, id: u64, name: Option<String>) -> Option<&Export> {
         let source = self.exports.get(&id)?;
         let name = name.unwrap_or_else(|| format!("Copy of {}", source.name));
         let (table, rows, zip) = (source.table.clone(), source.rows, source.zip.clone());
@@ -148,14 +148,14 @@ impl Store {
     }
 
     /// Every export, oldest first.
-    pub fn exports(&self) -> impl Iterator<Item = &Export> {
+    pub(super) fn exports(&self) -> impl Iterator<Item = &Export> {
         self.exports.values()
     }
 
     /// The readiness rule: a poll (`info` or download) sees an export as it was, then
     /// marks it ready, so the first poll after creation answers "pending" and every
     /// later one "completed". Returns the export as the poll saw it.
-    pub fn poll_export(&mut self, id: u64) -> Option<PolledExport> {
+    pub(super) fn poll_export(&mut self, id: u64) -> Option<PolledExport> {
         let export = self.exports.get_mut(&id)?;
         let seen =
             PolledExport { ready: export.ready, description: export.describe(), zip: export.zip.clone() };

@@ -1,4 +1,5 @@
-//! Which response bodies are read for secrets, and how (design §3, §11).
+//! Which response bodies are read for secrets, and how (docs/presets.md, "On the way
+//! down"; docs/operations.md, "Keys in answers").
 //!
 //! 2xx bodies stream untouched. Every other body is read, whatever its `Content-Type`:
 //! - no content coding (or `identity`): up to [`SCRUB_LIMIT`] bytes are buffered and
@@ -32,13 +33,10 @@ use http_body_util::BodyExt;
 
 use super::Scrubber;
 use crate::body::{self, BoxError, ProxyBody};
-use crate::error::ERROR_HEADER;
+use crate::error::Withheld;
 
 /// Largest non-2xx body buffered whole, on the wire and once decoded.
-pub const SCRUB_LIMIT: usize = 64 * 1024;
-
-/// The `x-keygate-error` code of a withheld body.
-pub const WITHHELD: &str = "upstream_body_withheld";
+pub(crate) const SCRUB_LIMIT: usize = 64 * 1024;
 
 /// Content codings keygate decodes, as they may appear in `Accept-Encoding`.
 const DECODABLE: [&str; 5] = ["gzip", "x-gzip", "deflate", "br", "identity"];
@@ -52,43 +50,8 @@ enum Coding {
     Brotli,
 }
 
-/// Why an error body was withheld.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Withheld {
-    /// The `Content-Encoding` names a coding keygate does not decode, or several.
-    Coding,
-    /// The body does not decode as its label says.
-    Undecodable,
-    /// Past [`SCRUB_LIMIT`] on the wire (encoded) or once decoded.
-    TooLarge,
-}
-
-impl Withheld {
-    fn label(self) -> &'static str {
-        match self {
-            Withheld::Coding => "coding",
-            Withheld::Undecodable => "undecodable",
-            Withheld::TooLarge => "too_large",
-        }
-    }
-
-    fn message(self) -> &'static str {
-        match self {
-            Withheld::Coding => {
-                "keygate withheld the upstream's error body: its content coding is not one keygate reads"
-            }
-            Withheld::Undecodable => {
-                "keygate withheld the upstream's error body: it does not decode as its content coding says"
-            }
-            Withheld::TooLarge => {
-                "keygate withheld the upstream's error body: it is compressed and larger than keygate reads"
-            }
-        }
-    }
-}
-
 /// The body sent back for a non-2xx answer, with `headers` fixed to match it.
-/// `upstream` must already have its trailers scrubbed ([`crate::body::Metered::scrub_trailers`]).
+/// `upstream` must already have its trailers scrubbed ([`Trailers`]).
 pub async fn error_body<B>(
     scrub: &Arc<Scrubber>,
     route: &str,
@@ -138,7 +101,7 @@ where
 /// upstream that honours it never encodes an error body keygate would have to
 /// withhold. Nothing left means `identity`. No work when the caller sent none or only
 /// decodable codings.
-pub fn accept_encoding(headers: &mut HeaderMap) {
+pub(crate) fn accept_encoding(headers: &mut HeaderMap) {
     let decodable = |item: &str| {
         let coding = item.split(';').next().unwrap_or("").trim();
         DECODABLE.iter().any(|c| coding.eq_ignore_ascii_case(c))
@@ -242,10 +205,54 @@ fn withhold(route: &str, headers: &mut HeaderMap, why: Withheld) -> ProxyBody {
     );
     headers.remove(header::CONTENT_ENCODING);
     headers.remove(header::CONTENT_LENGTH);
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(ERROR_HEADER, HeaderValue::from_static(WITHHELD));
-    let text = serde_json::json!({"error": WITHHELD, "message": why.message()}).to_string();
-    body::full(text)
+    why.into_body(headers)
+}
+
+/// A body whose trailers are scrubbed like headers (a name holding a secret removes the
+/// field, a value holding one is redacted); data frames pass untouched. Every upstream
+/// answer goes through one, 2xx or not.
+pub(crate) struct Trailers<B> {
+    inner: B,
+    scrub: Arc<Scrubber>,
+}
+
+impl<B> Trailers<B> {
+    /// Wraps `inner`.
+    pub(crate) fn new(inner: B, scrub: Arc<Scrubber>) -> Self {
+        Trailers { inner, scrub }
+    }
+}
+
+impl<B> Body for Trailers<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = polled {
+            let mut frame = frame;
+            if let Some(trailers) = frame.trailers_mut() {
+                this.scrub.headers(trailers);
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn with_trailers(body: ProxyBody, trailers: Option<HeaderMap>) -> ProxyBody {

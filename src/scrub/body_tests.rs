@@ -3,6 +3,7 @@ use std::io::Write;
 use http_body_util::StreamBody;
 
 use super::*;
+use crate::error::{ERROR_HEADER, WITHHELD};
 use crate::secret::Secret;
 
 const KEY: &str = "abcdef0123456789abcdef0123456789";
@@ -214,4 +215,20 @@ async fn trailers_of_a_small_body_are_kept() {
     let (_, out, got) = answer(HeaderMap::new(), upstream(vec![b"oops".to_vec()], Some(trailers))).await;
     assert_eq!(out, b"oops");
     assert_eq!(got.unwrap()["x-done"], "yes");
+}
+
+#[tokio::test]
+async fn trailers_are_scrubbed_and_data_is_not() {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-echo", HeaderValue::from_static("key=abcdef0123456789abcdef0123456789"));
+    trailers.insert("x-abcdef0123456789abcdef0123456789", HeaderValue::from_static("1"));
+    trailers.insert("x-done", HeaderValue::from_static("yes"));
+    let data = format!("2xx data is not read: {KEY}").into_bytes();
+    let body = Trailers::new(upstream(vec![data.clone()], Some(trailers)), scrubber());
+    let collected = body.collect().await.unwrap();
+    let got = collected.trailers().cloned().expect("trailers follow the data");
+    assert_eq!(got["x-echo"], "key=[REDACTED]");
+    assert!(got.get("x-abcdef0123456789abcdef0123456789").is_none(), "a trailer named after a key goes");
+    assert_eq!(got["x-done"], "yes");
+    assert_eq!(collected.to_bytes().to_vec(), data);
 }

@@ -1,7 +1,8 @@
-//! What is scrubbed on the way down (design §3, §11): one automaton over every loaded
-//! secret value finds them in response header names and values, trailers and non-2xx
-//! bodies, in the forms an upstream is likely to echo them, ASCII case-insensitively,
-//! and replaces each with `[REDACTED]`. [`body`] decides which bodies are read and how.
+//! What is scrubbed on the way down (docs/presets.md, "On the way down";
+//! docs/operations.md, "Keys in answers"): one automaton over every loaded secret value
+//! finds them in response header names and values, trailers and non-2xx bodies, in the
+//! forms an upstream is likely to echo them, ASCII case-insensitively, and replaces
+//! each with `[REDACTED]`. [`body`] decides which bodies are read and how.
 //!
 //! The scrubber belongs to a config snapshot and is rebuilt with it, from a plain list of
 //! secret values, so a value kept beside the current one (a previous or a candidate key)
@@ -17,8 +18,7 @@ use http::header::HeaderValue;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use zeroize::Zeroizing;
 
-use crate::rewrite::QUERY_VALUE;
-use crate::secret::Secret;
+use crate::secret::{QUERY_VALUE, Secret};
 
 /// The replacement for a secret found where it must not be.
 pub const REDACTED: &str = "[REDACTED]";

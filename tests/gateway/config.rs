@@ -2,6 +2,7 @@
 //! file, route, field and bad value of every problem at once; `keygate run` with a bad
 //! config exits non-zero before binding anything; `check` shows fingerprints, never
 //! secrets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 

@@ -2,6 +2,7 @@
 //! a recording fake upstream: the real key arrives exactly once whatever the caller
 //! sends, caller copies and hop-by-hop headers never leave, forwarding headers are
 //! neither forwarded nor believed, and the upstream is chosen by config only.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::support::client::get;
 use crate::support::inprocess::{GatewayBuilder, RouteSpec, query_params, recorded_header};

@@ -1,5 +1,6 @@
 //! Every error of `docs/errors.md` that a request can reach, each with its exact status,
 //! `x-keygate-error`, body shape `{"error","message"}`, and nothing sent upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The shipped production example (`config/keygate.toml`) is valid once its secret
 //! files exist: `keygate check` accepts it, prints its routes with fingerprints, and
 //! warns about nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::support::files::write_private;
 use crate::support::process::run;

@@ -13,6 +13,7 @@
 //! in-process, where each route's upstream has its own base path `/r<i>` on one
 //! recording upstream, so the path the upstream received names the route and the
 //! remainder that keygate chose.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 

@@ -1,6 +1,7 @@
 //! Request smuggling and malformed framing over raw sockets (`docs/reliability.md` rows 1–5): each
 //! case sends exact bytes, checks the exact status, and checks what the fake upstream
 //! saw — nothing, or exactly one request with exactly one framing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 

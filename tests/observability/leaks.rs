@@ -10,6 +10,7 @@
 //! letter case, gzip / deflate / br error bodies, a bogus `Content-Encoding`, an error
 //! body without `Content-Type`, a long error body, a compression bomb, and keys in the
 //! trailers an HTTP/2 caller receives.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! edit + SIGHUP, in-place edit found by the poll), a key rewritten without pause is
 //! applied within the debounce ceiling, and debug logging into the config directory
 //! makes keygate attempt no reload at all.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! binary with the default debounce: no request fails, and each new key is in use
 //! within a second of the file change. The keys live in a Kubernetes-style secret
 //! volume (`..data` swapped atomically), as in production.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

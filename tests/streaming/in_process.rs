@@ -3,6 +3,7 @@
 //! byte for byte against the pattern as they arrive (nothing holds a whole body), while
 //! the test process's resident set size is sampled. keygate, the upstream and the
 //! client share this process, so the bound covers all three.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

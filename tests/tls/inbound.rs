@@ -3,6 +3,7 @@
 //! another; a missing, foreign or expired client certificate fails the handshake; the
 //! serving certificate rotates on disk for new connections while open ones keep working;
 //! a mismatched certificate on reload keeps the old pair.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,16 +1,15 @@
 //! Listeners and connections, for the gateway and the admin endpoints alike: accept
 //! with a connection limit and EMFILE back-off, serve HTTP/1.1 and HTTP/2 (prior
 //! knowledge) on each connection, enforce the header and idle timeouts, and drain on
-//! shutdown. What each request gets is the listener's [`Handler`].
+//! shutdown. What each request gets is the listener's [`Handler`]; the phases that the
+//! header and idle timeouts follow are in [`timeouts`].
+
+mod timeouts;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -19,22 +18,23 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::time::Instant;
+use tokio::sync::{Semaphore, watch};
 
 use crate::body::ProxyBody;
 use crate::config::ServerSettings;
+use crate::conn::ConnInfo;
 use crate::gateway::Gateway;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy;
 use crate::tls::ServerTls;
+use timeouts::{Expired, Phases};
 
 /// The raw answer to a connection over the listener's limit: it never reaches hyper.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-keygate-error: overloaded\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keygate is at its connection limit\"}";
 
 /// What a listener does with each request.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     /// Answers one request. Never fails: refusals are responses. `guard` is the
     /// connection's bookkeeping for this request and must live until the response's
     /// last byte has gone (attach it to the body).
@@ -71,7 +71,7 @@ impl Handler for Gateway {
 
 /// How a listener set holds its connections.
 #[derive(Clone)]
-pub struct Listening {
+pub(crate) struct Listening {
     /// A name for logs: `gateway`, `admin`.
     pub name: &'static str,
     /// Time allowed for a request head, from the connection's start or the first byte
@@ -89,7 +89,7 @@ pub struct Listening {
 
 impl Listening {
     /// The gateway's limits from `[server]`, with `open` counting its connections.
-    pub fn gateway(settings: &ServerSettings, open: IntGauge) -> Listening {
+    pub(crate) fn gateway(settings: &ServerSettings, open: IntGauge) -> Listening {
         Listening {
             name: "gateway",
             header_timeout: settings.header_timeout,
@@ -102,7 +102,7 @@ impl Listening {
 }
 
 /// A running listener set.
-pub struct Server {
+pub(crate) struct Server {
     shutdown: watch::Sender<bool>,
     permits: Arc<Semaphore>,
     max_connections: u32,
@@ -113,7 +113,7 @@ impl Server {
     /// Starts accepting on `listeners` with the limits of `listening`, answering each
     /// request with `handler`. With `tls`, every connection speaks TLS, with the
     /// settings [`Handler::tls`] gives when it is accepted.
-    pub fn start<H: Handler>(
+    pub(crate) fn start<H: Handler>(
         handler: Arc<H>,
         listeners: Vec<TcpListener>,
         listening: Listening,
@@ -137,13 +137,13 @@ impl Server {
     }
 
     /// The bound addresses.
-    pub fn local_addrs(&self) -> &[SocketAddr] {
+    pub(crate) fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
 
     /// Stops accepting, closes idle connections, and waits up to `grace` for the rest.
     /// Returns true when every connection finished in time.
-    pub async fn shutdown(self, grace: Duration) -> bool {
+    pub(crate) async fn shutdown(self, grace: Duration) -> bool {
         let _ = self.shutdown.send(true);
         let drained = self.permits.acquire_many(self.max_connections);
         matches!(tokio::time::timeout(grace, drained).await, Ok(Ok(_)))
@@ -272,60 +272,6 @@ async fn refuse_overloaded(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-/// Where a connection is in its life, for the header and idle timeouts.
-#[derive(Debug, Default)]
-struct ConnState {
-    /// See the `PHASE_*` constants.
-    phase: AtomicU8,
-    /// When the current phase began, in ms since `epoch`.
-    since_ms: AtomicU64,
-    in_flight: AtomicU32,
-    /// Wakes the timeout watcher: a new phase may have an earlier deadline (a keep-alive
-    /// connection that starts a head, a connection found to speak HTTP/2).
-    changed: Notify,
-}
-
-/// Waiting for the head of a request (the first, or after bytes of the next arrived).
-const PHASE_HEAD: u8 = 0;
-/// Keep-alive, nothing received since the last response.
-const PHASE_IDLE: u8 = 1;
-/// Requests are being served.
-const PHASE_BUSY: u8 = 2;
-/// HTTP/2 with no request in flight: streams are managed by the protocol; only the
-/// time since the last request ended is timed.
-const PHASE_H2: u8 = 3;
-
-struct Clock(Instant);
-
-impl Clock {
-    fn now_ms(&self) -> u64 {
-        self.0.elapsed().as_millis() as u64
-    }
-}
-
-impl ConnState {
-    fn set(&self, phase: u8, clock: &Clock) {
-        self.since_ms.store(clock.now_ms(), Ordering::Relaxed);
-        self.phase.store(phase, Ordering::Relaxed);
-        self.changed.notify_one();
-    }
-}
-
-/// Counts a request as started; the returned guard ends it when the response is done.
-struct RequestGuard {
-    state: Arc<ConnState>,
-    clock: Arc<Clock>,
-    h2: bool,
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        if self.state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.state.set(if self.h2 { PHASE_H2 } else { PHASE_IDLE }, &self.clock);
-        }
-    }
-}
-
 async fn serve_connection<H: Handler, I>(
     handler: Arc<H>,
     stream: I,
@@ -336,17 +282,11 @@ async fn serve_connection<H: Handler, I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let clock = Arc::new(Clock(Instant::now()));
-    let state = Arc::new(ConnState::default());
-    let io = Watched { inner: stream, state: state.clone(), clock: clock.clone(), sniffed: false };
-    let svc_state = state.clone();
-    let svc_clock = clock.clone();
+    let phases = Phases::start();
+    let io = phases.watch(stream);
+    let requests = phases.clone();
     let service = service_fn(move |request| {
-        let h2 = request.version() == http::Version::HTTP_2;
-        if svc_state.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
-            svc_state.set(PHASE_BUSY, &svc_clock);
-        }
-        let guard = RequestGuard { state: svc_state.clone(), clock: svc_clock.clone(), h2 };
+        let guard = requests.request_started(request.version() == http::Version::HTTP_2);
         let response = handler.clone().handle(info.clone(), request, Box::new(guard));
         async move { Ok::<_, Infallible>(response.await) }
     });
@@ -355,7 +295,7 @@ async fn serve_connection<H: Handler, I>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        // keygate times headers itself (see `watch_timeouts`): hyper's timer would also
+        // keygate times headers itself (see `timeouts`): hyper's timer would also
         // fire on idle keep-alive connections.
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192) * 2)
@@ -368,7 +308,7 @@ async fn serve_connection<H: Handler, I>(
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
 
-    let timeouts = watch_timeouts(state, clock, limits);
+    let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
     tokio::pin!(timeouts);
     let mut draining = false;
     loop {
@@ -395,101 +335,5 @@ async fn serve_connection<H: Handler, I>(
                 return;
             }
         }
-    }
-}
-
-enum Expired {
-    Head,
-    Idle,
-}
-
-/// Resolves when the connection has spent too long waiting for a request head
-/// (`header_timeout`, from the connection's start or the first byte of the next
-/// request) or idle between requests (`idle_timeout`).
-async fn watch_timeouts(state: Arc<ConnState>, clock: Arc<Clock>, limits: Limits) -> Expired {
-    loop {
-        let phase = state.phase.load(Ordering::Relaxed);
-        let since = state.since_ms.load(Ordering::Relaxed);
-        let (limit, kind) = match phase {
-            PHASE_HEAD => (limits.header_timeout, Expired::Head),
-            PHASE_IDLE | PHASE_H2 => (limits.idle_timeout, Expired::Idle),
-            // Busy: nothing is timed here until the phase changes.
-            _ => {
-                state.changed.notified().await;
-                continue;
-            }
-        };
-        let deadline = clock.0 + Duration::from_millis(since) + limit;
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {
-                // Expired only if nothing moved meanwhile.
-                if state.phase.load(Ordering::Relaxed) == phase && state.since_ms.load(Ordering::Relaxed) == since {
-                    return kind;
-                }
-            }
-            () = state.changed.notified() => {}
-        }
-    }
-}
-
-/// The caller's socket, noting when bytes of a new request arrive after idleness.
-struct Watched<I> {
-    inner: I,
-    state: Arc<ConnState>,
-    clock: Arc<Clock>,
-    sniffed: bool,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let read = &buf.filled()[before..];
-        if !read.is_empty() {
-            if !this.sniffed {
-                this.sniffed = true;
-                if read.starts_with(b"PRI * HTTP/2.0") {
-                    this.state.set(PHASE_H2, &this.clock);
-                }
-            }
-            // On HTTP/2 only requests restart the idle clock (when the last one ends, see
-            // `RequestGuard`): PINGs, SETTINGS or WINDOW_UPDATEs alone must not hold a
-            // connection open.
-            if this.state.phase.load(Ordering::Relaxed) == PHASE_IDLE {
-                this.state.set(PHASE_HEAD, &this.clock);
-            }
-        }
-        result
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }

@@ -4,19 +4,22 @@
 //! keygate reports.
 //!
 //! HTTP/1.1 connections are driven by hyper's `client::conn` API and kept in a small
-//! LIFO pool: a connection goes back only once its response body has been read to the
-//! end (see [`Lease`]), so an answer that was cut, refused or looked like smuggling
-//! never shares a connection with the next request. An HTTP/2 connection (when the
-//! upstream's ALPN picks `h2`) is shared by every request.
+//! LIFO pool ([`pool`]): a connection goes back only once its response body has been
+//! read to the end (see [`Lease`]), so an answer that was cut, refused or looked like
+//! smuggling never shares a connection with the next request. An HTTP/2 connection
+//! (when the upstream's ALPN picks `h2`) is shared by every request. Clients outlive
+//! snapshots through the gateway's [`Cache`].
 //!
 //! Retries: a request is re-sent only when a pooled connection turned out to be closed
 //! before any byte of the request was written; keygate adds no other retry and never
 //! follows redirects.
 
-use std::collections::VecDeque;
+mod cache;
+mod pool;
+
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HOST;
@@ -29,48 +32,27 @@ use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::body::{Meter, ProxyBody};
+use crate::body::ProxyBody;
+use crate::error::UpstreamFailure;
+pub(crate) use cache::Cache;
+use pool::Pool;
 
-/// How long an idle pooled connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How many idle HTTP/1.1 connections one upstream keeps.
-const MAX_IDLE: usize = 256;
+/// The lease on the HTTP/1.1 connection a response came on (see [`pool::Lease`]).
+pub(crate) type Lease = pool::Lease<http1::SendRequest<ProxyBody>>;
 
 /// What makes two upstreams the same client (and lets a reload keep its pool).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UpstreamKey {
+pub(crate) struct UpstreamKey {
     pub url: String,
     /// SHA-256 of the extra trust anchors' PEM, if any.
     pub ca_digest: Option<String>,
     pub connect_timeout: Duration,
 }
 
-/// Why an upstream call failed (the `kind` label of `keygate_upstream_errors_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    Connect,
-    Timeout,
-    Tls,
-    Protocol,
-}
-
-impl Failure {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Timeout => "timeout",
-            Failure::Tls => "tls",
-            Failure::Protocol => "protocol",
-        }
-    }
-}
-
 /// One upstream base URL and its connection pool.
-pub struct Upstream {
+pub(crate) struct Upstream {
     key: UpstreamKey,
     scheme: Scheme,
     authority: Authority,
@@ -79,7 +61,9 @@ pub struct Upstream {
     /// scheme's default.
     host: HeaderValue,
     connector: Connector,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<http1::SendRequest<ProxyBody>>>,
+    /// The shared HTTP/2 connection, once ALPN picked `h2`.
+    h2: parking_lot::Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -91,7 +75,7 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the client for `url` (scheme, host, optional port and base path; no query,
     /// no user info: config checks that). `extra_roots` is PEM text of extra anchors.
-    pub fn new(url: &Uri, extra_roots: Option<&[u8]>, key: UpstreamKey) -> Result<Upstream, String> {
+    pub(crate) fn new(url: &Uri, extra_roots: Option<&[u8]>, key: UpstreamKey) -> Result<Upstream, String> {
         let scheme = url.scheme().cloned().ok_or("the URL has no scheme")?;
         let authority = url.authority().cloned().ok_or("the URL has no host")?;
         let base_path = url.path().trim_end_matches('/').to_owned();
@@ -119,32 +103,33 @@ impl Upstream {
             None
         };
         let connector = Connector { host: connect_host, port, tls, timeout: key.connect_timeout };
-        Ok(Upstream { key, scheme, authority, base_path, host, connector, pool: Arc::default() })
+        let (pool, h2) = (Arc::default(), parking_lot::Mutex::new(None));
+        Ok(Upstream { key, scheme, authority, base_path, host, connector, pool, h2 })
     }
 
     /// The identity of this client for reuse across reloads.
-    pub fn key(&self) -> &UpstreamKey {
+    pub(crate) fn key(&self) -> &UpstreamKey {
         &self.key
     }
 
     /// The configured URL, for display (it never carries a secret).
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.key.url
     }
 
     /// The path of the base URL, without a trailing slash.
-    pub fn base_path(&self) -> &str {
+    pub(crate) fn base_path(&self) -> &str {
         &self.base_path
     }
 
     /// True when requests go out without TLS.
-    pub fn is_plain_http(&self) -> bool {
+    pub(crate) fn is_plain_http(&self) -> bool {
         self.scheme == Scheme::HTTP
     }
 
     /// The request target for `path` and `query` on this upstream (origin form; the
     /// scheme and authority are added for HTTP/2).
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    pub(crate) fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let pq = match query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
@@ -155,13 +140,13 @@ impl Upstream {
     /// Sends `request`, waiting at most `timeout` for the response head. The [`Lease`]
     /// must travel with the response body: it returns the connection to the pool once
     /// the body has been read to its end.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         request: Request<ProxyBody>,
         timeout: Duration,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamFailure> {
         match tokio::time::timeout(timeout, self.dispatch(request)).await {
-            Err(_) => Err(Failure::Timeout),
+            Err(_) => Err(UpstreamFailure::Timeout),
             Ok(result) => result,
         }
     }
@@ -169,9 +154,9 @@ impl Upstream {
     async fn dispatch(
         &self,
         mut request: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamFailure> {
         loop {
-            let (sender, reused) = match self.pool.checkout() {
+            let (sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
                 // Boxed: connecting (TLS, HTTP/2 handshakes) is rare and its state is
                 // large; inline, it would make every request's future as large.
@@ -182,7 +167,7 @@ impl Upstream {
                     let mut parts = request.uri().clone().into_parts();
                     parts.scheme = Some(self.scheme.clone());
                     parts.authority = Some(self.authority.clone());
-                    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Protocol)?;
+                    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamFailure::Protocol)?;
                     let response = h2.send_request(request).await.map_err(|e| classify(&e))?;
                     return Ok((response, Lease::none()));
                 }
@@ -191,7 +176,7 @@ impl Upstream {
             if sender.ready().await.is_err() {
                 if !reused {
                     // Closed as soon as it was opened.
-                    return Err(Failure::Protocol);
+                    return Err(UpstreamFailure::Protocol);
                 }
                 // Closed while idle: no byte was written, try the next one.
                 continue;
@@ -207,9 +192,9 @@ impl Upstream {
                     if headers.contains_key(http::header::TRANSFER_ENCODING)
                         && headers.contains_key(http::header::CONTENT_LENGTH)
                     {
-                        return Err(Failure::Protocol);
+                        return Err(UpstreamFailure::Protocol);
                     }
-                    return Ok((response, Lease { conn: Some((sender, self.pool.clone())), meter: None }));
+                    return Ok((response, Lease::new(sender, self.pool.clone())));
                 }
                 Err(mut error) => match error.take_message() {
                     // The pooled connection closed before the request was written.
@@ -220,14 +205,27 @@ impl Upstream {
         }
     }
 
+    /// The shared HTTP/2 connection if it is open, else the newest open idle one.
+    fn checkout(&self) -> Option<Sender> {
+        {
+            let mut h2 = self.h2.lock();
+            match h2.as_ref() {
+                Some(shared) if !shared.is_closed() => return Some(Sender::H2(shared.clone())),
+                Some(_) => *h2 = None,
+                None => {}
+            }
+        }
+        self.pool.checkout().map(Sender::H1)
+    }
+
     /// Opens a new connection: TCP (bounded by the connect timeout), TLS if the URL is
     /// `https`, then HTTP/2 if ALPN picked it, HTTP/1.1 otherwise.
-    async fn connect(&self) -> Result<Sender, Failure> {
+    async fn connect(&self) -> Result<Sender, UpstreamFailure> {
         let c = &self.connector;
         let tcp = match tokio::time::timeout(c.timeout, TcpStream::connect((c.host.as_str(), c.port))).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(Failure::Timeout),
-            Ok(Err(_)) => return Err(Failure::Connect),
+            Err(_) => return Err(UpstreamFailure::Timeout),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(UpstreamFailure::Timeout),
+            Ok(Err(_)) => return Err(UpstreamFailure::Connect),
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
@@ -235,13 +233,13 @@ impl Upstream {
         let stream = tls.connect(name.clone(), tcp).await.map_err(|e| {
             let rustls_error =
                 e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-            if rustls_error { Failure::Tls } else { Failure::Connect }
+            if rustls_error { UpstreamFailure::Tls } else { UpstreamFailure::Connect }
         })?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         self.handshake(stream, h2).await
     }
 
-    async fn handshake<I>(&self, io: I, h2: bool) -> Result<Sender, Failure>
+    async fn handshake<I>(&self, io: I, h2: bool) -> Result<Sender, UpstreamFailure>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -251,16 +249,17 @@ impl Upstream {
                 .timer(TokioTimer::new())
                 .handshake(io)
                 .await
-                .map_err(|_| Failure::Connect)?;
+                .map_err(|_| UpstreamFailure::Connect)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            self.pool.share_h2(sender.clone());
+            *self.h2.lock() = Some(sender.clone());
             return Ok(Sender::H2(sender));
         }
-        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|_| Failure::Connect)?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(io).await.map_err(|_| UpstreamFailure::Connect)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -283,99 +282,6 @@ struct Connector {
 enum Sender {
     H1(http1::SendRequest<ProxyBody>),
     H2(http2::SendRequest<ProxyBody>),
-}
-
-/// Idle HTTP/1.1 connections (newest last) and the shared HTTP/2 connection.
-#[derive(Default)]
-struct Pool {
-    state: Mutex<PoolState>,
-}
-
-#[derive(Default)]
-struct PoolState {
-    idle: VecDeque<(http1::SendRequest<ProxyBody>, Instant)>,
-    h2: Option<http2::SendRequest<ProxyBody>>,
-    reaper: bool,
-}
-
-impl Pool {
-    /// The shared HTTP/2 connection if it is open, else the newest open idle one.
-    fn checkout(&self) -> Option<Sender> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h2) = &state.h2 {
-            if !h2.is_closed() {
-                return Some(Sender::H2(h2.clone()));
-            }
-            state.h2 = None;
-        }
-        while let Some((sender, since)) = state.idle.pop_back() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(Sender::H1(sender));
-            }
-        }
-        None
-    }
-
-    fn put(&self, sender: http1::SendRequest<ProxyBody>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.idle.len() < MAX_IDLE {
-            state.idle.push_back((sender, Instant::now()));
-        }
-    }
-
-    fn share_h2(&self, sender: http2::SendRequest<ProxyBody>) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).h2 = Some(sender);
-    }
-
-    /// Starts, once per pool, a task that closes connections idle past the timeout; it
-    /// ends when the pool is dropped.
-    fn start_reaper(self: &Arc<Self>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if std::mem::replace(&mut state.reaper, true) {
-            return;
-        }
-        let pool: Weak<Pool> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(IDLE_TIMEOUT / 3).await;
-                let Some(pool) = pool.upgrade() else { return };
-                let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.idle.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
-            }
-        });
-    }
-}
-
-/// The HTTP/1.1 connection a response came on. It goes back to the pool when the lease
-/// is dropped after the body was read to its end (see [`Lease::watch`]); otherwise the
-/// connection is closed.
-#[must_use]
-pub struct Lease {
-    conn: Option<(http1::SendRequest<ProxyBody>, Arc<Pool>)>,
-    meter: Option<Arc<Meter>>,
-}
-
-impl Lease {
-    /// A lease that holds nothing (HTTP/2 streams need none).
-    pub fn none() -> Lease {
-        Lease { conn: None, meter: None }
-    }
-
-    /// Ties the lease to the meter of the response body.
-    pub fn watch(&mut self, meter: &Arc<Meter>) {
-        self.meter = Some(meter.clone());
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let ended = self.meter.as_ref().is_some_and(|m| m.ended());
-        if let (Some((sender, pool)), true) = (self.conn.take(), ended) {
-            if !sender.is_closed() {
-                pool.put(sender);
-            }
-        }
-    }
 }
 
 /// The rustls client config for upstreams: webpki roots plus `extra_roots`, ring, TLS
@@ -403,15 +309,15 @@ fn client_tls(extra_roots: Option<&[u8]>) -> Result<rustls::ClientConfig, String
 }
 
 /// Sorts an error of an exchange on an open connection into a failure kind.
-fn classify(error: &hyper::Error) -> Failure {
+fn classify(error: &hyper::Error) -> UpstreamFailure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.downcast_ref::<rustls::Error>().is_some() {
-            return Failure::Tls;
+            return UpstreamFailure::Tls;
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             if io.kind() == io::ErrorKind::TimedOut {
-                return Failure::Timeout;
+                return UpstreamFailure::Timeout;
             }
             // `io::Error::source()` skips the error it wraps (tokio-rustls wraps the
             // rustls::Error in an io::Error): step into it.
@@ -422,5 +328,5 @@ fn classify(error: &hyper::Error) -> Failure {
         }
         source = e.source();
     }
-    Failure::Protocol
+    UpstreamFailure::Protocol
 }

@@ -1,0 +1,49 @@
+//! One compiled configuration: everything a request, the admin endpoints and a reload
+//! read, immutable once built.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{AdminSettings, LogSettings, Manifest, ReloadSettings, ServerSettings};
+use crate::caller::Callers;
+use crate::routes::RouteTable;
+use crate::scrub::Scrubber;
+use crate::secret::Secret;
+
+/// A secret as loaded: shown by name and fingerprint, never by value.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadedSecret {
+    pub name: String,
+    pub fingerprint: String,
+    pub loaded_at: SystemTime,
+    pub value: Arc<Secret>,
+}
+
+/// One compiled, immutable configuration. Requests load it once and use that one
+/// version throughout.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(crate) generation: u64,
+    pub(crate) loaded_at: SystemTime,
+    pub(crate) path: PathBuf,
+    pub(crate) server: ServerSettings,
+    pub(crate) admin: Option<AdminSettings>,
+    pub(crate) log: LogSettings,
+    pub(crate) reload: ReloadSettings,
+    pub(crate) callers: Callers,
+    pub(crate) secrets: Vec<LoadedSecret>,
+    /// Every loaded secret, found and redacted in whatever goes back to callers.
+    pub(crate) scrub: Arc<Scrubber>,
+    pub routes: RouteTable,
+    /// The compiled `[server.tls]`, when callers speak TLS to keygate.
+    pub(crate) tls: Option<crate::tls::ServerTls>,
+    /// Files whose change triggers a reload.
+    pub(crate) watched: Vec<PathBuf>,
+    /// SHA-256 over every input; equal digests mean a no-op reload.
+    pub digest: [u8; 32],
+    /// What the config file named, to recompute `digest` without parsing it again.
+    pub(crate) manifest: Manifest,
+    /// Non-fatal findings (inline secrets, plain HTTP to remote hosts, …).
+    pub warnings: Vec<String>,
+}
