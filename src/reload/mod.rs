@@ -189,6 +189,9 @@ async fn run(
             if let Some(w) = watches.as_mut() {
                 // Re-resolves symlinks and notices replaced or deleted directories.
                 recheck |= w.update(&this.watch_list(&snapshot), &mut moved);
+                // A change made before this point may be found by the look it asks for
+                // (trigger `watch`); from here on, a change raises its own event.
+                tracing::debug!(directories = w.watched(), recheck, "watches in place");
             }
             // Timing comes from the running snapshot, so it follows reloads too.
             next_poll = Instant::now() + snapshot.reload.poll_interval;

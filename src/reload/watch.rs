@@ -50,6 +50,11 @@ impl Watches {
         }
     }
 
+    /// How many directories are watched now.
+    pub(super) fn watched(&self) -> usize {
+        self.active.len()
+    }
+
     /// Watches what `files` need now and drops the rest. A directory replaced since it
     /// was watched (renamed over, deleted and recreated) is watched again; a missing one
     /// is stood in for by its nearest existing ancestor, which sees it come back. A

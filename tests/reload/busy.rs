@@ -35,6 +35,7 @@ fn config(echo: &FakeUpstream, key: &std::path::Path, poll: &str) -> String {
 /// instead of by the trigger under test.
 async fn wait_start_up_look(kg: &Keygate) {
     kg.wait_log(0, "inputs unchanged; nothing to apply", |l| l["trigger"] == "watch").await;
+    kg.watches_settled().await;
 }
 
 /// `<dir>/keygate.toml` naming `<dir>/secrets/key`, also reachable as the hard link

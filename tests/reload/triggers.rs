@@ -51,6 +51,10 @@ async fn start_unwatched(poll: &str, key: &str) -> (tempfile::TempDir, FakeUpstr
     // its watches would raise no event); a change made before that look would be found
     // by it instead of by the trigger under test.
     kg.wait_log(0, "inputs unchanged; nothing to apply", |l| l["trigger"] == "watch").await;
+    // And its watches are re-armed after that look: a change made before then may be
+    // found by the look the re-arming asks for (trigger `watch`), not by the trigger
+    // under test.
+    kg.watches_settled().await;
     (dir, echo, tree, kg)
 }
 

@@ -301,6 +301,36 @@ impl Keygate {
         .await
     }
 
+    /// Every JSON log line so far, in order, each with its `message` at the top level.
+    pub fn json_lines(&self) -> Vec<Value> {
+        let lines = self.stdout_lines();
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|mut v| {
+                if let Some(m) = log_field(&v, "message").map(str::to_owned) {
+                    v["message"] = Value::String(m);
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Waits until keygate's watches are in place after its last reload attempt with no
+    /// further look pending (needs `[log] level = "debug"`): from then on a change to a
+    /// watched file is announced by its own event, not found by a look keygate takes
+    /// after re-arming its watches.
+    pub async fn watches_settled(&self) {
+        eventually("keygate's watches in place with no look pending", SOON, || {
+            let lines = self.json_lines();
+            let last_look = lines.iter().rposition(|l| l["message"] == "reload attempt");
+            let armed =
+                lines.iter().rposition(|l| l["message"] == "watches in place" && l["recheck"] == false);
+            std::future::ready(matches!((last_look, armed), (Some(a), Some(b)) if b > a))
+        })
+        .await;
+    }
+
     /// Number of stdout lines so far (a position for [`Keygate::logs_since`]).
     pub fn mark(&self) -> usize {
         self.stdout_lines().len()
