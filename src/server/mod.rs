@@ -9,6 +9,7 @@ mod timeouts;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -272,6 +273,36 @@ async fn refuse_overloaded(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
+/// A caller's stream, as far as choosing the protocol goes: a plain TCP stream can be
+/// peeked at before hyper reads it; a TLS stream cannot.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for tokio_rustls::server::TlsStream<I> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// True once the caller's first bytes (peeked, left in the socket) cannot begin the
+/// HTTP/2 preface; false when they might (HTTP/2, or too few bytes to tell), at end of
+/// stream or on an error, which the version-sniffing path then handles.
+async fn speaks_http1(tcp: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    match tcp.peek(&mut first).await {
+        Ok(n) if n > 0 => !PREFACE.starts_with(&first[..n]),
+        _ => false,
+    }
+}
+
 async fn serve_connection<H: Handler, I>(
     handler: Arc<H>,
     stream: I,
@@ -279,19 +310,41 @@ async fn serve_connection<H: Handler, I>(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: Stream,
 {
     let peer = info.peer;
     let phases = Phases::start();
+    let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
+    tokio::pin!(timeouts);
+    // Known HTTP/1 is served without hyper-util's version sniffing, whose 24-byte first
+    // read makes hyper grow the connection's read buffer to 16 KiB for good.
+    let http1 = match stream.tcp() {
+        Some(tcp) => tokio::select! {
+            biased;
+            http1 = speaks_http1(tcp) => http1,
+            _ = shutdown.changed() => return,
+            _ = &mut timeouts => {
+                tracing::debug!(peer = %peer, "request head not received in time; closing");
+                return;
+            }
+        },
+        None => false,
+    };
     let io = phases.watch(stream);
     let requests = phases.clone();
     let service = service_fn(move |request| {
         let guard = requests.request_started(request.version() == http::Version::HTTP_2);
         let response = handler.clone().handle(info.clone(), request, Box::new(guard));
+        // Boxed: hyper keeps one slot of this future's size for every connection, idle
+        // ones too.
+        let response: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> = Box::pin(response);
         async move { Ok::<_, Infallible>(response.await) }
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    if http1 {
+        builder = builder.http1_only();
+    }
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -308,11 +361,11 @@ async fn serve_connection<H: Handler, I>(
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
 
-    let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
-    tokio::pin!(timeouts);
     let mut draining = false;
     loop {
         tokio::select! {
+            // The watcher after the connection: it sees the phase the connection just set.
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
@@ -335,5 +388,36 @@ async fn serve_connection<H: Handler, I>(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// What `speaks_http1` says of a connection whose caller sent `first`, and whether
+    /// the bytes were left for hyper to read.
+    async fn sniffed(first: &[u8]) -> bool {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut caller = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        caller.write_all(first).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        let http1 = super::speaks_http1(&accepted).await;
+        let mut read = vec![0u8; first.len()];
+        accepted.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, first, "peeking consumed nothing");
+        http1
+    }
+
+    #[tokio::test]
+    async fn only_bytes_that_cannot_begin_the_http2_preface_are_taken_for_http1() {
+        assert!(sniffed(b"GET /export/0.1/export HTTP/1.1\r\nHost: h\r\n\r\n").await);
+        assert!(sniffed(b"POST /x HTTP/1.1\r\n").await);
+        assert!(sniffed(b"PRI /not-a-preface HTTP/1.1\r\n").await);
+        assert!(!sniffed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await);
+        // Too few bytes to tell: the version-sniffing path decides.
+        assert!(!sniffed(b"PRI * HT").await);
+        assert!(!sniffed(b"P").await);
     }
 }
