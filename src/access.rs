@@ -55,7 +55,8 @@ impl Exchange {
             peer: conn.peer,
             identities: conn.identities.clone(),
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            // Only the access log line shows it.
+            path: if access { request.uri().path().to_owned() } else { String::new() },
             route: None,
             operation: "-",
             caller: None,
@@ -115,14 +116,13 @@ impl Drop for Done {
         let e = &self.exchange;
         let m = &self.gw.metrics;
         let elapsed = e.start.elapsed();
-        let route = e.route_name();
         let group = e.caller.as_ref().map_or("-", |g| g.name.as_str());
         m.in_flight.dec();
-        m.requests.with_label_values(&[route, e.operation, group, self.status.as_str()]).inc();
-        m.request_duration.with_label_values(&[route, e.operation]).observe(elapsed.as_secs_f64());
+        m.answered(e.route.as_deref(), e.operation, group, self.status, elapsed.as_secs_f64());
         if !e.access {
             return;
         }
+        let route = e.route_name();
         let upstream_status = e.upstream_status.map(|s| s.as_u16());
         tracing::info!(
             target: "keygate::access",

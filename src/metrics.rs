@@ -2,14 +2,19 @@
 //! labels only from config and closed sets. One explicit [`Registry`] per [`Metrics`],
 //! so tests each get their own.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::StatusCode;
+use parking_lot::RwLock;
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::config::Snapshot;
 use crate::error::UpstreamFailure;
+use crate::routes::Route;
 
 /// Buckets from 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -36,6 +41,8 @@ pub struct Metrics {
     pub(crate) secret_loaded: GaugeVec,
     pub(crate) tls_cert_expiry: Gauge,
     tls_registered: std::sync::Once,
+    /// Tags the series a route keeps (see [`RouteSeries`]).
+    id: u64,
 }
 
 /// One metric: its name, HELP text and labels.
@@ -179,6 +186,7 @@ impl Metrics {
             // Registered on first use: it exists only with TLS.
             tls_cert_expiry: gauge(None, &TLS_CERT_EXPIRY),
             tls_registered: std::sync::Once::new(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -240,6 +248,89 @@ impl Metrics {
     }
 }
 
+/// Distinguishes one [`Metrics`] from another for [`RouteSeries`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// At most this many series of each kind are kept per route; any more are looked up
+/// by label every time.
+const MAX_KEPT: usize = 32;
+
+/// One route's request series, looked up by label once and then kept with the route:
+/// hashing four label values on every request costs more than the counting itself.
+/// The route's snapshot never outlives the series (they are never removed from the
+/// registry), and each handle is tagged with the [`Metrics`] it belongs to.
+#[derive(Default)]
+pub(crate) struct RouteSeries {
+    /// `keygate_request_duration_seconds` and `keygate_upstream_duration_seconds`, by
+    /// operation.
+    durations: RwLock<Vec<(u64, &'static str, Histogram, Histogram)>>,
+    /// `keygate_requests_total`, by operation, caller group and status.
+    requests: RwLock<Vec<(u64, &'static str, Box<str>, StatusCode, IntCounter)>>,
+}
+
+impl std::fmt::Debug for RouteSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteSeries").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// The request and upstream duration histograms of `route` and `operation`.
+    fn durations<R>(&self, route: &Route, operation: &'static str, f: impl Fn(&Histogram, &Histogram) -> R) -> R {
+        let kept = &route.series.durations;
+        if let Some((_, _, request, upstream)) =
+            kept.read().iter().find(|(id, op, _, _)| *id == self.id && *op == operation)
+        {
+            return f(request, upstream);
+        }
+        let request = self.request_duration.with_label_values(&[&route.name, operation]);
+        let upstream = self.upstream_duration.with_label_values(&[&route.name, operation]);
+        let answer = f(&request, &upstream);
+        let mut kept = kept.write();
+        if kept.len() < MAX_KEPT {
+            kept.push((self.id, operation, request, upstream));
+        }
+        answer
+    }
+
+    /// Observes the time to the upstream's response head.
+    pub(crate) fn upstream_took(&self, route: &Route, operation: &'static str, seconds: f64) {
+        self.durations(route, operation, |_, upstream| upstream.observe(seconds));
+    }
+
+    /// Counts an answered request and observes its duration; `route` is `None` when
+    /// none matched.
+    pub(crate) fn answered(
+        &self,
+        route: Option<&Route>,
+        operation: &'static str,
+        caller: &str,
+        status: StatusCode,
+        seconds: f64,
+    ) {
+        let Some(route) = route else {
+            self.requests.with_label_values(&["-", operation, caller, status.as_str()]).inc();
+            self.request_duration.with_label_values(&["-", operation]).observe(seconds);
+            return;
+        };
+        self.durations(route, operation, |request, _| request.observe(seconds));
+        let kept = &route.series.requests;
+        let found = |(id, op, group, code, _): &&(u64, &'static str, Box<str>, StatusCode, IntCounter)| {
+            *id == self.id && *op == operation && *code == status && &**group == caller
+        };
+        if let Some((.., counter)) = kept.read().iter().find(found) {
+            counter.inc();
+            return;
+        }
+        let counter = self.requests.with_label_values(&[&route.name, operation, caller, status.as_str()]);
+        counter.inc();
+        let mut kept = kept.write();
+        if kept.len() < MAX_KEPT {
+            kept.push((self.id, operation, caller.into(), status, counter));
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -287,5 +378,55 @@ mod tests {
             assert_eq!(text.matches(&format!("# TYPE {} ", def.name)).count(), 1, "{}", def.name);
         }
         assert!(text.contains(&format!("keygate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    }
+
+    fn route() -> std::sync::Arc<Route> {
+        let text = "[secrets.k]\nvalue = \"k\"\n[[routes]]\nname = \"r\"\nprefix = \"/r\"\nsecret = \"k\"\n\
+            upstream = \"http://127.0.0.1:9\"\ninject = { header = \"x-key\" }\nallow = [\"127.0.0.1\"]\n";
+        let inputs = crate::config::Inputs::parse(std::path::Path::new("keygate.toml"), text.as_bytes()).unwrap();
+        let snapshot = crate::config::compile(&inputs, 1, None).unwrap_or_else(|_| panic!("config"));
+        snapshot.routes.routes()[0].clone()
+    }
+
+    /// The lines of `family` in `m`'s exposition.
+    fn lines(m: &Metrics, family: &str) -> Vec<String> {
+        m.render().lines().filter(|l| l.starts_with(family)).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn kept_series_count_exactly_what_label_lookups_count() {
+        let route = route();
+        let (kept, looked_up) = (Metrics::new(), Metrics::new());
+        let answers = [("-", StatusCode::OK), ("ops", StatusCode::OK), ("-", StatusCode::FORBIDDEN)];
+        for _ in 0..3 {
+            for (caller, status) in answers {
+                kept.answered(Some(&route), "list_exports", caller, status, 0.002);
+                kept.upstream_took(&route, "list_exports", 0.001);
+                looked_up.requests.with_label_values(&["r", "list_exports", caller, status.as_str()]).inc();
+                looked_up.request_duration.with_label_values(&["r", "list_exports"]).observe(0.002);
+                looked_up.upstream_duration.with_label_values(&["r", "list_exports"]).observe(0.001);
+            }
+        }
+        kept.answered(None, "-", "-", StatusCode::NOT_FOUND, 0.0005);
+        looked_up.requests.with_label_values(&["-", "-", "-", "404"]).inc();
+        looked_up.request_duration.with_label_values(&["-", "-"]).observe(0.0005);
+        for family in ["keygate_requests_total", "keygate_request_duration", "keygate_upstream_duration"] {
+            assert_eq!(lines(&kept, family), lines(&looked_up, family), "{family}");
+        }
+        assert!(lines(&kept, "keygate_requests_total").contains(
+            &"keygate_requests_total{caller=\"ops\",code=\"200\",operation=\"list_exports\",route=\"r\"} 3"
+                .to_owned()
+        ));
+    }
+
+    #[test]
+    fn a_route_shared_by_two_registries_counts_into_each_its_own() {
+        let route = route();
+        let (first, second) = (Metrics::new(), Metrics::new());
+        first.answered(Some(&route), "op", "-", StatusCode::OK, 0.1);
+        second.answered(Some(&route), "op", "-", StatusCode::OK, 0.1);
+        second.answered(Some(&route), "op", "-", StatusCode::OK, 0.1);
+        let count = |m: &Metrics| m.requests.with_label_values(&["r", "op", "-", "200"]).get();
+        assert_eq!((count(&first), count(&second)), (1, 2));
     }
 }

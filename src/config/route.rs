@@ -72,6 +72,7 @@ pub(super) fn route(
         shadow_allow,
         max_body_bytes,
         response_timeout,
+        series: Default::default(),
     })
 }
 

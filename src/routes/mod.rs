@@ -73,6 +73,8 @@ pub struct Route {
     pub(crate) shadow_allow: Option<Allow>,
     pub(crate) max_body_bytes: u64,
     pub(crate) response_timeout: Duration,
+    /// This route's request series, kept once looked up.
+    pub(crate) series: crate::metrics::RouteSeries,
 }
 
 /// Where a matched request goes.
