@@ -112,29 +112,36 @@ impl Reloader {
             log.apply(&next.log);
         }
         let next = self.publish(next, inputs);
-        // The files still hold a refused candidate: the rest applied, the key did not.
-        if let Some(reason) = rotation::rejections(&next) {
-            self.gw.metrics.published(&next);
-            return self.failed(trigger, reason, None);
-        }
-        self.state().last_failure = None;
         let new_candidate = next.secrets.iter().any(|s| {
             let old = current.secret(&s.name).and_then(|o| o.candidate.as_ref()).map(|c| &c.value);
             s.candidate.as_ref().is_some_and(|c| old != Some(&c.value))
         });
         if new_candidate {
+            // Counted when the proof ends.
+            self.state().last_failure = None;
             self.gw.metrics.published(&next);
             return Outcome::Proving(generation);
         }
-        self.gw.metrics.reload_succeeded(&next);
+        self.succeeded(&next);
         Outcome::Applied(generation)
     }
 
+    /// Counts an applied reload. While the files still hold a rejected key, the last
+    /// reload is not called successful: that key is not in use.
+    fn succeeded(&self, next: &Snapshot) {
+        self.state().last_failure = None;
+        self.gw.metrics.reload_succeeded(next);
+        if rotation::rejections(next).is_some() {
+            self.gw.metrics.last_reload_successful.set(0);
+        }
+    }
+
     fn unchanged(&self, trigger: &'static str, current: &Snapshot) -> Outcome {
-        // The files hold a refused candidate: still a failure (the same one: not
-        // counted or logged at error again).
+        // The files hold a rejected key: the failure stands (counted when it was
+        // rejected; a key is not proven twice, see `Verdicts`).
         if let Some(reason) = rotation::rejections(current) {
-            return self.failed(trigger, reason, None);
+            tracing::debug!(trigger, "inputs unchanged; they still hold a rejected key");
+            return Outcome::Failed(reason);
         }
         // The files say what is running: any earlier failure is moot now. With a
         // candidate still being proven, the outcome waits for the proof.

@@ -54,8 +54,10 @@ impl Proofs {
             .iter()
             .filter_map(|s| Some((s.name.as_str(), s.candidate.as_ref()?.value.digest())))
             .collect();
+        // A finished task stays while its candidate does: its verdict may still be on
+        // its way, and a candidate is proven once.
         self.running.retain(|name, (digest, task)| {
-            let keep = wanted.get(name.as_str()) == Some(digest) && !task.is_finished();
+            let keep = wanted.get(name.as_str()) == Some(digest);
             if !keep {
                 task.abort();
             }
@@ -143,11 +145,17 @@ impl Reloader {
                 }
             }
         }
-        let Some(next) = self.recompile(&current) else { return };
-        if tail.is_some() {
+        let Some((next, inputs)) = self.recompile(&current) else { return };
+        let rejected = next.secret(&done.secret).and_then(|s| s.rejected.clone());
+        if let Some(rejected) = rejected {
+            // Each rejection is one failed reload, counted here only: the same key is
+            // never proven again by the poll.
+            let reason = rejected.reason;
+            tracing::error!(trigger = "proof", reason = %reason, "reload failed; the running config stays");
+            let next = self.publish(next, inputs);
+            self.state().last_failure = None;
             self.gw.metrics.published(&next);
-            let reason = rejections(&next).unwrap_or_default();
-            self.failed("proof", reason, None);
+            self.gw.metrics.reload_failed();
             return;
         }
         if let Some(s) = next.secret(&done.secret) {
@@ -160,20 +168,18 @@ impl Reloader {
             );
         }
         log_changes("proof", &self.bound, &current, &next);
-        self.state().last_failure = None;
-        self.gw.metrics.reload_succeeded(&next);
+        let next = self.publish(next, inputs);
+        self.succeeded(&next);
     }
 
     /// Drops every previous key whose overlap has ended (their memory is wiped once the
     /// last request holding the snapshot is done).
     pub(super) fn expire(&self) {
         let current = self.gw.snapshot();
-        let Some(next) = self.recompile(&current) else { return };
-        for old in current.secrets.iter().filter_map(|s| Some((s, s.previous.as_ref()?))) {
-            let (secret, previous) = old;
-            if next.secret(&secret.name).and_then(|s| s.previous.as_ref()).map(|p| p.until)
-                != Some(previous.until)
-            {
+        let Some((next, inputs)) = self.recompile(&current) else { return };
+        for (secret, previous) in current.secrets.iter().filter_map(|s| Some((s, s.previous.as_ref()?))) {
+            let kept = next.secret(&secret.name).and_then(|s| s.previous.as_ref()).map(|p| p.until);
+            if kept != Some(previous.until) {
                 tracing::info!(
                     secret = %secret.name,
                     previous = %previous.fingerprint,
@@ -181,13 +187,14 @@ impl Reloader {
                 );
             }
         }
+        let next = self.publish(next, inputs);
         self.gw.metrics.published(&next);
     }
 
     /// Recompiles the running snapshot's inputs with the proofs' verdicts as the next
-    /// generation and publishes it. `None` when nothing is kept to recompile or the
-    /// compile failed (logged; the running snapshot stays).
-    fn recompile(&self, current: &Snapshot) -> Option<Arc<Snapshot>> {
+    /// generation, to publish with its inputs. `None` when nothing is kept to recompile
+    /// or the compile failed (logged; the running snapshot stays).
+    fn recompile(&self, current: &Snapshot) -> Option<(Snapshot, config::Inputs)> {
         let (inputs, verdicts) = {
             let mut state = self.state();
             (state.inputs.take()?, state.verdicts.clone())
@@ -200,7 +207,7 @@ impl Reloader {
             &verdicts,
         );
         match compiled {
-            Ok(next) => Some(self.publish(next, inputs)),
+            Ok(next) => Some((next, inputs)),
             Err(problems) => {
                 // The same inputs compiled before: only what they name on disk (a
                 // certificate's permissions, say) can make this fail.
