@@ -372,6 +372,7 @@ fn log_changes(trigger: &'static str, bound: &Bound, old: &Snapshot, new: &Snaps
                     &r.shadow_allow,
                     r.max_body_bytes,
                     r.response_timeout,
+                    &r.proof,
                 );
                 (r.name.clone(), format!("{what:?}"))
             })
@@ -393,6 +394,16 @@ fn log_changes(trigger: &'static str, bound: &Bound, old: &Snapshot, new: &Snaps
         .filter(|s| old_fp.get(s.name.as_str()) != Some(&s.fingerprint.as_str()))
         .map(|s| format!("{} ({})", s.name, s.fingerprint))
         .collect();
+    let candidate = |s: &Snapshot, name: &str| {
+        s.secret(name).and_then(|s| s.candidate.as_ref()).map(|c| c.fingerprint.clone())
+    };
+    let proving: Vec<String> = new
+        .secrets
+        .iter()
+        .filter_map(|s| Some((s, candidate(new, &s.name)?)))
+        .filter(|(s, fp)| candidate(old, &s.name).as_ref() != Some(fp))
+        .map(|(s, fp)| format!("{} ({fp})", s.name))
+        .collect();
     let restart = bound.changed(old, new);
     if !restart.is_empty() {
         tracing::warn!(
@@ -400,8 +411,11 @@ fn log_changes(trigger: &'static str, bound: &Bound, old: &Snapshot, new: &Snaps
             "these settings changed but apply only at the next restart; the rest of the config is applied"
         );
     }
-    for w in &new.warnings {
-        tracing::warn!(warning = %w, "config warning");
+    // A promotion recompiles the same files: their warnings were logged already.
+    if trigger != "proof" {
+        for w in &new.warnings {
+            tracing::warn!(warning = %w, "config warning");
+        }
     }
     tracing::info!(
         generation = new.generation,
@@ -410,6 +424,7 @@ fn log_changes(trigger: &'static str, bound: &Bound, old: &Snapshot, new: &Snaps
         routes_removed = ?removed,
         routes_changed = ?changed,
         secrets_changed = ?rotated,
+        secrets_proving = ?proving,
         "config reloaded"
     );
 }
