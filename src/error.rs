@@ -99,7 +99,8 @@ impl Refusal {
         }
     }
 
-    /// A human sentence for the body. Never contains a secret or a caller-supplied value.
+    /// A human sentence for the body. Never contains a secret; the only caller-supplied text is
+    /// an upsert record's field name in an `invalid_body` reason, at most 64 characters.
     pub fn message(&self) -> String {
         match self {
             Refusal::InvalidPath(why) => format!("the request path is not allowed: {why}"),
