@@ -32,6 +32,8 @@ pub(crate) struct Exchange {
     pub caller: Option<Arc<Group>>,
     pub caller_addr: Option<IpAddr>,
     pub upstream_status: Option<StatusCode>,
+    /// `previous` when the answer came from a retry with the previous key.
+    pub key: Option<&'static str>,
     error: Option<&'static str>,
 }
 
@@ -61,6 +63,7 @@ impl Exchange {
             caller: None,
             caller_addr: Some(conn.peer.ip().to_canonical()),
             upstream_status: None,
+            key: None,
             error: None,
         }
     }
@@ -136,6 +139,7 @@ impl Drop for Done {
             path = %e.path,
             status = self.status.as_u16(),
             upstream_status,
+            key = e.key,
             duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             bytes_in = self.bytes_in.bytes(),
             bytes_out = self.bytes_out.bytes(),

@@ -4,8 +4,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::config::Snapshot;
@@ -34,6 +34,9 @@ pub struct Metrics {
     pub(crate) last_reload_success_timestamp: Gauge,
     pub(crate) generation: IntGauge,
     pub(crate) secret_loaded: GaugeVec,
+    pub(crate) secret_candidate: IntGaugeVec,
+    pub(crate) secret_verifications: IntCounterVec,
+    pub(crate) secret_fallbacks: IntCounterVec,
     pub(crate) tls_cert_expiry: Gauge,
     tls_registered: std::sync::Once,
 }
@@ -109,6 +112,21 @@ const SECRET_LOADED: Def = Def {
     help: "When each secret was last (re)loaded, Unix time.",
     labels: &["secret"],
 };
+const SECRET_CANDIDATE: Def = Def {
+    name: "keygate_secret_candidate",
+    help: "1 while a changed value of the secret waits for its proof, else 0.",
+    labels: &["secret"],
+};
+const SECRET_VERIFICATIONS: Def = Def {
+    name: "keygate_secret_verifications_total",
+    help: "Proof calls made with a candidate key, by result (ok, rejected, error).",
+    labels: &["secret", "result"],
+};
+const SECRET_FALLBACKS: Def = Def {
+    name: "keygate_secret_fallbacks_total",
+    help: "Requests refused with the current key and sent again with the previous one.",
+    labels: &["secret"],
+};
 const TLS_CERT_EXPIRY: Def = Def {
     name: "keygate_tls_cert_expiry_timestamp_seconds",
     help: "notAfter of the serving certificate, Unix time.",
@@ -176,6 +194,15 @@ impl Metrics {
                 Some(&r),
                 GaugeVec::new(Opts::new(SECRET_LOADED.name, SECRET_LOADED.help), SECRET_LOADED.labels),
             ),
+            secret_candidate: build(
+                Some(&r),
+                IntGaugeVec::new(
+                    Opts::new(SECRET_CANDIDATE.name, SECRET_CANDIDATE.help),
+                    SECRET_CANDIDATE.labels,
+                ),
+            ),
+            secret_verifications: counter(&r, &SECRET_VERIFICATIONS),
+            secret_fallbacks: counter(&r, &SECRET_FALLBACKS),
             // Registered on first use: it exists only with TLS.
             tls_cert_expiry: gauge(None, &TLS_CERT_EXPIRY),
             tls_registered: std::sync::Once::new(),
@@ -195,18 +222,31 @@ impl Metrics {
         self.tls_cert_expiry.set(not_after_unix);
     }
 
-    /// Records a newly applied snapshot: generation, reload time, secret load times,
-    /// and zeroed series for the closed label sets of its routes.
+    /// Records an applied snapshot (the first, or a reload's): [`Metrics::published`],
+    /// and the reload time.
     pub(crate) fn applied(&self, snapshot: &Snapshot) {
-        self.generation.set(snapshot.generation as i64);
+        self.published(snapshot);
         self.last_reload_successful.set(1);
         self.last_reload_success_timestamp.set(unix(snapshot.loaded_at));
+    }
+
+    /// Records a newly published snapshot (a reload's, or one that only a key's proof or
+    /// overlap changed): generation, secret load times and candidates, and zeroed series
+    /// for the closed label sets of its routes and secrets.
+    pub(crate) fn published(&self, snapshot: &Snapshot) {
+        self.generation.set(snapshot.generation as i64);
         if let Some(tls) = &snapshot.tls {
             self.set_tls_expiry(unix(tls.not_after));
         }
         self.secret_loaded.reset();
+        self.secret_candidate.reset();
         for s in &snapshot.secrets {
             self.secret_loaded.with_label_values(&[&s.name]).set(unix(s.loaded_at));
+            self.secret_candidate.with_label_values(&[&s.name]).set(i64::from(s.candidate.is_some()));
+            for result in ["ok", "rejected", "error"] {
+                self.secret_verifications.with_label_values(&[&s.name, result]);
+            }
+            self.secret_fallbacks.with_label_values(&[&s.name]);
         }
         for route in snapshot.routes.routes() {
             self.upstream_auth_failures.with_label_values(&[&route.name]);
@@ -249,7 +289,7 @@ pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
 mod tests {
     use super::*;
 
-    const ALL: [&Def; 16] = [
+    const ALL: [&Def; 19] = [
         &REQUESTS,
         &REQUEST_DURATION,
         &UPSTREAM_DURATION,
@@ -264,6 +304,9 @@ mod tests {
         &LAST_RELOAD_SUCCESS_TIMESTAMP,
         &GENERATION,
         &SECRET_LOADED,
+        &SECRET_CANDIDATE,
+        &SECRET_VERIFICATIONS,
+        &SECRET_FALLBACKS,
         &TLS_CERT_EXPIRY,
         &BUILD_INFO,
     ];
@@ -281,6 +324,9 @@ mod tests {
         m.upstream_errors.with_label_values(&["r", "tls"]).inc();
         m.upstream_auth_failures.with_label_values(&["r"]).inc();
         m.secret_loaded.with_label_values(&["s"]).set(1.0);
+        m.secret_candidate.with_label_values(&["s"]).set(1);
+        m.secret_verifications.with_label_values(&["s", "ok"]).inc();
+        m.secret_fallbacks.with_label_values(&["s"]).inc();
         let text = m.render();
         for def in ALL {
             assert!(text.contains(&format!("# HELP {} {}\n", def.name, def.help)), "{}", def.name);

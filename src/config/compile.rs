@@ -16,24 +16,29 @@ use super::{
     ServerSettings, Snapshot, schema,
 };
 use crate::caller::{AddrSet, Callers, Group};
+use crate::rotation::{self, Now, Rules, Verdicts};
 use crate::routes::{Route, RouteTable};
 use crate::scrub::Scrubber;
 use crate::secret::{self, Secret, SecretProblem};
 use crate::upstream;
 
 /// Compiles inputs into generation `generation`, with upstream clients of its own.
-/// Secrets whose value did not change since `previous` keep their load time.
+/// Against a running `previous`, each secret is resolved by the rotation rules
+/// ([`rotation::resolve`]): an unchanged value keeps its load time, a changed one that
+/// needs a proof becomes a candidate beside the running value.
 pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
-    compile_with(inputs, generation, previous, &upstream::Cache::default())
+    compile_with(inputs, generation, previous, &upstream::Cache::default(), &Verdicts::default())
 }
 
 /// [`compile`], taking each route's upstream client from `clients`, which keeps those
-/// whose upstream did not change (and their pools): what a running gateway's reloads do.
+/// whose upstream did not change (and their pools), and applying the proofs' `verdicts`:
+/// what a running gateway's reloads do.
 pub(crate) fn compile_with(
     inputs: &Inputs,
     generation: u64,
     previous: Option<&Snapshot>,
     clients: &upstream::Cache,
+    verdicts: &Verdicts,
 ) -> Result<Snapshot, Problems> {
     // Unknown keys come first, then everything the rest of the file gets wrong.
     let mut ctx = Ctx { inputs, problems: inputs.unknown.clone(), warnings: Vec::new() };
@@ -45,10 +50,8 @@ pub(crate) fn compile_with(
     let reload = reload(&mut ctx, &f.reload);
     let trusted: Vec<IpNet> = nets(&mut ctx, "callers", "trusted_proxies", &f.callers.trusted_proxies);
     let groups = groups(&mut ctx, &f.callers.groups);
-    let mut secrets = secrets(&mut ctx, &f.secrets);
-    if let Some(previous) = previous {
-        keep_unchanged_secrets(&mut secrets, previous);
-    }
+    let loaded = secrets(&mut ctx, &f.secrets);
+    let secrets = rotate(f, loaded, previous, reload.overlap, verdicts);
     let tls = match inputs.reading {
         Reading::Everything => f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t)),
         Reading::StructureOnly => None,
@@ -56,9 +59,10 @@ pub(crate) fn compile_with(
 
     let routes = routes(&mut ctx, &f.routes, &groups, &secrets, clients);
 
-    // One scrubber over every loaded secret, whichever route uses it: an upstream can
-    // echo another route's key as easily as its own.
-    let scrub = Scrubber::new(secrets.values().map(|s| &*s.value))
+    // One scrubber over every loaded secret, whichever route uses it (an upstream can
+    // echo another route's key as easily as its own), and over every value of each:
+    // a candidate and a previous key travel too.
+    let scrub = Scrubber::new(secrets.values().flat_map(|s| s.values()))
         .map_err(|e| ctx.problem("secrets", "", e.to_string()))
         .ok();
     let scrub = match scrub {
@@ -122,9 +126,20 @@ fn nets(ctx: &mut Ctx<'_>, location: &str, field: &str, list: &[String]) -> Vec<
 }
 
 fn reload(ctx: &mut Ctx<'_>, r: &schema::Reload) -> ReloadSettings {
+    // Zero is a choice here (keep no previous key), not a mistake.
+    let overlap = match r.overlap.as_deref().map(super::parse_duration) {
+        None => Duration::from_secs(600),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            ctx.problem("reload", "overlap", e);
+            Duration::from_secs(600)
+        }
+    };
     ReloadSettings {
         poll_interval: ctx.duration("reload", "poll_interval", &r.poll_interval, Duration::from_secs(30)),
         debounce: ctx.duration("reload", "debounce", &r.debounce, Duration::from_millis(200)),
+        verify_timeout: ctx.duration("reload", "verify_timeout", &r.verify_timeout, Duration::from_secs(120)),
+        overlap,
     }
 }
 
@@ -300,20 +315,46 @@ fn secrets(
                 }
                 let fingerprint =
                     if source == secret::Source::NotRead { String::new() } else { value.fingerprint() };
-                out.insert(
-                    name.clone(),
-                    LoadedSecret {
-                        name: name.clone(),
-                        fingerprint,
-                        loaded_at: SystemTime::now(),
-                        value: Arc::new(value),
-                    },
-                );
+                let mut loaded = LoadedSecret::fresh(name, value, SystemTime::now());
+                loaded.fingerprint = fingerprint;
+                out.insert(name.clone(), loaded);
             }
             Err((field, problem)) => ctx.problem(&location, &field, problem.to_string()),
         }
     }
     out
+}
+
+/// Each secret as the rotation rules make it against the running snapshot: an
+/// unchanged value keeps its load time (and its allocation), so
+/// `keygate_secret_loaded_timestamp_seconds` and `/config` move only when a key rotates;
+/// a changed one is a candidate when a route proves it and the secret is not
+/// `verify = false`.
+fn rotate(
+    file: &schema::File,
+    loaded: BTreeMap<String, LoadedSecret>,
+    running: Option<&Snapshot>,
+    overlap: Duration,
+    verdicts: &Verdicts,
+) -> BTreeMap<String, LoadedSecret> {
+    let now = Now::current();
+    let proves = |name: &str| {
+        let verify = file.secrets.iter().find(|(n, _)| n == name).and_then(|(_, spec)| spec.verify);
+        verify != Some(false)
+            && file
+                .routes
+                .iter()
+                .any(|r| r.secret.as_deref() == Some(name) && (r.preset.is_some() || r.verify.is_some()))
+    };
+    loaded
+        .into_iter()
+        .map(|(name, fresh)| {
+            let rules = Rules { proves: proves(&name), overlap };
+            let run = running.and_then(|s| s.secret(&name));
+            let resolved = rotation::resolve(fresh, run, rules, verdicts, now);
+            (name, resolved)
+        })
+        .collect()
 }
 
 /// The value of `secrets[i]` (which gives exactly one source), or the field and
@@ -346,20 +387,6 @@ fn load_secret(
         None => Err(("env".into(), SecretProblem::EnvMissing(var.to_owned()))),
         Some(v) => {
             Secret::parse(v).map(|s| (s, secret::Source::Env(var.to_owned()))).map_err(|e| ("env".into(), e))
-        }
-    }
-}
-
-/// A secret whose value did not change keeps its load time (and its allocation), so
-/// `keygate_secret_loaded_timestamp_seconds` and `/config` move only when a key rotates.
-fn keep_unchanged_secrets(
-    secrets: &mut std::collections::BTreeMap<String, LoadedSecret>,
-    previous: &Snapshot,
-) {
-    for s in secrets.values_mut() {
-        if let Some(old) = previous.secrets.iter().find(|old| old.name == s.name && old.value == s.value) {
-            s.loaded_at = old.loaded_at;
-            s.value = old.value.clone();
         }
     }
 }

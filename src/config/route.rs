@@ -12,10 +12,9 @@ use sha2::{Digest, Sha256};
 
 use super::ctx::{Ctx, parse_net, valid_name};
 use super::schema::RouteSpec;
-use super::{LoadedSecret, kind};
+use super::{LoadedSecret, kind, proof};
 use crate::caller::{Allow, Group};
-use crate::routes::{Preset, Route, check_path};
-use crate::secret::Secret;
+use crate::routes::{Credential, Fallback, Kind, Preset, Route, check_path};
 use crate::upstream::{self, Upstream, UpstreamKey};
 
 const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
@@ -44,18 +43,18 @@ pub(super) fn route(
         ctx.duration(&location, "response_timeout", &spec.response_timeout, Duration::from_secs(60));
     let max_body_bytes = max_body_bytes(ctx, &location, spec);
     let upstream = upstream_client(ctx, &location, spec, preset, connect_timeout, clients);
-    // A secret the route cannot carry is refused here, never per request.
-    let credential = match (&kind, &secret) {
-        (Some(kind), Some(secret)) => kind
-            .credential(secret)
-            .map_err(|why| ctx.problem(&location, "secret", format!("{secret_name:?} {why}")))
-            .ok(),
+    let keys = match (&kind, secret) {
+        (Some(kind), Some(secret)) => keys(ctx, &location, &secret_name, kind, secret),
+        _ => None,
+    };
+    let proof = match (&kind, &upstream) {
+        (Some(kind), Some(upstream)) => proof::proof(ctx, &location, spec, kind, upstream),
         _ => None,
     };
     if ctx.problems.len() != before {
         return None;
     }
-    let (kind, upstream, credential, allow) = (kind?, upstream?, credential?, allow?);
+    let (kind, upstream, (credential, fallback), allow) = (kind?, upstream?, keys?, allow?);
     if upstream.is_plain_http() && !is_loopback_url(upstream.url()) {
         ctx.warnings.push(format!("route {name:?} sends its secret over plain HTTP to a non-loopback host"));
     }
@@ -67,6 +66,8 @@ pub(super) fn route(
         upstream,
         secret_name,
         credential,
+        fallback,
+        proof,
         allow,
         allow_text,
         shadow_allow,
@@ -93,20 +94,44 @@ fn name_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> Strin
     prefix
 }
 
-/// The route's secret by name, and its value when it loaded (a secret that failed to
+/// The route's credential for the secret's value in use, and for its previous value
+/// while the overlap lasts. A value the route cannot carry is refused here, never per
+/// request: the one in use, and a candidate too (it is about to be in use).
+fn keys(
+    ctx: &mut Ctx<'_>,
+    location: &str,
+    secret_name: &str,
+    kind: &Kind,
+    secret: &LoadedSecret,
+) -> Option<(Credential, Option<Fallback>)> {
+    let mut refuse = |why| ctx.problem(location, "secret", format!("{secret_name:?} {why}"));
+    let credential = kind.credential(&secret.value).map_err(&mut refuse).ok();
+    if let Some(candidate) = &secret.candidate {
+        kind.credential(&candidate.value).map_err(&mut refuse).ok()?;
+    }
+    // A previous value this route cannot carry (its `inject` changed since) is no
+    // fallback for it: it was never sent this way.
+    let fallback = secret.previous.as_ref().and_then(|p| {
+        let credential = kind.credential(&p.value).ok()?;
+        Some(Fallback { credential, until: p.until })
+    });
+    Some((credential?, fallback))
+}
+
+/// The route's secret by name, and the secret when it loaded (a secret that failed to
 /// load has its own problem already).
-fn secret(
+fn secret<'s>(
     ctx: &mut Ctx<'_>,
     location: &str,
     spec: &RouteSpec,
-    secrets: &BTreeMap<String, LoadedSecret>,
-) -> (String, Option<Arc<Secret>>) {
+    secrets: &'s BTreeMap<String, LoadedSecret>,
+) -> (String, Option<&'s LoadedSecret>) {
     let Some(name) = &spec.secret else {
         ctx.problem(location, "secret", "is required");
         return (String::new(), None);
     };
     if let Some(loaded) = secrets.get(name) {
-        return (name.clone(), Some(loaded.value.clone()));
+        return (name.clone(), Some(loaded));
     }
     if !ctx.inputs.file.secrets.iter().any(|(n, _)| n == name) {
         ctx.problem(location, "secret", format!("{name:?} is not a [secrets.{name}] entry"));

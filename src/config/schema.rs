@@ -112,6 +112,11 @@ pub struct Reload {
     pub poll_interval: Option<String>,
     /// Quiet time after the last event before re-reading. Default `200ms`.
     pub debounce: Option<String>,
+    /// How long a changed key may take to be proven before it is given up. Default `2m`.
+    pub verify_timeout: Option<String>,
+    /// How long the replaced key is kept after a rotation, for one retry of a safe
+    /// request the upstream refused with the new key. Default `10m`; `0s` keeps none.
+    pub overlap: Option<String>,
 }
 
 /// `[callers]`.
@@ -145,6 +150,8 @@ pub struct SecretSpec {
     pub env: Option<String>,
     /// The key itself (development only; `check` warns).
     pub value: Option<String>,
+    /// Prove a changed value against the upstream before using it. Default true.
+    pub verify: Option<bool>,
 }
 
 impl fmt::Debug for SecretSpec {
@@ -153,6 +160,7 @@ impl fmt::Debug for SecretSpec {
             .field("file", &self.file)
             .field("env", &self.env)
             .field("value", &self.value.as_ref().map(|_| "[REDACTED]"))
+            .field("verify", &self.verify)
             .finish()
     }
 }
@@ -200,6 +208,19 @@ pub struct RouteSpec {
     pub inject: Option<Inject>,
     /// Generic routes: methods forwarded.
     pub methods: Option<Vec<String>>,
+    /// Generic routes: the read-only call that proves a changed key before it is used.
+    pub verify: Option<Verify>,
+}
+
+/// `verify = { method = "GET", path = "/…", expect = [200] }` on a generic route.
+#[derive(Debug, Deserialize, Default)]
+pub struct Verify {
+    /// `GET` (default) or `HEAD`.
+    pub method: Option<String>,
+    /// The path after the upstream's base, with an optional query. Required.
+    pub path: Option<String>,
+    /// The statuses that accept the key. Default: any 2xx.
+    pub expect: Option<Vec<u16>>,
 }
 
 /// `inject = { header = "...", format = "..." }` or `inject = { query = "..." }`.

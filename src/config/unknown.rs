@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::Problem;
 use super::schema::{
-    Admin, Callers, File, Group, Inject, Log, Reload, RouteSpec, SecretSpec, Server, ServerTls,
+    Admin, Callers, File, Group, Inject, Log, Reload, RouteSpec, SecretSpec, Server, ServerTls, Verify,
 };
 
 /// One step of a key's path in the file.
@@ -108,6 +108,7 @@ fn section_keys(parent: &[Segment]) -> Option<&'static [&'static str]> {
         ["secrets", _] => keys_of::<SecretSpec>(),
         ["routes", "[]"] => keys_of::<RouteSpec>(),
         ["routes", "[]", "inject"] => keys_of::<Inject>(),
+        ["routes", "[]", "verify"] => keys_of::<Verify>(),
         _ => return None,
     })
 }

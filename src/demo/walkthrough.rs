@@ -223,7 +223,7 @@ fn rotation(urls: &Urls, dir: &Path) -> Step {
         (file(dir, &format!("{IMPORT_KEY_FILE}.old")), file(dir, &format!("{IMPORT_KEY_FILE}.new")));
     step(
         "rotate",
-        "Rotate the import key: keep a copy of the old one, save a new random key by rename. keygate reloads it at once (`/config` shows the new bi_import fingerprint); the sandbox does not know the new key, so the push gets its 401 (no x-keygate-error: the upstream answered), counted as an upstream auth failure.",
+        "Rotate the import key to one the vendor does not know: keep a copy of the old one, save a new random key by rename. keygate proves a changed key before using it (one authenticate call to the sandbox), and the sandbox refuses this one: `/config` shows its fingerprint under `rejected` while bi_import keeps the old fingerprint, the push still gets its 201, and the refusal is counted (the reload is reported as failed). A key the vendor accepts is switched to, and the old one kept for `[reload] overlap` should the new one be refused later.",
         vec![
             Command::Shell(format!("cp -p {key} {old}")),
             Command::Shell(format!(
@@ -232,7 +232,7 @@ fn rotation(urls: &Urls, dir: &Path) -> Step {
             Command::Shell(format!("mv {new} {key}")),
             urls.config_secrets().into(),
             Curl { headers: true, ..urls.push() }.into(),
-            urls.metrics("^keygate_upstream_auth_failures_total").into(),
+            urls.metrics(r#"'^keygate_secret_verifications_total{result="rejected"'"#).into(),
         ],
     )
 }
@@ -242,7 +242,7 @@ fn restore(urls: &Urls, dir: &Path) -> Step {
     let (key, old) = (file(dir, IMPORT_KEY_FILE), file(dir, &format!("{IMPORT_KEY_FILE}.old")));
     step(
         "restore",
-        "Put the old key back: the fingerprint returns and the push is accepted again.",
+        "Put the old key back: the file holds the running key again, so the rejection clears (`rejected` is null) and the push is accepted as before.",
         vec![Command::Shell(format!("mv {old} {key}")), urls.config_secrets().into(), urls.push().into()],
     )
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
+use tokio::time::Instant;
 
 use crate::caller::Allow;
 use crate::error::Refusal;
@@ -57,6 +58,28 @@ impl Kind {
     }
 }
 
+/// The read-only call that proves a key on a route before the route uses it
+/// ([`crate::rotation::proof`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Proof {
+    pub method: Method,
+    /// The upstream path, the upstream's base path included.
+    pub path: String,
+    /// The query, without the key (the credential adds it where the route carries it).
+    pub query: Option<String>,
+    /// The statuses that accept the key; empty: any 2xx.
+    pub expect: Vec<u16>,
+}
+
+/// The previous key of the route's secret, kept for the overlap after a rotation: one
+/// retry of a safe request the upstream refused with the current key.
+#[derive(Debug)]
+pub(crate) struct Fallback {
+    pub credential: Credential,
+    /// The end of the overlap; no retry starts after it.
+    pub until: Instant,
+}
+
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
@@ -67,6 +90,10 @@ pub struct Route {
     pub(crate) secret_name: String,
     /// How this route strips callers' keys and injects its own.
     pub(crate) credential: Credential,
+    /// The previous key, during the overlap after a rotation.
+    pub(crate) fallback: Option<Fallback>,
+    /// How a changed key is proven on this route; `None`: it is not.
+    pub(crate) proof: Option<Proof>,
     pub(crate) allow: Allow,
     /// The `allow` entries as written (for `check`).
     pub(crate) allow_text: Vec<String>,
@@ -89,6 +116,12 @@ pub(crate) struct Target {
 }
 
 impl Route {
+    /// The previous key's credential, while the overlap lasts. Read only after the
+    /// upstream refused the current key.
+    pub(crate) fn fallback(&self) -> Option<&Credential> {
+        self.fallback.as_ref().filter(|f| Instant::now() < f.until).map(|f| &f.credential)
+    }
+
     /// Matches the request to one of this route's operations.
     pub(crate) fn target(&self, method: &Method, remainder: &str) -> Result<Target, Refusal> {
         let (operation, credential, validate_upsert) = match &self.kind {
@@ -123,7 +156,7 @@ impl Route {
     }
 }
 
-fn join_path(base: &str, remainder: &str) -> String {
+pub(crate) fn join_path(base: &str, remainder: &str) -> String {
     let joined = format!("{}{}", base.trim_end_matches('/'), remainder);
     if joined.is_empty() { "/".to_owned() } else { joined }
 }

@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::respond::{self, Resp};
-use super::{State, form};
+use super::{Api, State, form};
 use crate::routes::upsert;
 
 /// `GET /`: the unauthenticated "API is up" check.
@@ -42,14 +42,13 @@ pub(super) fn handle(state: &State, parts: &Parts, segments: &[&str], body: &[u8
     }
 }
 
-/// The 401 refusal, unless the first `apikey` parameter is the import key and `cid` its client.
+/// The 401 refusal, unless the first `apikey` parameter is an accepted import key and
+/// `cid` its client.
 fn refuse_key(state: &State, parts: &Parts, cid: &str) -> Option<Resp> {
     let pairs = form::pairs(parts.uri.query().unwrap_or(""));
     let reason = match form::first(&pairs, "apikey") {
         None => "the apikey parameter is missing",
-        Some(key) if !respond::same_key(key.as_bytes(), state.settings.import_key.expose()) => {
-            "the apikey is not valid"
-        }
+        Some(key) if !state.accepts(Api::Import, key.as_bytes()) => "the apikey is not valid",
         Some(_) if cid.parse::<u64>().ok() != Some(state.settings.client_id) => {
             "the apikey is not valid for this client"
         }

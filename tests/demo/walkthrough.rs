@@ -108,15 +108,27 @@ fn shell(command: &Command) {
     assert!(out.status.success(), "`{line}`: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The secrets' fingerprints in the `"secrets":[…]}` tail of `/config` the walkthrough
-/// greps out.
-fn fingerprints(shown: &str) -> BTreeMap<String, String> {
+/// The secrets in the `"secrets":[…]}` tail of `/config` the walkthrough greps out.
+fn secrets(shown: &str) -> Vec<serde_json::Value> {
     let list = shown.trim().strip_prefix("\"secrets\":").and_then(|s| s.strip_suffix('}'));
     let list: serde_json::Value = serde_json::from_str(list.unwrap_or_else(|| panic!("{shown}"))).unwrap();
+    list.as_array().unwrap().clone()
+}
+
+/// The fingerprint of each secret's key in use.
+fn fingerprints(shown: &str) -> BTreeMap<String, String> {
     let secret = |s: &serde_json::Value| {
         (s["name"].as_str().unwrap().into(), s["fingerprint"].as_str().unwrap().into())
     };
-    list.as_array().unwrap().iter().map(secret).collect()
+    secrets(shown).iter().map(secret).collect()
+}
+
+/// The fingerprint of each secret's rejected key, for those that have one.
+fn rejected(shown: &str) -> BTreeMap<String, String> {
+    let secret = |s: &serde_json::Value| {
+        Some((s["name"].as_str()?.into(), s["rejected"]["fingerprint"].as_str()?.into()))
+    };
+    secrets(shown).iter().filter_map(secret).collect()
 }
 
 fn key_fingerprint(path: &Path) -> String {
@@ -220,17 +232,18 @@ async fn run_step(step: &Step, process: &Keygate, dir: &Path, original: &str) {
         "rotate" => rotate(c, dir, original).await,
         "restore" => {
             shell(&c[0]);
-            eventually("the old fingerprint back in /config", SOON, || async {
-                fingerprints(&curl(&c[1]).await.text)["bi_import"] == original
+            eventually("the rejection cleared in /config", SOON, || async {
+                let shown = curl(&c[1]).await.text;
+                rejected(&shown).is_empty() && fingerprints(&shown)["bi_import"] == original
             })
             .await;
-            assert_eq!(curl(&c[2]).await.reply.status, 201, "the old key is accepted again");
+            assert_eq!(curl(&c[2]).await.reply.status, 201, "the old key is still accepted");
         }
         "metrics" => {
             let shown = curl(&c[0]).await.text;
             for line in [
-                "keygate_requests_total{caller=\"local\",code=\"201\",operation=\"upsert\",route=\"bi-import\"} 2",
-                "keygate_requests_total{caller=\"local\",code=\"401\",operation=\"upsert\",route=\"bi-import\"} 1",
+                // The push, the push during the rejected rotation, the push after it.
+                "keygate_requests_total{caller=\"local\",code=\"201\",operation=\"upsert\",route=\"bi-import\"} 3",
                 "keygate_requests_total{caller=\"local\",code=\"403\",operation=\"-\",route=\"bi-export\"} 1",
                 "keygate_requests_total{caller=\"-\",code=\"403\",operation=\"-\",route=\"bi-import\"} 1",
                 "keygate_requests_total{caller=\"-\",code=\"200\",operation=\"list_tables\",route=\"bi-export\"} 1",
@@ -239,13 +252,15 @@ async fn run_step(step: &Step, process: &Keygate, dir: &Path, original: &str) {
                 assert!(shown.lines().any(|l| l == line), "metrics lack {line}:\n{shown}");
             }
             assert!(shown.lines().all(|l| l.starts_with("keygate_requests_total{")), "{shown}");
+            assert!(!shown.contains("code=\"401\""), "a rotation never made a request fail:\n{shown}");
         }
         other => panic!("no assertions for step {other}: every printed step must be run"),
     }
 }
 
-/// The key rotation: the old key is copied aside, a new one saved by rename; `/config`
-/// shows its fingerprint, the sandbox answers the push 401 itself, and keygate counts it.
+/// The key rotation: the old key is copied aside, a new one saved by rename; keygate
+/// proves it, the sandbox refuses it, `/config` shows it rejected beside the running key,
+/// the push still succeeds, and keygate counts the rejection.
 async fn rotate(c: &[Command], dir: &Path, original: &str) {
     for line in &c[..3] {
         shell(line);
@@ -260,20 +275,23 @@ async fn rotate(c: &[Command], dir: &Path, original: &str) {
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "the new key file is private: {mode:o}");
     }
-    let shown = eventually("the new fingerprint in /config", SOON, || async {
+    // Proven before use, refused by the sandbox: the running key stays.
+    let shown = eventually("the new key rejected in /config", SOON, || async {
         let shown = curl(&c[3]).await.text;
-        (fingerprints(&shown)["bi_import"] == rotated).then_some(shown)
+        (rejected(&shown).get("bi_import") == Some(&rotated)).then_some(shown)
     })
     .await;
+    assert_eq!(fingerprints(&shown)["bi_import"], original, "the running key stays in use");
     assert!(!shown.contains(&std::fs::read_to_string(&key).unwrap()), "/config shows no key");
     let Command::Curl(push) = &c[4] else { panic!() };
-    assert!(push.headers, "`curl -i` shows that no x-keygate-error came with the 401");
-    let refused = curl(&c[4]).await.reply;
-    assert_eq!((refused.status, refused.header("x-keygate-error")), (401, None), "{}", refused.text());
+    assert!(push.headers, "`curl -i` shows that the push still goes through");
+    let pushed = curl(&c[4]).await.reply;
+    assert_eq!((pushed.status, pushed.header("x-keygate-error")), (201, None), "{}", pushed.text());
     let counted = curl(&c[5]).await.text;
-    assert!(
-        counted.lines().any(|l| l == "keygate_upstream_auth_failures_total{route=\"bi-import\"} 1"),
-        "{counted}"
+    assert_eq!(
+        counted,
+        "keygate_secret_verifications_total{result=\"rejected\",secret=\"bi_export\"} 0\n\
+         keygate_secret_verifications_total{result=\"rejected\",secret=\"bi_import\"} 1\n"
     );
 }
 

@@ -52,6 +52,9 @@ const CONTRACT_METRICS: &[&str] = &[
     "keygate_config_last_reload_success_timestamp_seconds",
     "keygate_config_generation",
     "keygate_secret_loaded_timestamp_seconds",
+    "keygate_secret_candidate",
+    "keygate_secret_verifications_total",
+    "keygate_secret_fallbacks_total",
     "keygate_tls_cert_expiry_timestamp_seconds",
     "keygate_build_info",
 ];
