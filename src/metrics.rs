@@ -36,6 +36,8 @@ pub struct Metrics {
     pub(crate) secret_loaded: GaugeVec,
     pub(crate) tls_cert_expiry: Gauge,
     tls_registered: std::sync::Once,
+    pub(crate) intercept_cert_expiry: Gauge,
+    intercept_registered: std::sync::Once,
 }
 
 /// One metric: its name, HELP text and labels.
@@ -114,6 +116,11 @@ const TLS_CERT_EXPIRY: Def = Def {
     help: "notAfter of the serving certificate, Unix time.",
     labels: &[],
 };
+const INTERCEPT_CERT_EXPIRY: Def = Def {
+    name: "keygate_intercept_cert_expiry_timestamp_seconds",
+    help: "notAfter of the [server.intercept] certificate presented inside CONNECT tunnels, Unix time.",
+    labels: &[],
+};
 const BUILD_INFO: Def = Def { name: "keygate_build_info", help: "keygate's version; always 1.", labels: &[] };
 
 /// A metric built from a literal definition, registered in `registry` when given.
@@ -179,6 +186,9 @@ impl Metrics {
             // Registered on first use: it exists only with TLS.
             tls_cert_expiry: gauge(None, &TLS_CERT_EXPIRY),
             tls_registered: std::sync::Once::new(),
+            // Registered on first use: it exists only with [server.intercept].
+            intercept_cert_expiry: gauge(None, &INTERCEPT_CERT_EXPIRY),
+            intercept_registered: std::sync::Once::new(),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -195,6 +205,14 @@ impl Metrics {
         self.tls_cert_expiry.set(not_after_unix);
     }
 
+    /// Sets the intercept certificate's expiry gauge, registering it on first use.
+    pub(crate) fn set_intercept_expiry(&self, not_after_unix: f64) {
+        self.intercept_registered.call_once(|| {
+            let _ = self.registry.register(Box::new(self.intercept_cert_expiry.clone()));
+        });
+        self.intercept_cert_expiry.set(not_after_unix);
+    }
+
     /// Records a newly applied snapshot: generation, reload time, secret load times,
     /// and zeroed series for the closed label sets of its routes.
     pub(crate) fn applied(&self, snapshot: &Snapshot) {
@@ -203,6 +221,9 @@ impl Metrics {
         self.last_reload_success_timestamp.set(unix(snapshot.loaded_at));
         if let Some(tls) = &snapshot.tls {
             self.set_tls_expiry(unix(tls.not_after));
+        }
+        if let Some(intercept) = &snapshot.intercept {
+            self.set_intercept_expiry(unix(intercept.not_after));
         }
         self.secret_loaded.reset();
         for s in &snapshot.secrets {
@@ -249,7 +270,7 @@ pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
 mod tests {
     use super::*;
 
-    const ALL: [&Def; 16] = [
+    const ALL: [&Def; 17] = [
         &REQUESTS,
         &REQUEST_DURATION,
         &UPSTREAM_DURATION,
@@ -265,6 +286,7 @@ mod tests {
         &GENERATION,
         &SECRET_LOADED,
         &TLS_CERT_EXPIRY,
+        &INTERCEPT_CERT_EXPIRY,
         &BUILD_INFO,
     ];
 
@@ -272,6 +294,7 @@ mod tests {
     fn every_metric_is_registered_once_with_help() {
         let m = Metrics::new();
         m.set_tls_expiry(1.0);
+        m.set_intercept_expiry(1.0);
         // One series of each labelled family, so that every family is rendered.
         m.requests.with_label_values(&["r", "o", "c", "200"]).inc();
         m.request_duration.with_label_values(&["r", "o"]).observe(0.1);
