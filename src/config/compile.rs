@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -192,7 +192,7 @@ fn server(ctx: &mut Ctx<'_>, s: &schema::Server) -> ServerSettings {
 }
 
 /// The bytes of a file a `[server.*]` section names, or a problem at `location`/`field`.
-fn section_file<'i>(ctx: &mut Ctx<'i>, location: &str, field: &str, path: &PathBuf) -> Option<&'i [u8]> {
+fn section_file<'i>(ctx: &mut Ctx<'i>, location: &str, field: &str, path: &Path) -> Option<&'i [u8]> {
     let inputs = ctx.inputs;
     match inputs.file_bytes(path) {
         Ok(bytes) => Some(bytes),

@@ -119,7 +119,7 @@ fn check_host(host: &str) -> Result<(), &'static str> {
         return Err("must be a host name without a port (ports 80 and 443 are matched, others never)");
     }
     if host.parse::<IpAddr>().is_ok()
-        || host.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        || host.rsplit('.').next().is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
     {
         return Err("is an IP address; host routes name DNS names");
     }

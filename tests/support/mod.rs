@@ -12,7 +12,8 @@
 //! - [`metrics`]: the reader of Prometheus text.
 //! - [`tls`]: certificates made at test time.
 //! - [`files`]: writing files as editors and the kubelet do.
-//! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools.
+//! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools;
+//!   [`python`]: the vendor's Python client in a virtual environment.
 
 // Each test group uses a different part of this module.
 #![allow(dead_code)]
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod metrics;
 pub mod poll;
 pub mod process;
+pub mod python;
 pub mod raw;
 pub mod tls;
 pub mod tools;
