@@ -144,7 +144,8 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The effective route table: names, prefixes, upstreams, operations, allow lists and
+/// The effective route table: names, prefixes (after the host a host route names),
+/// upstreams, operations, allow lists and
 /// secret fingerprints — never secrets.
 pub(crate) fn route_table(snapshot: &Snapshot) -> String {
     let mut rows = vec![["ROUTE", "PREFIX", "UPSTREAM", "OPERATIONS", "ALLOW", "SECRET"].map(String::from)];
@@ -156,7 +157,7 @@ pub(crate) fn route_table(snapshot: &Snapshot) -> String {
             .map_or("?", |s| s.fingerprint.as_str());
         rows.push([
             route.name.clone(),
-            route.prefix.clone(),
+            format!("{}{}", route.host.as_deref().unwrap_or(""), route.prefix),
             route.upstream.url().to_owned(),
             route.operation_names().join(","),
             route.allow_text.join(","),

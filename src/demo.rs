@@ -1,6 +1,8 @@
 //! `keygate demo`: the sandbox and a gateway pointed at it, on loopback, with a
 //! copy-paste walkthrough. Needs no files, keys or network: keys are generated at start
-//! and written to a private temporary directory that is removed on exit.
+//! and written to a private temporary directory that is removed on exit. The walkthrough
+//! shows both ways in: a base URL on keygate, and (its last steps) the vendor's own URLs
+//! through `HTTPS_PROXY`, with a throw-away CA generated for the run.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -44,12 +46,23 @@ pub struct Step {
     pub output: Option<&'static str>,
     /// Show only the output lines holding this text.
     pub grep: Option<&'static str>,
+    /// Run with `HTTPS_PROXY` set to this (the vendor's URLs through keygate).
+    pub proxy: Option<String>,
+    /// Trust this CA certificate file (the demo's throw-away intercept CA).
+    pub cacert: Option<String>,
 }
 
 impl Step {
     /// The copy-paste `curl` command for this step.
     pub fn curl(&self) -> String {
-        let mut cmd = String::from("curl -s");
+        let mut cmd = String::new();
+        if let Some(proxy) = &self.proxy {
+            let _ = write!(cmd, "HTTPS_PROXY={proxy} ");
+        }
+        cmd.push_str("curl -s");
+        if let Some(ca) = &self.cacert {
+            let _ = write!(cmd, " --cacert {ca}");
+        }
         if self.method != "GET" {
             let _ = write!(cmd, " -X {}", self.method);
         }
@@ -86,6 +99,8 @@ pub fn walkthrough(ports: &Ports) -> Vec<Step> {
         body: None,
         output: None,
         grep: None,
+        proxy: None,
+        cacert: None,
     };
     vec![
         Step {
@@ -134,6 +149,90 @@ pub fn walkthrough(ports: &Ports) -> Vec<Step> {
             )
         },
     ]
+}
+
+/// The vendor's hostnames the demo intercepts.
+pub const VENDOR_HOSTS: [&str; 2] = ["connect.rjmetrics.com", "api.rjmetrics.com"];
+
+/// The walkthrough's last steps: the vendor's own URLs, unchanged, through
+/// `HTTPS_PROXY` pointing at the gateway, trusting `ca_file` (the run's throw-away CA).
+pub fn proxy_steps(ports: &Ports, ca_file: &str) -> Vec<Step> {
+    let proxied = |title, method, url: String| Step {
+        title,
+        method,
+        url,
+        content_type: None,
+        body: None,
+        output: None,
+        grep: None,
+        proxy: Some(format!("http://{}", ports.gateway)),
+        cacert: Some(ca_file.to_owned()),
+    };
+    let [import, export] = VENDOR_HOSTS;
+    vec![
+        Step {
+            content_type: Some("application/json"),
+            body: Some(ROWS),
+            ..proxied(
+                "No base URL at all: the vendor's own import URL through HTTPS_PROXY, as an unmodified client sends it. keygate intercepts the CONNECT, presents a certificate from the run's CA, and injects the key.",
+                "POST",
+                format!("https://{import}/v2/client/{CLIENT_ID}/table/orders/data?apikey=placeholder"),
+            )
+        },
+        proxied(
+            "The vendor's export URL the same way.",
+            "GET",
+            format!("https://{export}/0.1/client/{CLIENT_ID}/table"),
+        ),
+        proxied(
+            "A refusal on an import route comes in the Import API's own error shape ({code, message, reasons}), which the vendor's clients report.",
+            "GET",
+            format!("https://{import}/v2/client/999/authenticate?apikey=placeholder"),
+        ),
+    ]
+}
+
+/// The part of the demo's config that intercepts the vendor's hostnames: host routes to
+/// the sandbox and `[server.intercept]`.
+fn proxy_config(ports: &Ports, key_dir: &Path) -> String {
+    let [import, export] = VENDOR_HOSTS;
+    format!(
+        r#"
+[server.intercept]
+cert = "{dir}/intercept.crt"
+key = "{dir}/intercept.key"
+
+[[routes]]
+name = "bi-import-vendor-host"
+host = "{import}"
+preset = "rjmetrics-import"
+client_id = {CLIENT_ID}
+secret = "bi_import"
+allow = ["local"]
+upstream = "http://{sandbox}"
+
+[[routes]]
+name = "bi-export-vendor-host"
+host = "{export}"
+preset = "rjmetrics-export"
+client_id = {CLIENT_ID}
+secret = "bi_export"
+allow = ["local"]
+upstream = "http://{sandbox}"
+"#,
+        sandbox = ports.sandbox,
+        dir = key_dir.display(),
+    )
+}
+
+/// Writes the run's intercept certificate and key, and the CA certificate callers
+/// trust, into `keys`; returns the CA file. The CA's key is never written.
+fn write_intercept(keys: &KeyDir) -> Result<PathBuf, String> {
+    let issued = sandbox::issue_for_hosts(&VENDOR_HOSTS).map_err(|e| e.to_string())?;
+    keys.write("intercept.crt", &issued.cert_pem)?;
+    keys.write("intercept.key", &issued.key_pem)?;
+    keys.write("ca.crt", &issued.ca_pem)?;
+    Ok(keys.0.join("ca.crt"))
 }
 
 /// The embedded gateway config for the demo.
@@ -244,8 +343,10 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
     let keys = KeyDir::create()?;
     keys.write("bi-import-key", import_key.expose())?;
     keys.write("bi-export-key", export_key.expose())?;
+    let ca_file = write_intercept(&keys).map_err(|e| format!("intercept certificate: {e}"))?;
     let config_path = keys.0.join("keygate.toml");
-    std::fs::write(&config_path, config_text(&ports, &keys.0)).map_err(|e| e.to_string())?;
+    let config = config_text(&ports, &keys.0) + &proxy_config(&ports, &keys.0);
+    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
 
     let settings = sandbox::Settings {
         client_id: CLIENT_ID,
@@ -262,7 +363,7 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
         snapshot.secrets.iter().map(|s| format!("{} sha256:{}", s.name, s.fingerprint)).collect();
     let app = App::start(snapshot, Some(config_path.clone()), Some(log)).await.map_err(|e| e.to_string())?;
 
-    println!("{}", banner(&ports, &keys.0, &fingerprints));
+    println!("{}", banner(&ports, &keys.0, &fingerprints, &ca_file));
     crate::signal::stop_requested().await;
     println!("stopping the demo");
     app.shutdown().await;
@@ -270,7 +371,7 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn banner(ports: &Ports, key_dir: &Path, fingerprints: &[String]) -> String {
+fn banner(ports: &Ports, key_dir: &Path, fingerprints: &[String], ca_file: &Path) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "keygate demo is running. Ctrl-C stops it.\n");
     let _ = writeln!(
@@ -289,9 +390,32 @@ fn banner(ports: &Ports, key_dir: &Path, fingerprints: &[String]) -> String {
     );
     let _ =
         writeln!(out, "None of the commands below carries a key: keygate injects the right one per route.\n");
-    for (i, step) in walkthrough(ports).iter().enumerate() {
+    let walkthrough = walkthrough(ports);
+    for (i, step) in walkthrough.iter().enumerate() {
         let _ = writeln!(out, "{}. {}\n   {}\n", i + 1, step.title, step.curl());
     }
+    out.push_str(&proxy_banner(ports, ca_file, walkthrough.len()));
     let _ = writeln!(out, "Access log lines follow as requests arrive.");
+    out
+}
+
+/// The proxy half of the banner: the CA, the steps numbered after `before` others, and
+/// how an unmodified client is pointed at keygate.
+fn proxy_banner(ports: &Ports, ca_file: &Path, before: usize) -> String {
+    let ca = ca_file.display().to_string();
+    let mut out = format!(
+        "Or change no URL at all. keygate also intercepts CONNECT for {} and presents a\n\
+         certificate from a CA made for this run (its key was never written):\n  ca       {ca}\n\n",
+        VENDOR_HOSTS.join(" and ")
+    );
+    for (i, step) in proxy_steps(ports, &ca).iter().enumerate() {
+        let _ = writeln!(out, "{}. {}\n   {}\n", before + i + 1, step.title, step.curl());
+    }
+    let _ = writeln!(
+        out,
+        "An unmodified client needs only its environment, e.g. the Python client:\n   \
+         HTTPS_PROXY=http://{gw} HTTP_PROXY=http://{gw} REQUESTS_CA_BUNDLE={ca} python your_script.py\n",
+        gw = ports.gateway
+    );
     out
 }

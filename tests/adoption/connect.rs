@@ -9,10 +9,10 @@ use http::Method;
 use http_body_util::Full;
 use rustls::pki_types::ServerName;
 
-use super::tunnel::{IMPORT_HOST, Intercept, connect, import_host_route, name, open, rest, tls};
 use crate::support::client::{Conn, IMPORT_JSON, Reply, request};
 use crate::support::inprocess::{GatewayBuilder, RouteSpec, TestGateway};
 use crate::support::keys::{CID, IMPORT_KEY};
+use crate::support::tunnel::{IMPORT_HOST, Intercept, connect, import_host_route, name, open, rest, tls};
 use crate::support::upstream::{FakeUpstream, ok};
 
 fn authenticate_path() -> String {

@@ -2,7 +2,8 @@
 //! alone. Host routes ([`hosts`]), `CONNECT` interception for routed hosts and everything
 //! it must refuse ([`connect`]), the intercept certificate's rotation and metrics
 //! ([`rotation`]), and the vendor's Python client from PyPI through `HTTPS_PROXY`
-//! ([`python`]). [`tunnel`] opens tunnels the way a client behind `HTTPS_PROXY` does.
+//! ([`python`]). Tunnels are opened as a client behind `HTTPS_PROXY` opens them
+//! (`support::tunnel`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,4 +14,3 @@ mod connect;
 mod hosts;
 mod python;
 mod rotation;
-mod tunnel;

@@ -10,11 +10,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::tunnel::{IMPORT_HOST, Intercept, import_host_route};
 use crate::support::client::IMPORT_JSON;
 use crate::support::inprocess::{GatewayBuilder, RouteSpec, TestGateway, sandbox};
 use crate::support::keys::{CID, IMPORT_KEY};
 use crate::support::python::rjmetrics_python;
+use crate::support::tunnel::{IMPORT_HOST, Intercept, import_host_route};
 
 /// What the script does with the client: authenticate, push 250 rows, then the same
 /// calls for another client id, each answer as JSON.

@@ -6,13 +6,13 @@
 use http::Method;
 use rustls::pki_types::CertificateDer;
 
-use super::tunnel::{IMPORT_HOST, Intercept, import_host_route, open, presented};
 use crate::support::client::request;
 use crate::support::files::write_by_rename as write;
 use crate::support::inprocess::{GatewayBuilder, TestGateway};
 use crate::support::keys::CID;
 use crate::support::poll::{SOON, eventually};
 use crate::support::tls::dns;
+use crate::support::tunnel::{IMPORT_HOST, Intercept, import_host_route, open, presented};
 use crate::support::upstream::{FakeUpstream, ok};
 
 fn not_after(der: &CertificateDer<'_>) -> i64 {

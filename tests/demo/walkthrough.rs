@@ -1,6 +1,7 @@
 //! `keygate demo` end to end: spawn the built binary on free ports, check it prints the
 //! walkthrough, run exactly those steps through the gateway (never directly against the
-//! sandbox), and check the downloaded zip's CSV holds the pushed rows.
+//! sandbox), and check the downloaded zip's CSV holds the pushed rows; then the proxy
+//! steps, the vendor's own URLs through `HTTPS_PROXY` with the run's CA.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Read;
@@ -8,10 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{HeaderValue, Method};
-use keygate::demo::{Ports, walkthrough};
+use keygate::demo::{Ports, proxy_steps, walkthrough};
 
+use crate::support::client::IMPORT_JSON;
 use crate::support::client::{request, send};
 use crate::support::process::{Keygate, Launch, run};
+use crate::support::tunnel::open;
 
 fn addr_after(output: &str, label: &str) -> SocketAddr {
     let line = output
@@ -109,6 +112,68 @@ async fn demo_walkthrough_runs_through_the_gateway() {
     assert!(!std::path::Path::new(&key_dir).exists(), "the demo removes its keys");
     let stderr = demo.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn demo_proxy_steps_reach_the_vendors_urls_through_https_proxy() {
+    let (mut demo, printed) = start_demo().await;
+    let ports = Ports {
+        gateway: addr_after(&printed, "gateway"),
+        admin: addr_after(&printed, "admin"),
+        sandbox: addr_after(&printed, "sandbox"),
+    };
+    let ca_file = printed
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("ca "))
+        .map(|rest| rest.trim().to_owned())
+        .unwrap_or_else(|| panic!("no ca line in:\n{printed}"));
+    let ca_pem = std::fs::read_to_string(&ca_file).unwrap();
+    let steps = proxy_steps(&ports, &ca_file);
+    assert_eq!(steps.len(), 3);
+    let mut answers = Vec::new();
+    for step in &steps {
+        assert!(printed.contains(&step.curl()), "the demo must print `{}`", step.curl());
+        assert_eq!(step.proxy.as_deref(), Some(format!("http://{}", ports.gateway).as_str()));
+        // Exactly the printed step, as curl sends it through HTTPS_PROXY: CONNECT to the
+        // URL's host, TLS trusting the printed CA, then the request.
+        let uri: http::Uri = step.url.parse().unwrap();
+        assert_eq!(uri.scheme_str(), Some("https"), "{}", step.url);
+        let host = uri.host().unwrap();
+        let mut conn = open(ports.gateway, &ca_pem, host, false).await;
+        let headers: Vec<(&str, &str)> = step.content_type.iter().map(|ct| ("content-type", *ct)).collect();
+        let method = Method::from_bytes(step.method.as_bytes()).unwrap();
+        let mut req = request(
+            method,
+            uri.path_and_query().unwrap().as_str(),
+            &headers,
+            step.body.unwrap_or("").as_bytes(),
+        );
+        req.headers_mut().insert("host", HeaderValue::from_str(host).unwrap());
+        answers.push(conn.send(req).await.unwrap());
+    }
+    assert_eq!(answers[0].status, 201, "push: {}", answers[0].text());
+    assert_eq!(answers[0].header("content-type").as_deref(), Some(IMPORT_JSON));
+    assert_eq!(answers[1].status, 200);
+    assert!(answers[1].text().contains("\"orders\""), "tables: {}", answers[1].text());
+    answers[2].assert_refusal(403, "client_mismatch");
+    assert_eq!(answers[2].header("content-type").as_deref(), Some(IMPORT_JSON));
+
+    // The CA's key was never written; the certificate and its key go with the keys.
+    let dir = std::path::Path::new(&ca_file).parent().unwrap().to_owned();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["bi-export-key", "bi-import-key", "ca.crt", "intercept.crt", "intercept.key", "keygate.toml"]
+    );
+    let ca_text = std::fs::read_to_string(&ca_file).unwrap();
+    assert!(!ca_text.contains("PRIVATE KEY"), "the CA file holds a key");
+    demo.signal("INT");
+    assert_eq!(demo.exit_code(Duration::from_secs(20)).await, Some(0));
+    assert!(!dir.exists(), "the demo removes its certificate files");
 }
 
 #[test]

@@ -13,7 +13,8 @@
 //! - [`tls`]: certificates made at test time.
 //! - [`files`]: writing files as editors and the kubelet do.
 //! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools;
-//!   [`python`]: the vendor's Python client in a virtual environment.
+//!   [`python`]: the vendor's Python client in a virtual environment; [`tunnel`]:
+//!   `CONNECT` tunnels through keygate, as a client behind `HTTPS_PROXY` opens them.
 
 // Each test group uses a different part of this module.
 #![allow(dead_code)]
@@ -29,4 +30,5 @@ pub mod python;
 pub mod raw;
 pub mod tls;
 pub mod tools;
+pub mod tunnel;
 pub mod upstream;

@@ -11,9 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::support::client::{Conn, READ_LIMIT};
-use crate::support::inprocess::{GatewayBuilder, RouteSpec};
-use crate::support::tls::{Ca, Leaf, client_config, dns};
+use super::client::{Conn, READ_LIMIT};
+use super::inprocess::{GatewayBuilder, RouteSpec};
+use super::tls::{Ca, Leaf, client_config, dns};
 
 /// The vendor's import host, which the tests' host routes name.
 pub const IMPORT_HOST: &str = "connect.rjmetrics.com";
