@@ -64,7 +64,9 @@ async fn stub() -> SocketAddr {
                 let svc = service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
                     Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}"))))
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -100,7 +102,8 @@ async fn start_keygate(upstream: SocketAddr) -> (Keygate, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![HOST.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec![HOST.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
     let d = dir.path();
     std::fs::write(d.join("i.crt"), leaf.pem()).unwrap();
     std::fs::write(d.join("i.key"), key.serialize_pem()).unwrap();
@@ -187,7 +190,13 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>) {
 }
 
 /// One bounded run of `mode` with `conns` workers: requests done and their latencies (µs).
-async fn run(mode: &str, addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, conns: usize, secs: u64) -> Vec<u32> {
+async fn run(
+    mode: &str,
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    conns: usize,
+    secs: u64,
+) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let tunnel = mode.starts_with("tunnel");
     let keepalive = mode.ends_with("keepalive");

@@ -1,7 +1,9 @@
-//! The on-disk config file (docs/configuration.md): plain serde structs, unknown keys
-//! refused.
+//! The on-disk config file (docs/configuration.md): plain serde structs.
 //! Every field here is documented for operators; `compile` turns them into typed,
-//! checked settings.
+//! checked settings. Unknown keys are errors, but serde does not refuse them here: the
+//! config is read through `super::unknown`, which collects every one of them so that
+//! they are reported together with the problems of the rest of the file. Deserializing
+//! a [`File`] any other way ignores unknown keys.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,7 +13,6 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 
 /// The whole file.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct File {
     /// The gateway listener and its limits.
     #[serde(default)]
@@ -54,7 +55,6 @@ impl Listen {
 
 /// `[server]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Server {
     /// Socket address(es) to listen on. Default `127.0.0.1:8080`.
     pub listen: Option<Listen>,
@@ -81,7 +81,6 @@ pub struct Server {
 /// the hostnames routes name, issued by a CA the callers trust (keygate never holds a
 /// CA key).
 #[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Intercept {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -91,7 +90,6 @@ pub struct Intercept {
 
 /// `[server.tls]`.
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
 pub struct ServerTls {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -103,7 +101,6 @@ pub struct ServerTls {
 
 /// `[admin]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Socket address of the admin listener.
     pub listen: String,
@@ -113,7 +110,6 @@ pub struct Admin {
 
 /// `[log]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Log {
     /// `json` (default) or `text`.
     pub format: Option<String>,
@@ -125,7 +121,6 @@ pub struct Log {
 
 /// `[reload]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Reload {
     /// Re-check files even without a filesystem event. Default `30s`.
     pub poll_interval: Option<String>,
@@ -135,7 +130,6 @@ pub struct Reload {
 
 /// `[callers]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Callers {
     /// Peers whose `X-Forwarded-For` is believed.
     #[serde(default)]
@@ -147,7 +141,6 @@ pub struct Callers {
 
 /// `[callers.groups.NAME]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Group {
     /// Networks of the group's callers.
     #[serde(default)]
@@ -159,7 +152,6 @@ pub struct Group {
 
 /// `[secrets.NAME]`: exactly one of `file`, `env`, `value`.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct SecretSpec {
     /// A file holding the key (trailing whitespace trimmed).
     pub file: Option<PathBuf>,
@@ -189,7 +181,6 @@ impl Drop for SecretSpec {
 
 /// `[[routes]]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Unique, `[a-z0-9_-]+`; used in logs and metric labels.
     pub name: Option<String>,
@@ -232,7 +223,6 @@ pub struct RouteSpec {
 
 /// `inject = { header = "...", format = "..." }` or `inject = { query = "..." }`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Inject {
     pub header: Option<String>,
     /// Must contain `{secret}` once. Default `{secret}`.

@@ -9,10 +9,13 @@ use std::process::{Command, Stdio};
 /// `KEYGATE_REQUIRE_TOOLS=1`, else prints why `test` is skipped and returns false.
 pub fn have_tool(test: &str, tool: &str, install: &str, probe: &mut Command) -> bool {
     let ok = probe.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if ok {
-        return true;
-    }
-    let msg = format!("{test}: {tool} is not available (install: {install})");
+    ok || unavailable(test, &format!("{tool} is not available (install: {install})"))
+}
+
+/// Something `test` needs is missing, as `why` says: fails the test when
+/// `KEYGATE_REQUIRE_TOOLS=1`, else prints that `test` is skipped, and returns false.
+pub fn unavailable(test: &str, why: &str) -> bool {
+    let msg = format!("{test}: {why}");
     if std::env::var("KEYGATE_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
         panic!("{msg}; KEYGATE_REQUIRE_TOOLS=1 makes this a failure");
     }
