@@ -187,7 +187,7 @@ mod tests {
         let text = "serverr = 1\n[server]\nlisten = \"127.0.0.1:1\"\n[server.limits]\nmax = 1\n\
                     [callers.groups.etl]\ncidr = []\n[secrets.k]\nfille = \"x\"\n\
                     [[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\nalow = []\n\
-                    inject = { headr = \"x\" }\n[server.intercept]\ncert = \"c\"\nkye = \"k\"\n";
+                    inject = { headr = \"x\" }\n[server.intercept]\ncert = \"c\"\nkey = \"k\"\nkye = \"k\"\n";
         let found = unknown(text);
         let expect = [
             ("", "serverr", "line 1, column 1", "server, admin, log"),
@@ -196,7 +196,7 @@ mod tests {
             ("secrets.k", "fille", "line 9, column 1", "file, env, value"),
             ("routes[1] \"b\"", "alow", "line 14, column 1", "name, host, prefix, preset"),
             ("routes[1] \"b\"", "inject.headr", "line 15, column 12", "header, format, query"),
-            ("server.intercept", "kye", "line 18, column 1", "the keys here are cert, key"),
+            ("server.intercept", "kye", "line 19, column 1", "the keys here are cert, key"),
         ];
         assert_eq!(found.len(), expect.len(), "{found:#?}");
         for (location, field, at, keys) in expect {
