@@ -57,7 +57,11 @@ impl Exchange {
             peer: conn.peer,
             identities: conn.identities.clone(),
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            // A CONNECT's target is an authority, never a path with a query.
+            path: match request.uri().authority() {
+                Some(authority) if request.method() == Method::CONNECT => authority.as_str().to_owned(),
+                _ => request.uri().path().to_owned(),
+            },
             route: None,
             operation: "-",
             caller: None,

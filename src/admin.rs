@@ -105,6 +105,7 @@ pub(crate) fn config_json(snapshot: &crate::config::Snapshot) -> serde_json::Val
         .map(|r| {
             json!({
                 "name": r.name,
+                "host": r.host,
                 "prefix": r.prefix,
                 "upstream": r.upstream.url(),
                 "operations": r.operation_names(),

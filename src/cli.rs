@@ -226,7 +226,8 @@ async fn verify_keys(snapshot: &Snapshot) -> Proven {
     proven
 }
 
-/// The effective route table: names, prefixes, upstreams, operations, allow lists and
+/// The effective route table: names, prefixes (after the host a host route names),
+/// upstreams, operations, allow lists and
 /// secret fingerprints — never secrets.
 pub(crate) fn route_table(snapshot: &Snapshot) -> String {
     let mut rows = vec![["ROUTE", "PREFIX", "UPSTREAM", "OPERATIONS", "ALLOW", "SECRET"].map(String::from)];
@@ -242,7 +243,7 @@ pub(crate) fn route_table(snapshot: &Snapshot) -> String {
         };
         rows.push([
             route.name.clone(),
-            route.prefix.clone(),
+            format!("{}{}", route.host.as_deref().unwrap_or(""), route.prefix),
             route.upstream.url().to_owned(),
             route.operation_names().join(","),
             route.allow_text.join(","),

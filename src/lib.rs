@@ -30,6 +30,7 @@ mod conn;
 pub mod demo;
 mod error;
 pub mod gateway;
+mod intercept;
 pub mod metrics;
 mod proxy;
 mod reload;

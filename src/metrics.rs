@@ -39,6 +39,8 @@ pub struct Metrics {
     pub(crate) secret_fallbacks: IntCounterVec,
     pub(crate) tls_cert_expiry: Gauge,
     tls_registered: std::sync::Once,
+    pub(crate) intercept_cert_expiry: Gauge,
+    intercept_registered: std::sync::Once,
 }
 
 /// One metric: its name, HELP text and labels.
@@ -132,6 +134,11 @@ const TLS_CERT_EXPIRY: Def = Def {
     help: "notAfter of the serving certificate, Unix time.",
     labels: &[],
 };
+const INTERCEPT_CERT_EXPIRY: Def = Def {
+    name: "keygate_intercept_cert_expiry_timestamp_seconds",
+    help: "notAfter of the [server.intercept] certificate presented inside CONNECT tunnels, Unix time.",
+    labels: &[],
+};
 const BUILD_INFO: Def = Def { name: "keygate_build_info", help: "keygate's version; always 1.", labels: &[] };
 
 /// A metric built from a literal definition, registered in `registry` when given.
@@ -206,6 +213,9 @@ impl Metrics {
             // Registered on first use: it exists only with TLS.
             tls_cert_expiry: gauge(None, &TLS_CERT_EXPIRY),
             tls_registered: std::sync::Once::new(),
+            // Registered on first use: it exists only with [server.intercept].
+            intercept_cert_expiry: gauge(None, &INTERCEPT_CERT_EXPIRY),
+            intercept_registered: std::sync::Once::new(),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -220,6 +230,14 @@ impl Metrics {
             let _ = self.registry.register(Box::new(self.tls_cert_expiry.clone()));
         });
         self.tls_cert_expiry.set(not_after_unix);
+    }
+
+    /// Sets the intercept certificate's expiry gauge, registering it on first use.
+    pub(crate) fn set_intercept_expiry(&self, not_after_unix: f64) {
+        self.intercept_registered.call_once(|| {
+            let _ = self.registry.register(Box::new(self.intercept_cert_expiry.clone()));
+        });
+        self.intercept_cert_expiry.set(not_after_unix);
     }
 
     /// Records an applied snapshot (the first, or a reload's): [`Metrics::published`],
@@ -237,6 +255,9 @@ impl Metrics {
         self.generation.set(snapshot.generation as i64);
         if let Some(tls) = &snapshot.tls {
             self.set_tls_expiry(unix(tls.not_after));
+        }
+        if let Some(intercept) = &snapshot.intercept {
+            self.set_intercept_expiry(unix(intercept.not_after));
         }
         self.secret_loaded.reset();
         self.secret_candidate.reset();
@@ -289,7 +310,7 @@ pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
 mod tests {
     use super::*;
 
-    const ALL: [&Def; 19] = [
+    const ALL: [&Def; 20] = [
         &REQUESTS,
         &REQUEST_DURATION,
         &UPSTREAM_DURATION,
@@ -308,6 +329,7 @@ mod tests {
         &SECRET_VERIFICATIONS,
         &SECRET_FALLBACKS,
         &TLS_CERT_EXPIRY,
+        &INTERCEPT_CERT_EXPIRY,
         &BUILD_INFO,
     ];
 
@@ -315,6 +337,7 @@ mod tests {
     fn every_metric_is_registered_once_with_help() {
         let m = Metrics::new();
         m.set_tls_expiry(1.0);
+        m.set_intercept_expiry(1.0);
         // One series of each labelled family, so that every family is rendered.
         m.requests.with_label_values(&["r", "o", "c", "200"]).inc();
         m.request_duration.with_label_values(&["r", "o"]).observe(0.1);

@@ -18,8 +18,9 @@ use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
 use crate::caller::Caller;
 use crate::config::Snapshot;
 use crate::conn::ConnInfo;
-use crate::error::{Refusal, UpstreamFailure};
+use crate::error::{Refusal, Shape, UpstreamFailure};
 use crate::gateway::Gateway;
+use crate::intercept;
 use crate::rewrite;
 use crate::routes::{Credential, Kind, Route, Target, check_path, upsert};
 use crate::scrub;
@@ -47,7 +48,8 @@ pub(crate) async fn handle(
         Ok(response) => response,
         Err(refusal) => {
             exchange.refused(&gw, &refusal);
-            refusal.into_response()
+            let shape = exchange.route.as_ref().map_or(Shape::Keygate, |r| r.refusal_shape());
+            refusal.into_shaped_response(shape)
         }
     };
     exchange.finish(gw, response, bytes_in, guard)
@@ -66,13 +68,22 @@ async fn pipeline(
     if gw.is_shutting_down() {
         return Err(Refusal::ShuttingDown);
     }
+    // A tunnel is decided on its own terms (host, port, caller) before anything that
+    // reads a path: its target has none, and no byte goes upstream for it.
+    if request.method() == Method::CONNECT {
+        if head_size(&request) > snapshot.server.max_header_bytes {
+            return Err(Refusal::HeadersTooLarge);
+        }
+        return intercept::accept(snapshot, conn, request, exchange);
+    }
     // The head alone, before routing: nothing should spend work on a head that is too
     // large or that a proxy in front may read another way.
     check_head(snapshot, &request)?;
     // Paths are checked before routing so no trick can reach a prefix it should not.
     let path = request.uri().path();
     check_path(path)?;
-    let (route, remainder) = snapshot.routes.find(path).ok_or(Refusal::NoRoute)?;
+    let host = request_host(&request);
+    let (route, remainder) = snapshot.routes.find(host, path).ok_or(Refusal::NoRoute)?;
     let route = route.clone();
     exchange.route = Some(route.clone());
     // Who is calling decides everything below; an unknown caller learns nothing more.
@@ -114,6 +125,15 @@ fn check_head(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<(), Re
             Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header"))
         }
         _ => Ok(()),
+    }
+}
+
+/// The host a request names: the authority of an absolute-form target (RFC 9112
+/// §3.2.2: it replaces `Host`) or of HTTP/2's `:authority`, else the `Host` header.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    match request.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => request.headers().get(header::HOST)?.to_str().ok(),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -58,6 +58,11 @@ pub(crate) fn compile_with(
     };
 
     let routes = routes(&mut ctx, &f.routes, &groups, &secrets, clients);
+    let routes = RouteTable::new(routes);
+    let intercept = match inputs.reading {
+        Reading::Everything => f.server.intercept.as_ref().and_then(|i| intercept(&mut ctx, i, &routes)),
+        Reading::StructureOnly => None,
+    };
 
     // One scrubber over every loaded secret, whichever route uses it (an upstream can
     // echo another route's key as easily as its own), and over every value of each:
@@ -81,8 +86,9 @@ pub(crate) fn compile_with(
         callers: Callers { trusted_proxies: AddrSet::new(&trusted), groups },
         secrets: secrets.into_values().collect(),
         scrub,
-        routes: RouteTable::new(routes),
+        routes,
         tls,
+        intercept,
         watched: inputs.named_files(),
         digest: inputs.digest,
         manifest: inputs.manifest.clone(),
@@ -108,8 +114,12 @@ fn routes(
             if !names.insert(route.name.clone()) {
                 ctx.problem(&location, "name", format!("{:?} is used by another route", route.name));
             }
-            if !prefixes.insert(route.prefix.clone()) {
-                ctx.problem(&location, "prefix", format!("{:?} is used by another route", route.prefix));
+            if !prefixes.insert((route.host.clone(), route.prefix.clone())) {
+                let message = match &route.host {
+                    None => format!("{:?} is used by another route", route.prefix),
+                    Some(host) => format!("{:?} is used by another route for host {host:?}", route.prefix),
+                };
+                ctx.problem(&location, "prefix", message);
             }
             routes.push(Arc::new(route));
         }
@@ -204,18 +214,55 @@ fn server(ctx: &mut Ctx<'_>, s: &schema::Server) -> ServerSettings {
     }
 }
 
-fn server_tls(ctx: &mut Ctx<'_>, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
-    let mut read = |field: &str, path: &PathBuf| match ctx.inputs.file_bytes(path) {
+/// The bytes of a file a `[server.*]` section names, or a problem at `location`/`field`.
+fn section_file<'i>(ctx: &mut Ctx<'i>, location: &str, field: &str, path: &Path) -> Option<&'i [u8]> {
+    let inputs = ctx.inputs;
+    match inputs.file_bytes(path) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             ctx.problems.push(Problem {
-                location: "server.tls".into(),
+                location: location.into(),
                 field: field.into(),
                 message: format!("{} cannot be read: {e}", path.display()),
             });
             None
         }
-    };
+    }
+}
+
+/// `[server.intercept]` for the hosts that `routes` name; a host its certificate does
+/// not name, or no host at all, is a warning.
+fn intercept(
+    ctx: &mut Ctx<'_>,
+    i: &schema::Intercept,
+    routes: &RouteTable,
+) -> Option<crate::tls::InterceptTls> {
+    let cert = section_file(ctx, "server.intercept", "cert", &i.cert);
+    let key = section_file(ctx, "server.intercept", "key", &i.key);
+    let (cert, key) = (cert?, key?);
+    let hosts: Vec<String> = routes.hosts().map(str::to_owned).collect();
+    if hosts.is_empty() {
+        ctx.warnings
+            .push("[server.intercept] is set but no route names a host: every CONNECT is refused".into());
+    }
+    match crate::tls::intercept_tls(cert, key, hosts) {
+        Ok(tls) => {
+            for host in &tls.uncovered {
+                ctx.warnings.push(format!(
+                    "the [server.intercept] certificate does not name {host:?}: callers will refuse it for that host"
+                ));
+            }
+            Some(tls)
+        }
+        Err(e) => {
+            ctx.problem("server.intercept", "", e.to_string());
+            None
+        }
+    }
+}
+
+fn server_tls(ctx: &mut Ctx<'_>, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
+    let mut read = |field: &str, path: &PathBuf| section_file(ctx, "server.tls", field, path);
     let cert = read("cert", &t.cert);
     let key = read("key", &t.key);
     let ca = match &t.client_ca {

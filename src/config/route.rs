@@ -31,7 +31,7 @@ pub(super) fn route(
     let name = spec.name.clone().unwrap_or_default();
     let location = format!("routes[{i}] {name:?}");
     let before = ctx.problems.len();
-    let prefix = name_and_prefix(ctx, &location, spec);
+    let (host, prefix) = name_host_and_prefix(ctx, &location, spec);
     let (preset, kind) = kind::kind(ctx, &location, spec);
     let (secret_name, secret) = secret(ctx, &location, spec, secrets);
     let allow = allow(ctx, &location, &name, spec, groups);
@@ -61,6 +61,7 @@ pub(super) fn route(
     let allow_text = spec.allow.clone().unwrap_or_default();
     Some(Route {
         name,
+        host,
         prefix,
         kind,
         upstream,
@@ -76,8 +77,9 @@ pub(super) fn route(
     })
 }
 
-/// Checks `name` and returns `prefix` (both required).
-fn name_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> String {
+/// Checks `name` (required) and returns `host` (lowercased) and `prefix` (required
+/// without a host; `/` by default with one).
+fn name_host_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> (Option<String>, String) {
     match &spec.name {
         None => ctx.problem(location, "name", "is required"),
         Some(name) if !valid_name(name) => {
@@ -85,13 +87,54 @@ fn name_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> Strin
         }
         Some(_) => {}
     }
-    let prefix = spec.prefix.clone().unwrap_or_default();
-    if spec.prefix.is_none() {
-        ctx.problem(location, "prefix", "is required");
-    } else if !valid_prefix(&prefix) {
+    let host = spec.host.as_deref().map(|h| {
+        if let Err(why) = check_host(h) {
+            ctx.problem(location, "host", format!("{h:?} {why}"));
+        }
+        h.to_ascii_lowercase()
+    });
+    let prefix = match (&spec.prefix, &host) {
+        (Some(prefix), _) => prefix.clone(),
+        (None, Some(_)) => "/".to_owned(),
+        (None, None) => {
+            ctx.problem(location, "prefix", "is required (or a host)");
+            String::new()
+        }
+    };
+    if spec.prefix.is_some() && !valid_prefix(&prefix) {
         ctx.problem(location, "prefix", format!("{prefix:?} must start with /, have no trailing /, and no empty, dot or encoded segments, ? or #"));
     }
-    prefix
+    (host, prefix)
+}
+
+/// Why `host` cannot name a route's host: it must be a DNS name (labels of letters,
+/// digits and inner hyphens, at most 63 bytes each and 253 in all), without a port,
+/// a wildcard, a trailing dot or an IP address.
+fn check_host(host: &str) -> Result<(), &'static str> {
+    if host.contains('*') {
+        return Err(
+            "is a wildcard; name each host (a wildcard would intercept hosts no route was written for)",
+        );
+    }
+    if host.contains(':') || host.contains(['[', ']']) {
+        return Err("must be a host name without a port (ports 80 and 443 are matched, others never)");
+    }
+    if host.parse::<IpAddr>().is_ok()
+        || host.rsplit('.').next().is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("is an IP address; host routes name DNS names");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err("is not a DNS name (letters, digits and inner hyphens in dot-separated labels)");
+    }
+    Ok(())
 }
 
 /// The route's credential for the secret's value in use, and for its previous value
@@ -289,7 +332,33 @@ fn valid_prefix(prefix: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::masked_url;
+    use super::{check_host, masked_url};
+
+    #[test]
+    fn hosts_are_dns_names_without_ports_or_wildcards() {
+        for ok in ["connect.rjmetrics.com", "Connect.RJMetrics.com", "localhost", "a-b.example", "x1.y2"] {
+            assert_eq!(check_host(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "*.rjmetrics.com",
+            "connect.rjmetrics.com:443",
+            "127.0.0.1",
+            "10.1.2.300",
+            "[::1]",
+            "::1",
+            "connect.rjmetrics.com.",
+            "-a.example",
+            "a-.example",
+            "a..example",
+            "a_b.example",
+            "a b.example",
+            "https://connect.rjmetrics.com",
+        ] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+        assert!(check_host(&format!("{}.example", "a".repeat(64))).is_err());
+    }
 
     #[test]
     fn masked_urls_keep_scheme_host_and_path_only() {

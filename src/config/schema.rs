@@ -72,6 +72,20 @@ pub struct Server {
     pub worker_threads: Option<u64>,
     /// Terminate TLS for callers.
     pub tls: Option<ServerTls>,
+    /// Accept `CONNECT` for the hosts that routes name, and terminate TLS inside the
+    /// tunnel with this certificate.
+    pub intercept: Option<Intercept>,
+}
+
+/// `[server.intercept]`: the certificate keygate presents inside a `CONNECT` tunnel, for
+/// the hostnames routes name, issued by a CA the callers trust (keygate never holds a
+/// CA key).
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+pub struct Intercept {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// `[server.tls]`.
@@ -178,7 +192,12 @@ impl Drop for SecretSpec {
 pub struct RouteSpec {
     /// Unique, `[a-z0-9_-]+`; used in logs and metric labels.
     pub name: Option<String>,
-    /// Unique; matches the prefix and everything below it on a segment boundary.
+    /// The request host this route serves (`Host`, `:authority` or an absolute-form
+    /// target's authority; any letter case, the default port ignored). Routes with a host
+    /// are tried before routes without one.
+    pub host: Option<String>,
+    /// Unique per host; matches the prefix and everything below it on a segment
+    /// boundary. Required without `host`; with it, the default is `/`.
     pub prefix: Option<String>,
     /// `rjmetrics-import` or `rjmetrics-export`; absent for a generic route.
     pub preset: Option<String>,

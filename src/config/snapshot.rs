@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// The compiled `[server.tls]`, when callers speak TLS to keygate.
     pub(crate) tls: Option<crate::tls::ServerTls>,
+    /// The compiled `[server.intercept]`, when keygate accepts `CONNECT` for routed hosts.
+    pub(crate) intercept: Option<crate::tls::InterceptTls>,
     /// Files whose change triggers a reload.
     pub(crate) watched: Vec<PathBuf>,
     /// SHA-256 over every input; equal digests mean a no-op reload.

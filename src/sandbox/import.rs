@@ -14,7 +14,7 @@ pub(super) fn status(method: &Method) -> Resp {
     if let Some(refused) = respond::refuse_method(method, &[Method::GET]) {
         return refused;
     }
-    respond::json(StatusCode::OK, &json!({ "code": 200, "message": "ok" }))
+    respond::import(StatusCode::OK, &json!({ "code": 200, "message": "ok" }))
 }
 
 /// Routes `/v1|v2/...`; `segments` start after the version.
@@ -25,7 +25,7 @@ pub(super) fn handle(state: &State, parts: &Parts, segments: &[&str], body: &[u8
                 return refused;
             }
             match refuse_key(state, parts, cid) {
-                None => respond::json(StatusCode::OK, &json!({ "code": 200, "message": "authenticated" })),
+                None => respond::import(StatusCode::OK, &json!({ "code": 200, "message": "authenticated" })),
                 Some(refused) => refused,
             }
         }
@@ -38,7 +38,7 @@ pub(super) fn handle(state: &State, parts: &Parts, segments: &[&str], body: &[u8
             }
             upsert(state, table, body)
         }
-        _ => respond::not_found(),
+        _ => respond::import_error(StatusCode::NOT_FOUND, "Not Found", vec!["no such resource".to_owned()]),
     }
 }
 
@@ -54,21 +54,24 @@ fn refuse_key(state: &State, parts: &Parts, cid: &str) -> Option<Resp> {
         }
         Some(_) => return None,
     };
-    Some(respond::error(StatusCode::UNAUTHORIZED, "Authorization failed", vec![reason.to_owned()]))
+    Some(respond::import_error(StatusCode::UNAUTHORIZED, "Authorization failed", vec![reason.to_owned()]))
 }
 
 fn upsert(state: &State, table: &str, body: &[u8]) -> Resp {
     if table.is_empty() || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         let reason = "table names may contain only letters, digits and underscores".to_owned();
-        return respond::error(StatusCode::BAD_REQUEST, "Bad Request", vec![reason]);
+        return respond::import_error(StatusCode::BAD_REQUEST, "Bad Request", vec![reason]);
     }
     match validate(body) {
         Ok(records) => {
             let count = records.len();
             state.store().upsert(table, records);
-            respond::json(StatusCode::CREATED, &json!({ "code": 201, "message": "created", "count": count }))
+            respond::import(
+                StatusCode::CREATED,
+                &json!({ "code": 201, "message": "created", "count": count }),
+            )
         }
-        Err(reasons) => respond::error(StatusCode::BAD_REQUEST, "Bad Request", reasons),
+        Err(reasons) => respond::import_error(StatusCode::BAD_REQUEST, "Bad Request", reasons),
     }
 }
 

@@ -19,6 +19,7 @@ mod server;
 mod store;
 mod table_file;
 mod tls;
+pub(crate) use tls::issue_for_hosts;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -2,9 +2,13 @@
 //! with a connection limit and EMFILE back-off, serve HTTP/1.1 and HTTP/2 (prior
 //! knowledge) on each connection, enforce the header and idle timeouts, and drain on
 //! shutdown. What each request gets is the listener's [`Handler`]; the phases that the
-//! header and idle timeouts follow are in [`timeouts`].
+//! header and idle timeouts follow are in [`timeouts`]; a `CONNECT` the handler accepts
+//! is served as a connection of its own inside the tunnel ([`tunnel`]).
 
 mod timeouts;
+mod tunnel;
+
+pub(crate) use tunnel::{Tunnel, TunnelSlot};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -224,7 +228,7 @@ async fn accept_loop<H: Handler>(
             match tls {
                 None => {
                     let info = ConnInfo { peer, identities: Arc::from(Vec::new()) };
-                    serve_connection(handler, stream, info, limits, shutdown).await;
+                    serve_connection(handler, stream, info, limits, shutdown, Tunnels::Open).await;
                 }
                 // Boxed: a TLS session's state is large, and would otherwise make every
                 // plain connection's task as large.
@@ -260,7 +264,7 @@ async fn serve_tls<H: Handler>(
                 .map(crate::tls::identities)
                 .unwrap_or_default();
             let info = ConnInfo { peer, identities: Arc::from(identities) };
-            serve_connection(handler, stream, info, limits, shutdown).await;
+            serve_connection(handler, stream, info, limits, shutdown, Tunnels::Open).await;
         }
         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -272,12 +276,42 @@ async fn refuse_overloaded(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
+/// Whether a connection may open a tunnel: not one that is itself inside a tunnel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tunnels {
+    Open,
+    Closed,
+}
+
+/// Serves one connection until it ends, then the tunnel its handler accepted, if any:
+/// within this one call, so the tunnel keeps the connection's permit and its count in
+/// `keygate_connections_open`.
 async fn serve_connection<H: Handler, I>(
     handler: Arc<H>,
     stream: I,
     info: ConnInfo,
     limits: Limits,
+    shutdown: watch::Receiver<bool>,
+    tunnels: Tunnels,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let slot = TunnelSlot::default();
+    let offered = (tunnels == Tunnels::Open).then(|| slot.clone());
+    serve_http(handler.clone(), stream, info.clone(), limits, shutdown.clone(), offered).await;
+    if let Some(tunnel) = slot.take() {
+        // Boxed: a tunnel's connection is served by this same function.
+        Box::pin(tunnel::serve(handler, tunnel, info, limits, shutdown)).await;
+    }
+}
+
+async fn serve_http<H: Handler, I>(
+    handler: Arc<H>,
+    stream: I,
+    info: ConnInfo,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
+    slot: Option<TunnelSlot>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -285,7 +319,14 @@ async fn serve_connection<H: Handler, I>(
     let phases = Phases::start();
     let io = phases.watch(stream);
     let requests = phases.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        // Where the handler leaves a CONNECT it accepts (HTTP/1 only: an HTTP/2 CONNECT
+        // would be a stream, and keygate tunnels whole connections).
+        if let Some(slot) = &slot {
+            if request.method() == http::Method::CONNECT && request.version() != http::Version::HTTP_2 {
+                request.extensions_mut().insert(slot.clone());
+            }
+        }
         let guard = requests.request_started(request.version() == http::Version::HTTP_2);
         let response = handler.clone().handle(info.clone(), request, Box::new(guard));
         async move { Ok::<_, Infallible>(response.await) }
@@ -305,12 +346,16 @@ async fn serve_connection<H: Handler, I>(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
 
     let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
     tokio::pin!(timeouts);
-    let mut draining = false;
+    // A tunnel's connection may start after the drain began: it drains from the start.
+    let mut draining = *shutdown.borrow_and_update();
+    if draining {
+        connection.as_mut().graceful_shutdown();
+    }
     loop {
         tokio::select! {
             result = connection.as_mut() => {
