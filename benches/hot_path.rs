@@ -39,9 +39,12 @@ fn route_match(c: &mut Criterion) {
     for n in [1usize, 100, 10_000] {
         let snapshot = snapshot_with_routes(n);
         let path = format!("/svc{}/v1/items/42/detail", n - 1);
-        assert_eq!(snapshot.routes.find(&path).map(|(r, _)| r.name.clone()), Some(format!("svc{}", n - 1)));
+        assert_eq!(
+            snapshot.routes.find(None, &path).map(|(r, _)| r.name.clone()),
+            Some(format!("svc{}", n - 1))
+        );
         group.bench_with_input(BenchmarkId::from_parameter(n), &path, |b, path| {
-            b.iter(|| black_box(&snapshot.routes).find(black_box(path)).map(|(_, rest)| rest.len()))
+            b.iter(|| black_box(&snapshot.routes).find(None, black_box(path)).map(|(_, rest)| rest.len()))
         });
     }
     group.finish();

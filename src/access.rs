@@ -32,6 +32,8 @@ pub(crate) struct Exchange {
     pub caller: Option<Arc<Group>>,
     pub caller_addr: Option<IpAddr>,
     pub upstream_status: Option<StatusCode>,
+    /// `previous` when the answer came from a retry with the previous key.
+    pub key: Option<&'static str>,
     error: Option<&'static str>,
 }
 
@@ -55,13 +57,19 @@ impl Exchange {
             peer: conn.peer,
             identities: conn.identities.clone(),
             method: request.method().clone(),
-            // Only the access log line shows it.
-            path: if access { request.uri().path().to_owned() } else { String::new() },
+            // Only the access log line shows it. A CONNECT's target is an authority,
+            // never a path with a query.
+            path: match request.uri().authority() {
+                _ if !access => String::new(),
+                Some(authority) if request.method() == Method::CONNECT => authority.as_str().to_owned(),
+                _ => request.uri().path().to_owned(),
+            },
             route: None,
             operation: "-",
             caller: None,
             caller_addr: Some(conn.peer.ip().to_canonical()),
             upstream_status: None,
+            key: None,
             error: None,
         }
     }
@@ -136,6 +144,7 @@ impl Drop for Done {
             path = %e.path,
             status = self.status.as_u16(),
             upstream_status,
+            key = e.key,
             duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             bytes_in = self.bytes_in.bytes(),
             bytes_out = self.bytes_out.bytes(),

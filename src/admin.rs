@@ -95,7 +95,8 @@ fn readyz(gw: &Gateway, snapshot: &crate::config::Snapshot) -> Response<ProxyBod
     )
 }
 
-/// The `/config` document: what runs, with fingerprints instead of secrets.
+/// The `/config` document: what runs, with fingerprints instead of secrets (for each
+/// secret, also of its candidate, previous and rejected values, or `null`).
 pub(crate) fn config_json(snapshot: &crate::config::Snapshot) -> serde_json::Value {
     let routes: Vec<_> = snapshot
         .routes
@@ -104,6 +105,7 @@ pub(crate) fn config_json(snapshot: &crate::config::Snapshot) -> serde_json::Val
         .map(|r| {
             json!({
                 "name": r.name,
+                "host": r.host,
                 "prefix": r.prefix,
                 "upstream": r.upstream.url(),
                 "operations": r.operation_names(),
@@ -114,7 +116,16 @@ pub(crate) fn config_json(snapshot: &crate::config::Snapshot) -> serde_json::Val
     let secrets: Vec<_> = snapshot
         .secrets
         .iter()
-        .map(|s| json!({"name": s.name, "fingerprint": s.fingerprint, "loaded_at": unix(s.loaded_at)}))
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "fingerprint": s.fingerprint,
+                "loaded_at": unix(s.loaded_at),
+                "candidate": s.candidate.as_ref().map(|c| json!({"fingerprint": c.fingerprint, "since": unix(c.since)})),
+                "previous": s.previous.as_ref().map(|p| json!({"fingerprint": p.fingerprint, "expires_at": unix(p.expires_at)})),
+                "rejected": s.rejected.as_ref().map(|r| json!({"fingerprint": r.fingerprint, "reason": r.reason})),
+            })
+        })
         .collect();
     json!({
         "generation": snapshot.generation,

@@ -48,6 +48,10 @@ pub(crate) struct CheckArgs {
     /// TLS or CA file (so their contents are not checked). For a machine without them.
     #[arg(long)]
     pub(crate) no_secrets: bool,
+    /// Also prove every secret against its routes' upstreams, one call per route (the
+    /// call a rotation makes); exit 1 unless every proof is accepted.
+    #[arg(long, conflicts_with = "no_secrets")]
+    pub(crate) verify: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,7 +72,7 @@ pub(crate) enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(arg) => run(&arg.config),
-        Command::Check(args) => check(&args.config.config, args.no_secrets),
+        Command::Check(args) => check(&args.config.config, args.no_secrets, args.verify),
         #[cfg(feature = "sandbox")]
         Command::Demo(args) => runtime(None)
             .and_then(|rt| rt.block_on(crate::demo::run(args)))
@@ -144,7 +148,7 @@ fn run(path: &Path) -> ExitCode {
     })
 }
 
-fn check(path: &Path, structure_only: bool) -> ExitCode {
+fn check(path: &Path, structure_only: bool, verify: bool) -> ExitCode {
     let loaded = if structure_only { config::load_structure(path) } else { config::load(path, 1, None) };
     let snapshot = match loaded {
         Ok(snapshot) => snapshot,
@@ -159,10 +163,71 @@ fn check(path: &Path, structure_only: bool) -> ExitCode {
         eprintln!("warning: {w}");
     }
     print!("{}", route_table(&snapshot));
-    ExitCode::SUCCESS
+    if !verify {
+        return ExitCode::SUCCESS;
+    }
+    let proven = match runtime(Some(1)) {
+        Ok(rt) => rt.block_on(verify_keys(&snapshot)),
+        Err(e) => return fail(e),
+    };
+    print!("{}", proven.report());
+    match proven.failures() {
+        0 => ExitCode::SUCCESS,
+        n => {
+            eprintln!("keygate: {n} proof(s) did not accept a key; see above");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-/// The effective route table: names, prefixes, upstreams, operations, allow lists and
+/// What `check --verify` found: one line per route, and how many proofs failed.
+struct Proven {
+    lines: Vec<String>,
+    failures: usize,
+}
+
+impl Proven {
+    fn report(&self) -> String {
+        self.lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    fn failures(&self) -> usize {
+        self.failures
+    }
+}
+
+/// Proves each secret's value on every route that uses it, with the call a rotation
+/// makes, once (no retry): accepted, rejected (401/403 or an answer no retry changes),
+/// or could not be proven (a network failure, a 5xx) — both of the last count as
+/// failures. A generic route without `verify` has nothing to prove.
+async fn verify_keys(snapshot: &Snapshot) -> Proven {
+    use crate::rotation::proof::{self, Answer};
+    let mut proven = Proven { lines: Vec::new(), failures: 0 };
+    for route in snapshot.routes.routes() {
+        let Some(secret) = snapshot.secret(&route.secret_name) else { continue };
+        let what =
+            format!("verify: route {} secret {} (sha256:{})", route.name, secret.name, secret.fingerprint);
+        let outcome = match &route.proof {
+            None => "nothing to prove (a generic route without verify)".to_owned(),
+            Some(_) => match proof::call(route, &secret.value).await {
+                Answer::Accepted(status) => format!("accepted ({})", status.as_u16()),
+                Answer::Refused(why) => {
+                    proven.failures += 1;
+                    format!("REJECTED: {why}")
+                }
+                Answer::Failed(why) => {
+                    proven.failures += 1;
+                    format!("could not prove: {why}")
+                }
+            },
+        };
+        proven.lines.push(format!("{what}: {outcome}"));
+    }
+    proven
+}
+
+/// The effective route table: names, prefixes (after the host a host route names),
+/// upstreams, operations, allow lists and
 /// secret fingerprints — never secrets.
 pub(crate) fn route_table(snapshot: &Snapshot) -> String {
     let mut rows = vec![["ROUTE", "PREFIX", "UPSTREAM", "OPERATIONS", "ALLOW", "SECRET"].map(String::from)];
@@ -178,7 +243,7 @@ pub(crate) fn route_table(snapshot: &Snapshot) -> String {
         };
         rows.push([
             route.name.clone(),
-            route.prefix.clone(),
+            format!("{}{}", route.host.as_deref().unwrap_or(""), route.prefix),
             route.upstream.url().to_owned(),
             route.operation_names().join(","),
             route.allow_text.join(","),

@@ -3,7 +3,9 @@
 //!
 //! Every response keygate writes on its own carries `x-keygate-error: <code>` and the
 //! body `{"error":"<code>","message":"<sentence>"}`, so callers can tell keygate's
-//! refusals from the upstream's answers. Messages are built from closed sets and config
+//! refusals from the upstream's answers. On `rjmetrics-import` routes a refusal is
+//! shaped like the Import API's errors instead ([`Shape::Import`]), so that the
+//! vendor's clients report it rather than fail to parse it. Messages are built from closed sets and config
 //! values only: never from a secret, never from an upstream URL with its query.
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -15,6 +17,24 @@ pub(crate) const ERROR_HEADER: &str = "x-keygate-error";
 
 /// The `x-keygate-error` code of an upstream error body keygate withheld.
 pub(crate) const WITHHELD: &str = "upstream_body_withheld";
+
+/// The content type of Import-API-shaped bodies (keygate's refusals on import routes,
+/// the sandbox's import answers). A `+json` subtype: PHP's Httpful parses it as JSON
+/// (it parses `…+json` by its suffix), while the JS client's HTTP library (needle
+/// 0.6.3) leaves it unparsed, as the client needs: needle parses a body labelled exactly
+/// `application/json` itself, and the client then fails to `JSON.parse` the object.
+pub(crate) const IMPORT_JSON: &str = "application/vnd.keygate.import+json";
+
+/// Which body a refusal gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Shape {
+    /// `{"error","message"}`, labelled `application/json`.
+    #[default]
+    Keygate,
+    /// The Import API's `{"code","message","reasons"}`, plus `error`, labelled
+    /// [`IMPORT_JSON`].
+    Import,
+}
 
 /// Why keygate answered a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +56,9 @@ pub enum Refusal {
     ClientMismatch,
     /// No route's prefix matches the path.
     NoRoute,
+    /// A `CONNECT` keygate does not intercept: a host no route names, a port other
+    /// than 443, an IP literal, or no `[server.intercept]`. Never tunnelled anywhere.
+    TunnelRefused(&'static str),
     /// The route matched but the path is not one of its operations.
     UnknownOperation,
     /// The operation exists but not for this method; carries the `Allow` value.
@@ -66,7 +89,7 @@ impl Refusal {
             Refusal::BadRequest(_) | Refusal::AmbiguousFraming => "bad_request",
             Refusal::CallerNotAllowed => "caller_not_allowed",
             Refusal::ClientMismatch => "client_mismatch",
-            Refusal::NoRoute => "no_route",
+            Refusal::NoRoute | Refusal::TunnelRefused(_) => "no_route",
             Refusal::UnknownOperation => "unknown_operation",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
             Refusal::BodyTooLarge => "body_too_large",
@@ -86,7 +109,9 @@ impl Refusal {
             | Refusal::InvalidBody(_)
             | Refusal::BadRequest(_)
             | Refusal::AmbiguousFraming => StatusCode::BAD_REQUEST,
-            Refusal::CallerNotAllowed | Refusal::ClientMismatch => StatusCode::FORBIDDEN,
+            Refusal::CallerNotAllowed | Refusal::ClientMismatch | Refusal::TunnelRefused(_) => {
+                StatusCode::FORBIDDEN
+            }
             Refusal::NoRoute | Refusal::UnknownOperation => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -99,7 +124,8 @@ impl Refusal {
         }
     }
 
-    /// A human sentence for the body. Never contains a secret or a caller-supplied value.
+    /// A human sentence for the body. Never contains a secret; the only caller-supplied text is
+    /// an upsert record's field name in an `invalid_body` reason, at most 64 characters.
     pub fn message(&self) -> String {
         match self {
             Refusal::InvalidPath(why) => format!("the request path is not allowed: {why}"),
@@ -111,6 +137,7 @@ impl Refusal {
             Refusal::CallerNotAllowed => "the caller is not allowed to use this route".into(),
             Refusal::ClientMismatch => "the client id in the path is not this route's".into(),
             Refusal::NoRoute => "no route matches this path".into(),
+            Refusal::TunnelRefused(why) => format!("keygate does not open this tunnel: {why}"),
             Refusal::UnknownOperation => "this route does not forward this path".into(),
             Refusal::MethodNotAllowed(allow) => {
                 format!("this operation does not accept this method (allowed: {allow})")
@@ -127,12 +154,35 @@ impl Refusal {
         }
     }
 
+    /// The Import-shaped body's one `reasons` entry: what was wrong, without the
+    /// sentence around it when there is one. Never a secret or a caller-supplied value.
+    fn reason(&self) -> String {
+        match self {
+            Refusal::InvalidPath(why)
+            | Refusal::BadRequest(why)
+            | Refusal::NotReady(why)
+            | Refusal::TunnelRefused(why) => (*why).to_owned(),
+            Refusal::InvalidBody(why) => why.clone(),
+            other => other.message(),
+        }
+    }
+
     /// The one place a refusal becomes a response.
     pub fn into_response(self) -> Response<ProxyBody> {
+        self.into_shaped_response(Shape::Keygate)
+    }
+
+    /// [`Refusal::into_response`] with the body `shape` asks for.
+    pub(crate) fn into_shaped_response(self, shape: Shape) -> Response<ProxyBody> {
         let mut response = Response::new(body::empty());
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        *response.body_mut() = own_body(headers, self.code(), &self.message());
+        *response.body_mut() = match shape {
+            Shape::Keygate => own_body(headers, self.code(), &self.message()),
+            Shape::Import => {
+                import_body(headers, self.status(), self.code(), &self.message(), &self.reason())
+            }
+        };
         let headers = response.headers_mut();
         if let Refusal::MethodNotAllowed(allow) = &self {
             if let Ok(value) = HeaderValue::from_str(allow) {
@@ -204,6 +254,23 @@ fn own_body(headers: &mut HeaderMap, code: &'static str, message: &str) -> Proxy
     body::full(serde_json::json!({ "error": code, "message": message }).to_string())
 }
 
+/// keygate's own body in the Import API's error shape, labelled [`IMPORT_JSON`]:
+/// `{"code":<status>,"message":"<sentence>","reasons":["<reason>"],"error":"<code>"}`.
+/// The vendor's clients print `code`, `message` and `reasons`; `message` is the same
+/// sentence as in keygate's other shape.
+fn import_body(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    reason: &str,
+) -> ProxyBody {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(IMPORT_JSON));
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
+    let value = serde_json::json!({ "code": status.as_u16(), "message": message, "reasons": [reason], "error": code });
+    body::full(value.to_string())
+}
+
 /// Why an upstream call failed (the `kind` label of `keygate_upstream_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
@@ -249,6 +316,7 @@ mod tests {
             (Refusal::CallerNotAllowed, 403, "caller_not_allowed"),
             (Refusal::ClientMismatch, 403, "client_mismatch"),
             (Refusal::NoRoute, 404, "no_route"),
+            (Refusal::TunnelRefused("x"), 403, "no_route"),
             (Refusal::UnknownOperation, 404, "unknown_operation"),
             (Refusal::MethodNotAllowed("GET".into()), 405, "method_not_allowed"),
             (Refusal::BodyTooLarge, 413, "body_too_large"),
@@ -265,6 +333,39 @@ mod tests {
             assert_eq!(response.headers()[ERROR_HEADER], code);
             assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         }
+    }
+
+    #[test]
+    fn import_shaped_refusals_carry_the_vendor_fields_and_keygate_code() {
+        use http_body_util::BodyExt;
+        let response = Refusal::ClientMismatch.into_shaped_response(Shape::Import);
+        assert_eq!(response.status(), 403);
+        assert_eq!(response.headers()[ERROR_HEADER], "client_mismatch");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], IMPORT_JSON);
+        let bytes = futures_util::FutureExt::now_or_never(response.into_body().collect())
+            .expect("a whole body")
+            .expect("no error")
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "code": 403,
+                "message": "the client id in the path is not this route's",
+                "reasons": ["the client id in the path is not this route's"],
+                "error": "client_mismatch",
+            })
+        );
+        let response = Refusal::InvalidBody("record 1: the keys field is missing".into())
+            .into_shaped_response(Shape::Import);
+        let bytes = futures_util::FutureExt::now_or_never(response.into_body().collect())
+            .expect("a whole body")
+            .expect("no error")
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["code"], 400);
+        assert_eq!(body["message"], "the request body is invalid: record 1: the keys field is missing");
+        assert_eq!(body["reasons"], serde_json::json!(["record 1: the keys field is missing"]));
     }
 
     #[test]

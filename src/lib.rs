@@ -5,7 +5,8 @@
 //! callers, how the real key is injected, what `Location` loses) in
 //! [`routes::credential`], the BI presets' part of it in [`routes::preset`]; what no
 //! route forwards in [`rewrite`]; every secret redacted on the way down in [`scrub`];
-//! the request pipeline in `proxy`; every answer keygate writes itself in `error`.
+//! the request pipeline in `proxy`; every answer keygate writes itself in `error`; a
+//! rotated key's proof, overlap and fallback in `rotation` (run by `reload`).
 //!
 //! `sandbox` and `demo` exist with the default `sandbox` feature only; a production
 //! gateway is built without it.
@@ -29,10 +30,12 @@ mod conn;
 pub mod demo;
 mod error;
 pub mod gateway;
+mod intercept;
 pub mod metrics;
 mod proxy;
 mod reload;
 pub mod rewrite;
+mod rotation;
 pub mod routes;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;

@@ -2,19 +2,14 @@
 //! labels only from config and closed sets. One explicit [`Registry`] per [`Metrics`],
 //! so tests each get their own.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use http::StatusCode;
-use parking_lot::RwLock;
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::config::Snapshot;
 use crate::error::UpstreamFailure;
-use crate::routes::Route;
 
 /// Buckets from 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -39,10 +34,15 @@ pub struct Metrics {
     pub(crate) last_reload_success_timestamp: Gauge,
     pub(crate) generation: IntGauge,
     pub(crate) secret_loaded: GaugeVec,
+    pub(crate) secret_candidate: IntGaugeVec,
+    pub(crate) secret_verifications: IntCounterVec,
+    pub(crate) secret_fallbacks: IntCounterVec,
     pub(crate) tls_cert_expiry: Gauge,
     tls_registered: std::sync::Once,
-    /// Tags the series a route keeps (see [`RouteSeries`]).
-    id: u64,
+    pub(crate) intercept_cert_expiry: Gauge,
+    intercept_registered: std::sync::Once,
+    /// Tags the series a route keeps (see [`crate::routes::series`]).
+    pub(crate) id: u64,
 }
 
 /// One metric: its name, HELP text and labels.
@@ -116,9 +116,29 @@ const SECRET_LOADED: Def = Def {
     help: "When each secret was last (re)loaded, Unix time.",
     labels: &["secret"],
 };
+const SECRET_CANDIDATE: Def = Def {
+    name: "keygate_secret_candidate",
+    help: "1 while a changed value of the secret waits for its proof, else 0.",
+    labels: &["secret"],
+};
+const SECRET_VERIFICATIONS: Def = Def {
+    name: "keygate_secret_verifications_total",
+    help: "Proof calls made with a candidate key, by result (ok, rejected, error).",
+    labels: &["secret", "result"],
+};
+const SECRET_FALLBACKS: Def = Def {
+    name: "keygate_secret_fallbacks_total",
+    help: "Requests refused with the current key and sent again with the previous one.",
+    labels: &["secret"],
+};
 const TLS_CERT_EXPIRY: Def = Def {
     name: "keygate_tls_cert_expiry_timestamp_seconds",
     help: "notAfter of the serving certificate, Unix time.",
+    labels: &[],
+};
+const INTERCEPT_CERT_EXPIRY: Def = Def {
+    name: "keygate_intercept_cert_expiry_timestamp_seconds",
+    help: "notAfter of the [server.intercept] certificate presented inside CONNECT tunnels, Unix time.",
     labels: &[],
 };
 const BUILD_INFO: Def = Def { name: "keygate_build_info", help: "keygate's version; always 1.", labels: &[] };
@@ -183,10 +203,22 @@ impl Metrics {
                 Some(&r),
                 GaugeVec::new(Opts::new(SECRET_LOADED.name, SECRET_LOADED.help), SECRET_LOADED.labels),
             ),
+            secret_candidate: build(
+                Some(&r),
+                IntGaugeVec::new(
+                    Opts::new(SECRET_CANDIDATE.name, SECRET_CANDIDATE.help),
+                    SECRET_CANDIDATE.labels,
+                ),
+            ),
+            secret_verifications: counter(&r, &SECRET_VERIFICATIONS),
+            secret_fallbacks: counter(&r, &SECRET_FALLBACKS),
             // Registered on first use: it exists only with TLS.
             tls_cert_expiry: gauge(None, &TLS_CERT_EXPIRY),
             tls_registered: std::sync::Once::new(),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            // Registered on first use: it exists only with [server.intercept].
+            intercept_cert_expiry: gauge(None, &INTERCEPT_CERT_EXPIRY),
+            intercept_registered: std::sync::Once::new(),
+            id: crate::routes::series::next_id(),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -203,18 +235,42 @@ impl Metrics {
         self.tls_cert_expiry.set(not_after_unix);
     }
 
-    /// Records a newly applied snapshot: generation, reload time, secret load times,
-    /// and zeroed series for the closed label sets of its routes.
+    /// Sets the intercept certificate's expiry gauge, registering it on first use.
+    pub(crate) fn set_intercept_expiry(&self, not_after_unix: f64) {
+        self.intercept_registered.call_once(|| {
+            let _ = self.registry.register(Box::new(self.intercept_cert_expiry.clone()));
+        });
+        self.intercept_cert_expiry.set(not_after_unix);
+    }
+
+    /// Records an applied snapshot (the first, or a reload's): [`Metrics::published`],
+    /// and the reload time.
     pub(crate) fn applied(&self, snapshot: &Snapshot) {
-        self.generation.set(snapshot.generation as i64);
+        self.published(snapshot);
         self.last_reload_successful.set(1);
         self.last_reload_success_timestamp.set(unix(snapshot.loaded_at));
+    }
+
+    /// Records a newly published snapshot (a reload's, or one that only a key's proof or
+    /// overlap changed): generation, secret load times and candidates, and zeroed series
+    /// for the closed label sets of its routes and secrets.
+    pub(crate) fn published(&self, snapshot: &Snapshot) {
+        self.generation.set(snapshot.generation as i64);
         if let Some(tls) = &snapshot.tls {
             self.set_tls_expiry(unix(tls.not_after));
         }
+        if let Some(intercept) = &snapshot.intercept {
+            self.set_intercept_expiry(unix(intercept.not_after));
+        }
         self.secret_loaded.reset();
+        self.secret_candidate.reset();
         for s in &snapshot.secrets {
             self.secret_loaded.with_label_values(&[&s.name]).set(unix(s.loaded_at));
+            self.secret_candidate.with_label_values(&[&s.name]).set(i64::from(s.candidate.is_some()));
+            for result in ["ok", "rejected", "error"] {
+                self.secret_verifications.with_label_values(&[&s.name, result]);
+            }
+            self.secret_fallbacks.with_label_values(&[&s.name]);
         }
         for route in snapshot.routes.routes() {
             self.upstream_auth_failures.with_label_values(&[&route.name]);
@@ -248,89 +304,6 @@ impl Metrics {
     }
 }
 
-/// Distinguishes one [`Metrics`] from another for [`RouteSeries`].
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// At most this many series of each kind are kept per route; any more are looked up
-/// by label every time.
-const MAX_KEPT: usize = 32;
-
-/// One route's request series, looked up by label once and then kept with the route:
-/// hashing four label values on every request costs more than the counting itself.
-/// The route's snapshot never outlives the series (they are never removed from the
-/// registry), and each handle is tagged with the [`Metrics`] it belongs to.
-#[derive(Default)]
-pub(crate) struct RouteSeries {
-    /// `keygate_request_duration_seconds` and `keygate_upstream_duration_seconds`, by
-    /// operation.
-    durations: RwLock<Vec<(u64, &'static str, Histogram, Histogram)>>,
-    /// `keygate_requests_total`, by operation, caller group and status.
-    requests: RwLock<Vec<(u64, &'static str, Box<str>, StatusCode, IntCounter)>>,
-}
-
-impl std::fmt::Debug for RouteSeries {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteSeries").finish_non_exhaustive()
-    }
-}
-
-impl Metrics {
-    /// The request and upstream duration histograms of `route` and `operation`.
-    fn durations<R>(&self, route: &Route, operation: &'static str, f: impl Fn(&Histogram, &Histogram) -> R) -> R {
-        let kept = &route.series.durations;
-        if let Some((_, _, request, upstream)) =
-            kept.read().iter().find(|(id, op, _, _)| *id == self.id && *op == operation)
-        {
-            return f(request, upstream);
-        }
-        let request = self.request_duration.with_label_values(&[&route.name, operation]);
-        let upstream = self.upstream_duration.with_label_values(&[&route.name, operation]);
-        let answer = f(&request, &upstream);
-        let mut kept = kept.write();
-        if kept.len() < MAX_KEPT {
-            kept.push((self.id, operation, request, upstream));
-        }
-        answer
-    }
-
-    /// Observes the time to the upstream's response head.
-    pub(crate) fn upstream_took(&self, route: &Route, operation: &'static str, seconds: f64) {
-        self.durations(route, operation, |_, upstream| upstream.observe(seconds));
-    }
-
-    /// Counts an answered request and observes its duration; `route` is `None` when
-    /// none matched.
-    pub(crate) fn answered(
-        &self,
-        route: Option<&Route>,
-        operation: &'static str,
-        caller: &str,
-        status: StatusCode,
-        seconds: f64,
-    ) {
-        let Some(route) = route else {
-            self.requests.with_label_values(&["-", operation, caller, status.as_str()]).inc();
-            self.request_duration.with_label_values(&["-", operation]).observe(seconds);
-            return;
-        };
-        self.durations(route, operation, |request, _| request.observe(seconds));
-        let kept = &route.series.requests;
-        let found = |(id, op, group, code, _): &&(u64, &'static str, Box<str>, StatusCode, IntCounter)| {
-            *id == self.id && *op == operation && *code == status && &**group == caller
-        };
-        if let Some((.., counter)) = kept.read().iter().find(found) {
-            counter.inc();
-            return;
-        }
-        let counter = self.requests.with_label_values(&[&route.name, operation, caller, status.as_str()]);
-        counter.inc();
-        let mut kept = kept.write();
-        if kept.len() < MAX_KEPT {
-            kept.push((self.id, operation, caller.into(), status, counter));
-        }
-    }
-}
-
 /// Seconds since the Unix epoch.
 pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -340,7 +313,7 @@ pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
 mod tests {
     use super::*;
 
-    const ALL: [&Def; 16] = [
+    const ALL: [&Def; 20] = [
         &REQUESTS,
         &REQUEST_DURATION,
         &UPSTREAM_DURATION,
@@ -355,7 +328,11 @@ mod tests {
         &LAST_RELOAD_SUCCESS_TIMESTAMP,
         &GENERATION,
         &SECRET_LOADED,
+        &SECRET_CANDIDATE,
+        &SECRET_VERIFICATIONS,
+        &SECRET_FALLBACKS,
         &TLS_CERT_EXPIRY,
+        &INTERCEPT_CERT_EXPIRY,
         &BUILD_INFO,
     ];
 
@@ -363,6 +340,7 @@ mod tests {
     fn every_metric_is_registered_once_with_help() {
         let m = Metrics::new();
         m.set_tls_expiry(1.0);
+        m.set_intercept_expiry(1.0);
         // One series of each labelled family, so that every family is rendered.
         m.requests.with_label_values(&["r", "o", "c", "200"]).inc();
         m.request_duration.with_label_values(&["r", "o"]).observe(0.1);
@@ -372,61 +350,14 @@ mod tests {
         m.upstream_errors.with_label_values(&["r", "tls"]).inc();
         m.upstream_auth_failures.with_label_values(&["r"]).inc();
         m.secret_loaded.with_label_values(&["s"]).set(1.0);
+        m.secret_candidate.with_label_values(&["s"]).set(1);
+        m.secret_verifications.with_label_values(&["s", "ok"]).inc();
+        m.secret_fallbacks.with_label_values(&["s"]).inc();
         let text = m.render();
         for def in ALL {
             assert!(text.contains(&format!("# HELP {} {}\n", def.name, def.help)), "{}", def.name);
             assert_eq!(text.matches(&format!("# TYPE {} ", def.name)).count(), 1, "{}", def.name);
         }
         assert!(text.contains(&format!("keygate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
-    }
-
-    fn route() -> std::sync::Arc<Route> {
-        let text = "[secrets.k]\nvalue = \"k\"\n[[routes]]\nname = \"r\"\nprefix = \"/r\"\nsecret = \"k\"\n\
-            upstream = \"http://127.0.0.1:9\"\ninject = { header = \"x-key\" }\nallow = [\"127.0.0.1\"]\n";
-        let inputs = crate::config::Inputs::parse(std::path::Path::new("keygate.toml"), text.as_bytes()).unwrap();
-        let snapshot = crate::config::compile(&inputs, 1, None).unwrap_or_else(|_| panic!("config"));
-        snapshot.routes.routes()[0].clone()
-    }
-
-    /// The lines of `family` in `m`'s exposition.
-    fn lines(m: &Metrics, family: &str) -> Vec<String> {
-        m.render().lines().filter(|l| l.starts_with(family)).map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn kept_series_count_exactly_what_label_lookups_count() {
-        let route = route();
-        let (kept, looked_up) = (Metrics::new(), Metrics::new());
-        let answers = [("-", StatusCode::OK), ("ops", StatusCode::OK), ("-", StatusCode::FORBIDDEN)];
-        for _ in 0..3 {
-            for (caller, status) in answers {
-                kept.answered(Some(&route), "list_exports", caller, status, 0.002);
-                kept.upstream_took(&route, "list_exports", 0.001);
-                looked_up.requests.with_label_values(&["r", "list_exports", caller, status.as_str()]).inc();
-                looked_up.request_duration.with_label_values(&["r", "list_exports"]).observe(0.002);
-                looked_up.upstream_duration.with_label_values(&["r", "list_exports"]).observe(0.001);
-            }
-        }
-        kept.answered(None, "-", "-", StatusCode::NOT_FOUND, 0.0005);
-        looked_up.requests.with_label_values(&["-", "-", "-", "404"]).inc();
-        looked_up.request_duration.with_label_values(&["-", "-"]).observe(0.0005);
-        for family in ["keygate_requests_total", "keygate_request_duration", "keygate_upstream_duration"] {
-            assert_eq!(lines(&kept, family), lines(&looked_up, family), "{family}");
-        }
-        assert!(lines(&kept, "keygate_requests_total").contains(
-            &"keygate_requests_total{caller=\"ops\",code=\"200\",operation=\"list_exports\",route=\"r\"} 3"
-                .to_owned()
-        ));
-    }
-
-    #[test]
-    fn a_route_shared_by_two_registries_counts_into_each_its_own() {
-        let route = route();
-        let (first, second) = (Metrics::new(), Metrics::new());
-        first.answered(Some(&route), "op", "-", StatusCode::OK, 0.1);
-        second.answered(Some(&route), "op", "-", StatusCode::OK, 0.1);
-        second.answered(Some(&route), "op", "-", StatusCode::OK, 0.1);
-        let count = |m: &Metrics| m.requests.with_label_values(&["r", "op", "-", "200"]).get();
-        assert_eq!((count(&first), count(&second)), (1, 2));
     }
 }

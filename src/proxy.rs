@@ -4,22 +4,32 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header;
-use http::{Method, Request, Response, StatusCode, Version};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 
 use crate::access::Exchange;
 use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
 use crate::caller::Caller;
 use crate::config::Snapshot;
 use crate::conn::ConnInfo;
-use crate::error::{Refusal, UpstreamFailure};
+use crate::error::{Refusal, Shape, UpstreamFailure};
 use crate::gateway::Gateway;
+use crate::intercept;
 use crate::rewrite;
-use crate::routes::{Kind, Route, Target, check_path, upsert};
+use crate::routes::{Credential, Kind, Route, Target, check_path, upsert};
 use crate::scrub;
-use crate::upstream::Lease;
+use crate::upstream::{self, Lease};
+
+/// How much of an answer replaced by a retry with the previous key is read (so its
+/// connection can be reused), and for how long; a longer or slower one closes it.
+const REPLACED_BODY_LIMIT: u64 = 64 * 1024;
+const REPLACED_BODY_TIME: Duration = Duration::from_secs(1);
 
 /// Handles one request end to end. Never fails: refusals are responses. `guard` (the
 /// connection's own bookkeeping) is kept until the response's last byte, after the
@@ -38,7 +48,8 @@ pub(crate) async fn handle(
         Ok(response) => response,
         Err(refusal) => {
             exchange.refused(&gw, &refusal);
-            refusal.into_response()
+            let shape = exchange.route.as_ref().map_or(Shape::Keygate, |r| r.refusal_shape());
+            refusal.into_shaped_response(shape)
         }
     };
     exchange.finish(gw, response, bytes_in, guard)
@@ -57,13 +68,22 @@ async fn pipeline(
     if gw.is_shutting_down() {
         return Err(Refusal::ShuttingDown);
     }
+    // A tunnel is decided on its own terms (host, port, caller) before anything that
+    // reads a path: its target has none, and no byte goes upstream for it.
+    if request.method() == Method::CONNECT {
+        if head_size(&request) > snapshot.server.max_header_bytes {
+            return Err(Refusal::HeadersTooLarge);
+        }
+        return intercept::accept(snapshot, conn, request, exchange);
+    }
     // The head alone, before routing: nothing should spend work on a head that is too
     // large or that a proxy in front may read another way.
     check_head(snapshot, &request)?;
     // Paths are checked before routing so no trick can reach a prefix it should not.
     let path = request.uri().path();
     check_path(path)?;
-    let (route, remainder) = snapshot.routes.find(path).ok_or(Refusal::NoRoute)?;
+    let host = request_host(&request);
+    let (route, remainder) = snapshot.routes.find(host, path).ok_or(Refusal::NoRoute)?;
     let route = route.clone();
     exchange.route = Some(route.clone());
     // Who is calling decides everything below; an unknown caller learns nothing more.
@@ -74,9 +94,11 @@ async fn pipeline(
     if declared_length(request.headers()).is_some_and(|n| n > route.max_body_bytes) {
         return Err(Refusal::BodyTooLarge);
     }
-    // Only now is the request rewritten and its body read: strip, inject, body.
-    let upstream_request = build_request(snapshot, &route, &target, request, bytes_in).await?;
-    let (response, lease) = send(gw, &route, &target, upstream_request, bytes_in).await?;
+    // Only now is the request rewritten and its body read: strip, inject, body. The
+    // caller's head stays, should the request be sent again with the previous key.
+    let (caller, incoming) = request.into_parts();
+    let outgoing = build_request(snapshot, &route, &target, &caller, incoming, bytes_in).await?;
+    let (response, lease) = send(gw, &route, &target, &caller, outgoing, bytes_in, exchange).await?;
     exchange.upstream_status = Some(response.status());
     Ok(downstream(snapshot, &route, response, lease).await)
 }
@@ -106,6 +128,15 @@ fn check_head(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<(), Re
     }
 }
 
+/// The host a request names: the authority of an absolute-form target (RFC 9112
+/// §3.2.2: it replaces `Host`) or of HTTP/2's `:authority`, else the `Host` header.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    match request.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => request.headers().get(header::HOST)?.to_str().ok(),
+    }
+}
+
 /// Identifies the caller, notes it on the exchange, and refuses it unless the route's
 /// `allow` admits it (`shadow_allow` is only counted).
 fn admit(
@@ -123,9 +154,59 @@ fn admit(
     if route.allow.permits(&caller) { Ok(()) } else { Err(Refusal::CallerNotAllowed) }
 }
 
-/// Sends the request and times it. A `101` and every failure become refusals; a 401
-/// or 403 is counted, since it means the key or the egress address was refused.
+/// Sends the request upstream. When the upstream refuses the current key (401/403)
+/// and the request can be sent again safely with the route's previous key (during the
+/// overlap after a rotation), it is, once: the caller sees the second answer.
 async fn send(
+    gw: &Gateway,
+    route: &Route,
+    target: &Target,
+    caller: &Parts,
+    outgoing: Outgoing,
+    bytes_in: &Meter,
+    exchange: &mut Exchange,
+) -> Result<(Response<Incoming>, Lease), Refusal> {
+    let Outgoing { request, resend } = outgoing;
+    let (response, lease) = send_once(gw, route, target, request, bytes_in).await?;
+    if !matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Ok((response, lease));
+    }
+    match (resend, route.fallback()) {
+        // Boxed, like every rare path, to keep each request's future small.
+        (Some(body), Some(previous)) => {
+            let refused = (response, lease);
+            Box::pin(fall_back(gw, route, target, caller, previous, body, refused, bytes_in, exchange)).await
+        }
+        _ => Ok((response, lease)),
+    }
+}
+
+/// Sends the request again with the previous key, after reading away the answer that
+/// refused the current one (its connection goes back to the pool when it was short).
+#[expect(clippy::too_many_arguments, reason = "the one rare path of send, kept beside it")]
+async fn fall_back(
+    gw: &Gateway,
+    route: &Route,
+    target: &Target,
+    caller: &Parts,
+    previous: &Credential,
+    body: Bytes,
+    refused: (Response<Incoming>, Lease),
+    bytes_in: &Meter,
+    exchange: &mut Exchange,
+) -> Result<(Response<Incoming>, Lease), Refusal> {
+    let (response, lease) = refused;
+    upstream::discard(response, lease, REPLACED_BODY_LIMIT, REPLACED_BODY_TIME).await;
+    let head = upstream_head(route, target, caller, previous)?;
+    let request = assemble(&caller.method, head, body::full(body));
+    gw.metrics.secret_fallbacks.with_label_values(&[&route.secret_name]).inc();
+    exchange.key = Some("previous");
+    send_once(gw, route, target, request, bytes_in).await
+}
+
+/// Sends one request and times it. A `101` and every failure become refusals; a 401
+/// or 403 is counted, since it means the key or the egress address was refused.
+async fn send_once(
     gw: &Gateway,
     route: &Route,
     target: &Target,
@@ -193,24 +274,66 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// The request to send upstream, and the body to send it again with when that is safe.
+struct Outgoing {
+    request: Request<ProxyBody>,
+    /// Set only while the route has a previous key and the request is one a retry
+    /// cannot harm: every BI `GET` (no body), a buffered import upsert (idempotent by
+    /// its `keys`), a generic `GET` or `HEAD` without a body.
+    resend: Option<Bytes>,
+}
+
+/// Where the request goes and what it carries besides its body: the caller's headers
+/// and query with `credential`'s key in place of the caller's.
+struct Head {
+    headers: HeaderMap,
+    uri: Uri,
+}
+
 /// Turns the caller's request into the upstream's: strip, then inject, then body.
 async fn build_request(
     snapshot: &Snapshot,
     route: &Route,
     target: &Target,
-    request: Request<Incoming>,
+    caller: &Parts,
+    incoming: Incoming,
     bytes_in: &Arc<Meter>,
-) -> Result<Request<ProxyBody>, Refusal> {
-    let (parts, incoming) = request.into_parts();
-    let credential = &route.credential;
+) -> Result<Outgoing, Refusal> {
+    let head = upstream_head(route, target, caller, &route.credential)?;
+    // Known before the body is read: a generic request can be sent again only when it
+    // has no body to lose.
+    let bodiless = incoming.is_end_stream();
+    let (body, buffered) = request_body(snapshot, route, target, caller, incoming, bytes_in).await?;
+    let resend = if route.fallback.is_none() || !target.credential {
+        None
+    } else {
+        match &route.kind {
+            Kind::Preset { .. } if caller.method == Method::GET => Some(Bytes::new()),
+            Kind::Preset { .. } => buffered.filter(|_| target.validate_upsert),
+            Kind::Generic { .. } if matches!(caller.method, Method::GET | Method::HEAD) && bodiless => {
+                Some(Bytes::new())
+            }
+            Kind::Generic { .. } => None,
+        }
+    };
+    Ok(Outgoing { request: assemble(&caller.method, head, body), resend })
+}
+
+/// The upstream's headers and target for the caller's head, carrying `credential`.
+fn upstream_head(
+    route: &Route,
+    target: &Target,
+    caller: &Parts,
+    credential: &Credential,
+) -> Result<Head, Refusal> {
     // Removal works on the caller's headers and query before the real credential is
     // added, so nothing a caller sends (a `Connection` naming the credential header, a
     // second copy) can remove or shadow it.
-    let mut headers = credential.strip_headers(&parts.headers);
+    let mut headers = credential.strip_headers(&caller.headers);
     // So that an error body comes back in a coding keygate can read for secrets.
     scrub::body::accept_encoding(&mut headers);
     let query = credential
-        .query_for(parts.uri.query(), target.credential)
+        .query_for(caller.uri.query(), target.credential)
         .map_err(|refused| Refusal::BadRequest(refused.reason()))?;
     if target.credential {
         credential.inject_header(&mut headers);
@@ -219,26 +342,29 @@ async fn build_request(
         .upstream
         .uri(&target.path, query.as_deref())
         .map_err(|_| Refusal::InvalidPath("the path cannot be forwarded"))?;
-    let body = request_body(snapshot, route, target, &parts, incoming, bytes_in).await?;
-
-    let mut out = Request::new(body);
-    *out.method_mut() = parts.method;
-    *out.uri_mut() = uri;
-    *out.version_mut() = Version::HTTP_11;
-    *out.headers_mut() = headers;
-    Ok(out)
+    Ok(Head { headers, uri })
 }
 
-/// The body sent upstream: a checked upsert whole, nothing for a BI `GET`, anything
-/// else streamed within the route's limit and the idle timeout.
+fn assemble(method: &Method, head: Head, body: ProxyBody) -> Request<ProxyBody> {
+    let mut out = Request::new(body);
+    *out.method_mut() = method.clone();
+    *out.uri_mut() = head.uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = head.headers;
+    out
+}
+
+/// The body sent upstream: a checked upsert whole (also returned, should the request be
+/// sent again), nothing for a BI `GET`, anything else streamed within the route's limit
+/// and the idle timeout.
 async fn request_body(
     snapshot: &Snapshot,
     route: &Route,
     target: &Target,
-    parts: &http::request::Parts,
+    parts: &Parts,
     incoming: Incoming,
     bytes_in: &Arc<Meter>,
-) -> Result<ProxyBody, Refusal> {
+) -> Result<(ProxyBody, Option<Bytes>), Refusal> {
     let limit = Some(route.max_body_bytes);
     let idle = Some(snapshot.server.idle_timeout);
     let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
@@ -251,7 +377,9 @@ async fn request_body(
                 problems.into_iter().next().map_or_else(String::new, |p| p.to_string()),
             ));
         }
-        return Ok(body::full(bytes));
+        // A second handle on the same bytes, kept only while a retry is possible.
+        let kept = route.fallback.is_some().then(|| bytes.clone());
+        return Ok((body::full(bytes), kept));
     }
     if matches!(route.kind, Kind::Preset { .. })
         && (parts.method == Method::GET || parts.method == Method::HEAD)
@@ -262,9 +390,9 @@ async fn request_body(
         {
             return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
         }
-        return Ok(body::empty());
+        return Ok((body::empty(), None));
     }
-    Ok(metered.boxed_unsync())
+    Ok((metered.boxed_unsync(), None))
 }
 
 fn body_refusal(bytes_in: &Meter) -> Refusal {

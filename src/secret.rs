@@ -47,8 +47,13 @@ impl Secret {
     /// First 8 hex characters of the value's SHA-256: enough to tell keys apart,
     /// useless for recovering one.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
-        hex::encode(&digest[..4])
+        hex::encode(&self.digest()[..4])
+    }
+
+    /// The value's whole SHA-256: how a value is recognised again (a rejected candidate
+    /// seen by the next poll) without keeping a copy of it.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.0.as_bytes()).into()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,24 +16,29 @@ use super::{
     ServerSettings, Snapshot, schema,
 };
 use crate::caller::{AddrSet, Callers, Group};
+use crate::rotation::{self, Now, Rules, Verdicts};
 use crate::routes::{Route, RouteTable};
 use crate::scrub::Scrubber;
 use crate::secret::{self, Secret, SecretProblem};
 use crate::upstream;
 
 /// Compiles inputs into generation `generation`, with upstream clients of its own.
-/// Secrets whose value did not change since `previous` keep their load time.
+/// Against a running `previous`, each secret is resolved by the rotation rules
+/// ([`rotation::resolve`]): an unchanged value keeps its load time, a changed one that
+/// needs a proof becomes a candidate beside the running value.
 pub fn compile(inputs: &Inputs, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
-    compile_with(inputs, generation, previous, &upstream::Cache::default())
+    compile_with(inputs, generation, previous, &upstream::Cache::default(), &Verdicts::default())
 }
 
 /// [`compile`], taking each route's upstream client from `clients`, which keeps those
-/// whose upstream did not change (and their pools): what a running gateway's reloads do.
+/// whose upstream did not change (and their pools), and applying the proofs' `verdicts`:
+/// what a running gateway's reloads do.
 pub(crate) fn compile_with(
     inputs: &Inputs,
     generation: u64,
     previous: Option<&Snapshot>,
     clients: &upstream::Cache,
+    verdicts: &Verdicts,
 ) -> Result<Snapshot, Problems> {
     // Unknown keys come first, then everything the rest of the file gets wrong.
     let mut ctx = Ctx { inputs, problems: inputs.unknown.clone(), warnings: Vec::new() };
@@ -45,20 +50,24 @@ pub(crate) fn compile_with(
     let reload = reload(&mut ctx, &f.reload);
     let trusted: Vec<IpNet> = nets(&mut ctx, "callers", "trusted_proxies", &f.callers.trusted_proxies);
     let groups = groups(&mut ctx, &f.callers.groups);
-    let mut secrets = secrets(&mut ctx, &f.secrets);
-    if let Some(previous) = previous {
-        keep_unchanged_secrets(&mut secrets, previous);
-    }
+    let loaded = secrets(&mut ctx, &f.secrets);
+    let secrets = rotate(f, loaded, previous, reload.overlap, verdicts);
     let tls = match inputs.reading {
         Reading::Everything => f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t)),
         Reading::StructureOnly => None,
     };
 
     let routes = routes(&mut ctx, &f.routes, &groups, &secrets, clients);
+    let routes = RouteTable::new(routes);
+    let intercept = match inputs.reading {
+        Reading::Everything => f.server.intercept.as_ref().and_then(|i| intercept(&mut ctx, i, &routes)),
+        Reading::StructureOnly => None,
+    };
 
-    // One scrubber over every loaded secret, whichever route uses it: an upstream can
-    // echo another route's key as easily as its own.
-    let scrub = Scrubber::new(secrets.values().map(|s| &*s.value))
+    // One scrubber over every loaded secret, whichever route uses it (an upstream can
+    // echo another route's key as easily as its own), and over every value of each:
+    // a candidate and a previous key travel too.
+    let scrub = Scrubber::new(secrets.values().flat_map(|s| s.values()))
         .map_err(|e| ctx.problem("secrets", "", e.to_string()))
         .ok();
     let scrub = match scrub {
@@ -77,8 +86,9 @@ pub(crate) fn compile_with(
         callers: Callers { trusted_proxies: AddrSet::new(&trusted), groups },
         secrets: secrets.into_values().collect(),
         scrub,
-        routes: RouteTable::new(routes),
+        routes,
         tls,
+        intercept,
         watched: inputs.named_files(),
         digest: inputs.digest,
         manifest: inputs.manifest.clone(),
@@ -104,8 +114,12 @@ fn routes(
             if !names.insert(route.name.clone()) {
                 ctx.problem(&location, "name", format!("{:?} is used by another route", route.name));
             }
-            if !prefixes.insert(route.prefix.clone()) {
-                ctx.problem(&location, "prefix", format!("{:?} is used by another route", route.prefix));
+            if !prefixes.insert((route.host.clone(), route.prefix.clone())) {
+                let message = match &route.host {
+                    None => format!("{:?} is used by another route", route.prefix),
+                    Some(host) => format!("{:?} is used by another route for host {host:?}", route.prefix),
+                };
+                ctx.problem(&location, "prefix", message);
             }
             routes.push(Arc::new(route));
         }
@@ -122,9 +136,20 @@ fn nets(ctx: &mut Ctx<'_>, location: &str, field: &str, list: &[String]) -> Vec<
 }
 
 fn reload(ctx: &mut Ctx<'_>, r: &schema::Reload) -> ReloadSettings {
+    // Zero is a choice here (keep no previous key), not a mistake.
+    let overlap = match r.overlap.as_deref().map(super::parse_duration) {
+        None => Duration::from_secs(600),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            ctx.problem("reload", "overlap", e);
+            Duration::from_secs(600)
+        }
+    };
     ReloadSettings {
         poll_interval: ctx.duration("reload", "poll_interval", &r.poll_interval, Duration::from_secs(30)),
         debounce: ctx.duration("reload", "debounce", &r.debounce, Duration::from_millis(200)),
+        verify_timeout: ctx.duration("reload", "verify_timeout", &r.verify_timeout, Duration::from_secs(120)),
+        overlap,
     }
 }
 
@@ -189,18 +214,55 @@ fn server(ctx: &mut Ctx<'_>, s: &schema::Server) -> ServerSettings {
     }
 }
 
-fn server_tls(ctx: &mut Ctx<'_>, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
-    let mut read = |field: &str, path: &PathBuf| match ctx.inputs.file_bytes(path) {
+/// The bytes of a file a `[server.*]` section names, or a problem at `location`/`field`.
+fn section_file<'i>(ctx: &mut Ctx<'i>, location: &str, field: &str, path: &Path) -> Option<&'i [u8]> {
+    let inputs = ctx.inputs;
+    match inputs.file_bytes(path) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             ctx.problems.push(Problem {
-                location: "server.tls".into(),
+                location: location.into(),
                 field: field.into(),
                 message: format!("{} cannot be read: {e}", path.display()),
             });
             None
         }
-    };
+    }
+}
+
+/// `[server.intercept]` for the hosts that `routes` name; a host its certificate does
+/// not name, or no host at all, is a warning.
+fn intercept(
+    ctx: &mut Ctx<'_>,
+    i: &schema::Intercept,
+    routes: &RouteTable,
+) -> Option<crate::tls::InterceptTls> {
+    let cert = section_file(ctx, "server.intercept", "cert", &i.cert);
+    let key = section_file(ctx, "server.intercept", "key", &i.key);
+    let (cert, key) = (cert?, key?);
+    let hosts: Vec<String> = routes.hosts().map(str::to_owned).collect();
+    if hosts.is_empty() {
+        ctx.warnings
+            .push("[server.intercept] is set but no route names a host: every CONNECT is refused".into());
+    }
+    match crate::tls::intercept_tls(cert, key, hosts) {
+        Ok(tls) => {
+            for host in &tls.uncovered {
+                ctx.warnings.push(format!(
+                    "the [server.intercept] certificate does not name {host:?}: callers will refuse it for that host"
+                ));
+            }
+            Some(tls)
+        }
+        Err(e) => {
+            ctx.problem("server.intercept", "", e.to_string());
+            None
+        }
+    }
+}
+
+fn server_tls(ctx: &mut Ctx<'_>, t: &schema::ServerTls) -> Option<crate::tls::ServerTls> {
+    let mut read = |field: &str, path: &PathBuf| section_file(ctx, "server.tls", field, path);
     let cert = read("cert", &t.cert);
     let key = read("key", &t.key);
     let ca = match &t.client_ca {
@@ -300,20 +362,46 @@ fn secrets(
                 }
                 let fingerprint =
                     if source == secret::Source::NotRead { String::new() } else { value.fingerprint() };
-                out.insert(
-                    name.clone(),
-                    LoadedSecret {
-                        name: name.clone(),
-                        fingerprint,
-                        loaded_at: SystemTime::now(),
-                        value: Arc::new(value),
-                    },
-                );
+                let mut loaded = LoadedSecret::fresh(name, value, SystemTime::now());
+                loaded.fingerprint = fingerprint;
+                out.insert(name.clone(), loaded);
             }
             Err((field, problem)) => ctx.problem(&location, &field, problem.to_string()),
         }
     }
     out
+}
+
+/// Each secret as the rotation rules make it against the running snapshot: an
+/// unchanged value keeps its load time (and its allocation), so
+/// `keygate_secret_loaded_timestamp_seconds` and `/config` move only when a key rotates;
+/// a changed one is a candidate when a route proves it and the secret is not
+/// `verify = false`.
+fn rotate(
+    file: &schema::File,
+    loaded: BTreeMap<String, LoadedSecret>,
+    running: Option<&Snapshot>,
+    overlap: Duration,
+    verdicts: &Verdicts,
+) -> BTreeMap<String, LoadedSecret> {
+    let now = Now::current();
+    let proves = |name: &str| {
+        let verify = file.secrets.iter().find(|(n, _)| n == name).and_then(|(_, spec)| spec.verify);
+        verify != Some(false)
+            && file
+                .routes
+                .iter()
+                .any(|r| r.secret.as_deref() == Some(name) && (r.preset.is_some() || r.verify.is_some()))
+    };
+    loaded
+        .into_iter()
+        .map(|(name, fresh)| {
+            let rules = Rules { proves: proves(&name), overlap };
+            let run = running.and_then(|s| s.secret(&name));
+            let resolved = rotation::resolve(fresh, run, rules, verdicts, now);
+            (name, resolved)
+        })
+        .collect()
 }
 
 /// The value of `secrets[i]` (which gives exactly one source), or the field and
@@ -346,20 +434,6 @@ fn load_secret(
         None => Err(("env".into(), SecretProblem::EnvMissing(var.to_owned()))),
         Some(v) => {
             Secret::parse(v).map(|s| (s, secret::Source::Env(var.to_owned()))).map_err(|e| ("env".into(), e))
-        }
-    }
-}
-
-/// A secret whose value did not change keeps its load time (and its allocation), so
-/// `keygate_secret_loaded_timestamp_seconds` and `/config` move only when a key rotates.
-fn keep_unchanged_secrets(
-    secrets: &mut std::collections::BTreeMap<String, LoadedSecret>,
-    previous: &Snapshot,
-) {
-    for s in secrets.values_mut() {
-        if let Some(old) = previous.secrets.iter().find(|old| old.name == s.name && old.value == s.value) {
-            s.loaded_at = old.loaded_at;
-            s.value = old.value.clone();
         }
     }
 }

@@ -42,6 +42,9 @@ impl Manifest {
             let named = [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()];
             parts.extend(named.into_iter().flatten().map(|p| Part::File(p.clone())));
         }
+        if let Some(intercept) = &file.server.intercept {
+            parts.extend([&intercept.cert, &intercept.key].map(|p| Part::File(p.clone())));
+        }
         Manifest { text_digest, parts }
     }
 

@@ -9,6 +9,7 @@ mod duration;
 mod inputs;
 mod kind;
 mod problems;
+mod proof;
 mod route;
 pub mod schema;
 mod settings;

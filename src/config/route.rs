@@ -12,10 +12,9 @@ use sha2::{Digest, Sha256};
 
 use super::ctx::{Ctx, parse_net, valid_name};
 use super::schema::RouteSpec;
-use super::{LoadedSecret, kind};
+use super::{LoadedSecret, kind, proof};
 use crate::caller::{Allow, Group};
-use crate::routes::{Preset, Route, check_path};
-use crate::secret::Secret;
+use crate::routes::{Credential, Fallback, Kind, Preset, Route, check_path};
 use crate::upstream::{self, Upstream, UpstreamKey};
 
 const DEFAULT_MAX_BODY: u64 = 5 * 1024 * 1024;
@@ -32,7 +31,7 @@ pub(super) fn route(
     let name = spec.name.clone().unwrap_or_default();
     let location = format!("routes[{i}] {name:?}");
     let before = ctx.problems.len();
-    let prefix = name_and_prefix(ctx, &location, spec);
+    let (host, prefix) = name_host_and_prefix(ctx, &location, spec);
     let (preset, kind) = kind::kind(ctx, &location, spec);
     let (secret_name, secret) = secret(ctx, &location, spec, secrets);
     let allow = allow(ctx, &location, &name, spec, groups);
@@ -44,29 +43,32 @@ pub(super) fn route(
         ctx.duration(&location, "response_timeout", &spec.response_timeout, Duration::from_secs(60));
     let max_body_bytes = max_body_bytes(ctx, &location, spec);
     let upstream = upstream_client(ctx, &location, spec, preset, connect_timeout, clients);
-    // A secret the route cannot carry is refused here, never per request.
-    let credential = match (&kind, &secret) {
-        (Some(kind), Some(secret)) => kind
-            .credential(secret)
-            .map_err(|why| ctx.problem(&location, "secret", format!("{secret_name:?} {why}")))
-            .ok(),
+    let keys = match (&kind, secret) {
+        (Some(kind), Some(secret)) => keys(ctx, &location, &secret_name, kind, secret),
+        _ => None,
+    };
+    let proof = match (&kind, &upstream) {
+        (Some(kind), Some(upstream)) => proof::proof(ctx, &location, spec, kind, upstream),
         _ => None,
     };
     if ctx.problems.len() != before {
         return None;
     }
-    let (kind, upstream, credential, allow) = (kind?, upstream?, credential?, allow?);
+    let (kind, upstream, (credential, fallback), allow) = (kind?, upstream?, keys?, allow?);
     if upstream.is_plain_http() && !is_loopback_url(upstream.url()) {
         ctx.warnings.push(format!("route {name:?} sends its secret over plain HTTP to a non-loopback host"));
     }
     let allow_text = spec.allow.clone().unwrap_or_default();
     Some(Route {
         name,
+        host,
         prefix,
         kind,
         upstream,
         secret_name,
         credential,
+        fallback,
+        proof,
         allow,
         allow_text,
         shadow_allow,
@@ -76,8 +78,9 @@ pub(super) fn route(
     })
 }
 
-/// Checks `name` and returns `prefix` (both required).
-fn name_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> String {
+/// Checks `name` (required) and returns `host` (lowercased) and `prefix` (required
+/// without a host; `/` by default with one).
+fn name_host_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> (Option<String>, String) {
     match &spec.name {
         None => ctx.problem(location, "name", "is required"),
         Some(name) if !valid_name(name) => {
@@ -85,29 +88,94 @@ fn name_and_prefix(ctx: &mut Ctx<'_>, location: &str, spec: &RouteSpec) -> Strin
         }
         Some(_) => {}
     }
-    let prefix = spec.prefix.clone().unwrap_or_default();
-    if spec.prefix.is_none() {
-        ctx.problem(location, "prefix", "is required");
-    } else if !valid_prefix(&prefix) {
+    let host = spec.host.as_deref().map(|h| {
+        if let Err(why) = check_host(h) {
+            ctx.problem(location, "host", format!("{h:?} {why}"));
+        }
+        h.to_ascii_lowercase()
+    });
+    let prefix = match (&spec.prefix, &host) {
+        (Some(prefix), _) => prefix.clone(),
+        (None, Some(_)) => "/".to_owned(),
+        (None, None) => {
+            ctx.problem(location, "prefix", "is required (or a host)");
+            String::new()
+        }
+    };
+    if spec.prefix.is_some() && !valid_prefix(&prefix) {
         ctx.problem(location, "prefix", format!("{prefix:?} must start with /, have no trailing /, and no empty, dot or encoded segments, ? or #"));
     }
-    prefix
+    (host, prefix)
 }
 
-/// The route's secret by name, and its value when it loaded (a secret that failed to
+/// Why `host` cannot name a route's host: it must be a DNS name (labels of letters,
+/// digits and inner hyphens, at most 63 bytes each and 253 in all), without a port,
+/// a wildcard, a trailing dot or an IP address.
+fn check_host(host: &str) -> Result<(), &'static str> {
+    if host.contains('*') {
+        return Err(
+            "is a wildcard; name each host (a wildcard would intercept hosts no route was written for)",
+        );
+    }
+    if host.contains(':') || host.contains(['[', ']']) {
+        return Err("must be a host name without a port (ports 80 and 443 are matched, others never)");
+    }
+    if host.parse::<IpAddr>().is_ok()
+        || host.rsplit('.').next().is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("is an IP address; host routes name DNS names");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err("is not a DNS name (letters, digits and inner hyphens in dot-separated labels)");
+    }
+    Ok(())
+}
+
+/// The route's credential for the secret's value in use, and for its previous value
+/// while the overlap lasts. A value the route cannot carry is refused here, never per
+/// request: the one in use, and a candidate too (it is about to be in use).
+fn keys(
+    ctx: &mut Ctx<'_>,
+    location: &str,
+    secret_name: &str,
+    kind: &Kind,
+    secret: &LoadedSecret,
+) -> Option<(Credential, Option<Fallback>)> {
+    let mut refuse = |why| ctx.problem(location, "secret", format!("{secret_name:?} {why}"));
+    let credential = kind.credential(&secret.value).map_err(&mut refuse).ok();
+    if let Some(candidate) = &secret.candidate {
+        kind.credential(&candidate.value).map_err(&mut refuse).ok()?;
+    }
+    // A previous value this route cannot carry (its `inject` changed since) is no
+    // fallback for it: it was never sent this way.
+    let fallback = secret.previous.as_ref().and_then(|p| {
+        let credential = kind.credential(&p.value).ok()?;
+        Some(Fallback { credential, until: p.until })
+    });
+    Some((credential?, fallback))
+}
+
+/// The route's secret by name, and the secret when it loaded (a secret that failed to
 /// load has its own problem already).
-fn secret(
+fn secret<'s>(
     ctx: &mut Ctx<'_>,
     location: &str,
     spec: &RouteSpec,
-    secrets: &BTreeMap<String, LoadedSecret>,
-) -> (String, Option<Arc<Secret>>) {
+    secrets: &'s BTreeMap<String, LoadedSecret>,
+) -> (String, Option<&'s LoadedSecret>) {
     let Some(name) = &spec.secret else {
         ctx.problem(location, "secret", "is required");
         return (String::new(), None);
     };
     if let Some(loaded) = secrets.get(name) {
-        return (name.clone(), Some(loaded.value.clone()));
+        return (name.clone(), Some(loaded));
     }
     if !ctx.inputs.file.secrets.iter().any(|(n, _)| n == name) {
         ctx.problem(location, "secret", format!("{name:?} is not a [secrets.{name}] entry"));
@@ -265,7 +333,33 @@ fn valid_prefix(prefix: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::masked_url;
+    use super::{check_host, masked_url};
+
+    #[test]
+    fn hosts_are_dns_names_without_ports_or_wildcards() {
+        for ok in ["connect.rjmetrics.com", "Connect.RJMetrics.com", "localhost", "a-b.example", "x1.y2"] {
+            assert_eq!(check_host(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "*.rjmetrics.com",
+            "connect.rjmetrics.com:443",
+            "127.0.0.1",
+            "10.1.2.300",
+            "[::1]",
+            "::1",
+            "connect.rjmetrics.com.",
+            "-a.example",
+            "a-.example",
+            "a..example",
+            "a_b.example",
+            "a b.example",
+            "https://connect.rjmetrics.com",
+        ] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+        assert!(check_host(&format!("{}.example", "a".repeat(64))).is_err());
+    }
 
     #[test]
     fn masked_urls_keep_scheme_host_and_path_only() {

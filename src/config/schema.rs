@@ -72,6 +72,20 @@ pub struct Server {
     pub worker_threads: Option<u64>,
     /// Terminate TLS for callers.
     pub tls: Option<ServerTls>,
+    /// Accept `CONNECT` for the hosts that routes name, and terminate TLS inside the
+    /// tunnel with this certificate.
+    pub intercept: Option<Intercept>,
+}
+
+/// `[server.intercept]`: the certificate keygate presents inside a `CONNECT` tunnel, for
+/// the hostnames routes name, issued by a CA the callers trust (keygate never holds a
+/// CA key).
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+pub struct Intercept {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// `[server.tls]`.
@@ -112,6 +126,11 @@ pub struct Reload {
     pub poll_interval: Option<String>,
     /// Quiet time after the last event before re-reading. Default `200ms`.
     pub debounce: Option<String>,
+    /// How long a changed key may take to be proven before it is given up. Default `2m`.
+    pub verify_timeout: Option<String>,
+    /// How long the replaced key is kept after a rotation, for one retry of a safe
+    /// request the upstream refused with the new key. Default `10m`; `0s` keeps none.
+    pub overlap: Option<String>,
 }
 
 /// `[callers]`.
@@ -145,6 +164,8 @@ pub struct SecretSpec {
     pub env: Option<String>,
     /// The key itself (development only; `check` warns).
     pub value: Option<String>,
+    /// Prove a changed value against the upstream before using it. Default true.
+    pub verify: Option<bool>,
 }
 
 impl fmt::Debug for SecretSpec {
@@ -153,6 +174,7 @@ impl fmt::Debug for SecretSpec {
             .field("file", &self.file)
             .field("env", &self.env)
             .field("value", &self.value.as_ref().map(|_| "[REDACTED]"))
+            .field("verify", &self.verify)
             .finish()
     }
 }
@@ -170,7 +192,12 @@ impl Drop for SecretSpec {
 pub struct RouteSpec {
     /// Unique, `[a-z0-9_-]+`; used in logs and metric labels.
     pub name: Option<String>,
-    /// Unique; matches the prefix and everything below it on a segment boundary.
+    /// The request host this route serves (`Host`, `:authority` or an absolute-form
+    /// target's authority; any letter case, the default port ignored). Routes with a host
+    /// are tried before routes without one.
+    pub host: Option<String>,
+    /// Unique per host; matches the prefix and everything below it on a segment
+    /// boundary. Required without `host`; with it, the default is `/`.
     pub prefix: Option<String>,
     /// `rjmetrics-import` or `rjmetrics-export`; absent for a generic route.
     pub preset: Option<String>,
@@ -200,6 +227,19 @@ pub struct RouteSpec {
     pub inject: Option<Inject>,
     /// Generic routes: methods forwarded.
     pub methods: Option<Vec<String>>,
+    /// Generic routes: the read-only call that proves a changed key before it is used.
+    pub verify: Option<Verify>,
+}
+
+/// `verify = { method = "GET", path = "/…", expect = [200] }` on a generic route.
+#[derive(Debug, Deserialize, Default)]
+pub struct Verify {
+    /// `GET` (default) or `HEAD`.
+    pub method: Option<String>,
+    /// The path after the upstream's base, with an optional query. Required.
+    pub path: Option<String>,
+    /// The statuses that accept the key. Default: any 2xx.
+    pub expect: Option<Vec<u16>>,
 }
 
 /// `inject = { header = "...", format = "..." }` or `inject = { query = "..." }`.

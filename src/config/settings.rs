@@ -49,9 +49,13 @@ pub(crate) struct LogSettings {
     pub access: bool,
 }
 
-/// Reload timing.
+/// Reload timing, and how long key rotation waits and keeps.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReloadSettings {
     pub poll_interval: Duration,
     pub debounce: Duration,
+    /// How long a candidate key may take to be proven.
+    pub verify_timeout: Duration,
+    /// How long a replaced key is kept; zero keeps none.
+    pub overlap: Duration,
 }

@@ -7,18 +7,9 @@ use std::time::SystemTime;
 
 use super::{AdminSettings, LogSettings, Manifest, ReloadSettings, ServerSettings};
 use crate::caller::Callers;
+pub(crate) use crate::rotation::LoadedSecret;
 use crate::routes::RouteTable;
 use crate::scrub::Scrubber;
-use crate::secret::Secret;
-
-/// A secret as loaded: shown by name and fingerprint, never by value.
-#[derive(Debug, Clone)]
-pub(crate) struct LoadedSecret {
-    pub name: String,
-    pub fingerprint: String,
-    pub loaded_at: SystemTime,
-    pub value: Arc<Secret>,
-}
 
 /// One compiled, immutable configuration. Requests load it once and use that one
 /// version throughout.
@@ -32,12 +23,15 @@ pub struct Snapshot {
     pub(crate) log: LogSettings,
     pub(crate) reload: ReloadSettings,
     pub(crate) callers: Callers,
+    /// Every secret, sorted by name: the value in use, and what rotation keeps beside it.
     pub(crate) secrets: Vec<LoadedSecret>,
     /// Every loaded secret, found and redacted in whatever goes back to callers.
     pub(crate) scrub: Arc<Scrubber>,
     pub routes: RouteTable,
     /// The compiled `[server.tls]`, when callers speak TLS to keygate.
     pub(crate) tls: Option<crate::tls::ServerTls>,
+    /// The compiled `[server.intercept]`, when keygate accepts `CONNECT` for routed hosts.
+    pub(crate) intercept: Option<crate::tls::InterceptTls>,
     /// Files whose change triggers a reload.
     pub(crate) watched: Vec<PathBuf>,
     /// SHA-256 over every input; equal digests mean a no-op reload.
@@ -49,4 +43,11 @@ pub struct Snapshot {
     /// Compiled without reading secret, TLS or CA files (`check --no-secrets`): shown,
     /// never served. Such secrets have an empty fingerprint.
     pub(crate) structure_only: bool,
+}
+
+impl Snapshot {
+    /// The secret named `name`.
+    pub(crate) fn secret(&self, name: &str) -> Option<&LoadedSecret> {
+        self.secrets.iter().find(|s| s.name == name)
+    }
 }

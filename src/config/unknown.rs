@@ -8,7 +8,8 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::Problem;
 use super::schema::{
-    Admin, Callers, File, Group, Inject, Log, Reload, RouteSpec, SecretSpec, Server, ServerTls,
+    Admin, Callers, File, Group, Inject, Intercept, Log, Reload, RouteSpec, SecretSpec, Server, ServerTls,
+    Verify,
 };
 
 /// One step of a key's path in the file.
@@ -100,6 +101,7 @@ fn section_keys(parent: &[Segment]) -> Option<&'static [&'static str]> {
         [] => keys_of::<File>(),
         ["server"] => keys_of::<Server>(),
         ["server", "tls"] => keys_of::<ServerTls>(),
+        ["server", "intercept"] => keys_of::<Intercept>(),
         ["admin"] => keys_of::<Admin>(),
         ["log"] => keys_of::<Log>(),
         ["reload"] => keys_of::<Reload>(),
@@ -108,6 +110,7 @@ fn section_keys(parent: &[Segment]) -> Option<&'static [&'static str]> {
         ["secrets", _] => keys_of::<SecretSpec>(),
         ["routes", "[]"] => keys_of::<RouteSpec>(),
         ["routes", "[]", "inject"] => keys_of::<Inject>(),
+        ["routes", "[]", "verify"] => keys_of::<Verify>(),
         _ => return None,
     })
 }
@@ -186,15 +189,16 @@ mod tests {
         let text = "serverr = 1\n[server]\nlisten = \"127.0.0.1:1\"\n[server.limits]\nmax = 1\n\
                     [callers.groups.etl]\ncidr = []\n[secrets.k]\nfille = \"x\"\n\
                     [[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\nalow = []\n\
-                    inject = { headr = \"x\" }\n";
+                    inject = { headr = \"x\" }\n[server.intercept]\ncert = \"c\"\nkey = \"k\"\nkye = \"k\"\n";
         let found = unknown(text);
         let expect = [
             ("", "serverr", "line 1, column 1", "server, admin, log"),
             ("server", "limits", "line 4, column 9", "listen, header_timeout"),
             ("callers.groups.etl", "cidr", "line 7, column 1", "cidrs, identities"),
             ("secrets.k", "fille", "line 9, column 1", "file, env, value"),
-            ("routes[1] \"b\"", "alow", "line 14, column 1", "name, prefix, preset"),
+            ("routes[1] \"b\"", "alow", "line 14, column 1", "name, host, prefix, preset"),
             ("routes[1] \"b\"", "inject.headr", "line 15, column 12", "header, format, query"),
+            ("server.intercept", "kye", "line 19, column 1", "the keys here are cert, key"),
         ];
         assert_eq!(found.len(), expect.len(), "{found:#?}");
         for (location, field, at, keys) in expect {
@@ -212,6 +216,9 @@ mod tests {
     fn a_known_file_has_no_unknown_keys_and_the_schema_lists_its_fields() {
         assert!(unknown("[server]\nlisten = \"127.0.0.1:1\"\n[[routes]]\nname = \"a\"\n").is_empty());
         assert!(keys_of::<RouteSpec>().contains(&"shadow_allow"));
+        assert!(keys_of::<RouteSpec>().contains(&"host"));
+        let intercept = "[server.intercept]\ncert = \"c\"\nkey = \"k\"\n[[routes]]\nhost = \"a.example\"\n";
+        assert!(unknown(intercept).is_empty());
         assert!(keys_of::<File>().contains(&"routes"));
     }
 }

@@ -2,9 +2,11 @@
 //! copy-paste walkthrough ([`walkthrough`]). Needs no files, keys or network: keys are
 //! generated at start and written, with the gateway's config, to a private temporary
 //! directory ([`files`]) that is removed on exit. Editing those files reloads the
-//! gateway live, as in production.
+//! gateway live, as in production. The walkthrough's last steps take the vendor's own
+//! URLs through `HTTPS_PROXY`, with a throw-away CA made for the run ([`intercept`]).
 
 mod files;
+mod intercept;
 mod walkthrough;
 
 use std::fmt::Write as _;
@@ -16,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::app::App;
 use crate::config;
 use crate::sandbox::{self, Sandbox};
+pub use intercept::{CA_FILE, VENDOR_HOSTS};
 pub use walkthrough::{Command, Curl, REFUSED_CALLER, SHADOW_CALLER, Step, walkthrough};
 
 /// The client id the demo's sandbox and routes use.
@@ -72,7 +75,10 @@ pub(crate) async fn run(args: Args) -> Result<(), String> {
     let dir = files::DemoDir::create()?;
     dir.write(files::IMPORT_KEY_FILE, import_key.expose())?;
     dir.write(files::EXPORT_KEY_FILE, export_key.expose())?;
-    let config_path = dir.write(files::CONFIG_FILE, &files::config_text(&ports, gateway_v6, dir.path()))?;
+    intercept::write_files(&dir)?;
+    let config =
+        files::config_text(&ports, gateway_v6, dir.path()) + &intercept::config_text(&ports, dir.path());
+    let config_path = dir.write(files::CONFIG_FILE, &config)?;
 
     let settings = sandbox::Settings {
         client_id: CLIENT_ID,
@@ -109,11 +115,19 @@ fn banner(ports: &Ports, gateway_v6: Option<SocketAddr>, dir: &Path, fingerprint
     let _ = writeln!(out, "  files    {}   removed when the demo stops:", dir.display());
     let _ = writeln!(
         out,
-        "           {} (the gateway's config), {} and {}\n           (the keys made for this run: {})\n",
+        "           {} (the gateway's config), {} and {}\n           (the keys made for this run: {}),\n           {}, {} and {} (the HTTPS_PROXY steps' certificates)",
         files::CONFIG_FILE,
         files::IMPORT_KEY_FILE,
         files::EXPORT_KEY_FILE,
-        fingerprints.join(", ")
+        fingerprints.join(", "),
+        CA_FILE,
+        intercept::CERT_FILE,
+        intercept::KEY_FILE,
+    );
+    let _ = writeln!(
+        out,
+        "  ca       {}   the CA the HTTPS_PROXY steps trust, made for this run (its key was never written)\n",
+        dir.join(CA_FILE).display()
     );
     let _ = writeln!(
         out,
@@ -134,6 +148,13 @@ fn banner(ports: &Ports, gateway_v6: Option<SocketAddr>, dir: &Path, fingerprint
         }
         let _ = writeln!(out);
     }
+    let _ = writeln!(
+        out,
+        "An unmodified client needs only its environment, e.g. the vendor's Python client:\n   \
+         HTTPS_PROXY={gw} HTTP_PROXY={gw} REQUESTS_CA_BUNDLE={ca} python your_script.py\n",
+        gw = format_args!("http://{}", ports.gateway),
+        ca = dir.join(CA_FILE).display(),
+    );
     let _ = writeln!(out, "Log lines (access, reloads, SIGHUP, shadow_allow) follow as they happen.");
     out
 }

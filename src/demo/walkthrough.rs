@@ -1,12 +1,14 @@
 //! The demo's walkthrough: numbered steps, each one or more copy-paste commands (`curl`
 //! requests with literal `http://127.0.0.1:PORT/...` URLs, and the shell lines that
-//! replace a key file). The end-to-end test runs exactly these commands.
+//! replace a key file); the last steps send the vendor's own `https://` URLs through
+//! `HTTPS_PROXY` instead. The end-to-end test runs exactly these commands.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 
 use super::files::IMPORT_KEY_FILE;
+use super::intercept::{CA_FILE, VENDOR_HOSTS};
 use super::{CLIENT_ID, Ports};
 
 /// One walkthrough step: why, and the commands to run in order.
@@ -40,7 +42,8 @@ impl Command {
 #[derive(Debug, Clone)]
 pub struct Curl {
     pub method: &'static str,
-    /// A literal `http://127.0.0.1:PORT/...` URL.
+    /// A literal `http://127.0.0.1:PORT/...` URL, or the vendor's own `https://` URL
+    /// when `proxy` is set.
     pub url: String,
     pub content_type: Option<&'static str>,
     pub body: Option<&'static str>,
@@ -52,6 +55,10 @@ pub struct Curl {
     pub from: Option<IpAddr>,
     /// Print the status line and headers too (`-i`): where a header is the point.
     pub headers: bool,
+    /// Sent through `HTTPS_PROXY=<this>` (the gateway), trusting `cacert`.
+    pub proxy: Option<String>,
+    /// The CA file `curl --cacert` trusts (the run's throw-away intercept CA).
+    pub cacert: Option<String>,
 }
 
 impl Curl {
@@ -65,12 +72,21 @@ impl Curl {
             grep: None,
             from: None,
             headers: false,
+            proxy: None,
+            cacert: None,
         }
     }
 
     /// The copy-paste `curl` command.
     pub fn line(&self) -> String {
-        let mut cmd = String::from(if self.headers { "curl -si" } else { "curl -s" });
+        let mut cmd = String::new();
+        if let Some(proxy) = &self.proxy {
+            let _ = write!(cmd, "HTTPS_PROXY={proxy} ");
+        }
+        cmd.push_str(if self.headers { "curl -si" } else { "curl -s" });
+        if let Some(ca) = &self.cacert {
+            let _ = write!(cmd, " --cacert {ca}");
+        }
         if let Some(from) = self.from {
             let _ = write!(cmd, " --interface {from}");
         }
@@ -121,6 +137,7 @@ pub fn walkthrough(ports: &Ports, dir: &Path) -> Vec<Step> {
         "What keygate counted: every request, by route, operation, caller group and code.",
         vec![urls.metrics("^keygate_requests_total").into()],
     ));
+    steps.extend(proxy_steps(&urls, dir));
     steps
 }
 
@@ -223,7 +240,7 @@ fn rotation(urls: &Urls, dir: &Path) -> Step {
         (file(dir, &format!("{IMPORT_KEY_FILE}.old")), file(dir, &format!("{IMPORT_KEY_FILE}.new")));
     step(
         "rotate",
-        "Rotate the import key: keep a copy of the old one, save a new random key by rename. keygate reloads it at once (`/config` shows the new bi_import fingerprint); the sandbox does not know the new key, so the push gets its 401 (no x-keygate-error: the upstream answered), counted as an upstream auth failure.",
+        "Rotate the import key to one the vendor does not know: keep a copy of the old one, save a new random key by rename. keygate proves a changed key before using it (one authenticate call to the sandbox), and the sandbox refuses this one: `/config` shows its fingerprint under `rejected` while bi_import keeps the old fingerprint, the push still gets its 201, and the refusal is counted (the reload is reported as failed). A key the vendor accepts is switched to, and the old one kept for `[reload] overlap` should the new one be refused later.",
         vec![
             Command::Shell(format!("cp -p {key} {old}")),
             Command::Shell(format!(
@@ -232,7 +249,7 @@ fn rotation(urls: &Urls, dir: &Path) -> Step {
             Command::Shell(format!("mv {new} {key}")),
             urls.config_secrets().into(),
             Curl { headers: true, ..urls.push() }.into(),
-            urls.metrics("^keygate_upstream_auth_failures_total").into(),
+            urls.metrics(r#"'^keygate_secret_verifications_total{result="rejected"'"#).into(),
         ],
     )
 }
@@ -242,9 +259,52 @@ fn restore(urls: &Urls, dir: &Path) -> Step {
     let (key, old) = (file(dir, IMPORT_KEY_FILE), file(dir, &format!("{IMPORT_KEY_FILE}.old")));
     step(
         "restore",
-        "Put the old key back: the fingerprint returns and the push is accepted again.",
+        "Put the old key back: the file holds the running key again, so the rejection clears (`rejected` is null) and the push is accepted as before.",
         vec![Command::Shell(format!("mv {old} {key}")), urls.config_secrets().into(), urls.push().into()],
     )
+}
+
+/// The vendor's own URLs, unchanged, through `HTTPS_PROXY` pointing at the gateway and
+/// trusting the run's CA: what an unmodified client sends.
+fn proxy_steps(urls: &Urls, dir: &Path) -> Vec<Step> {
+    let [import, export] = VENDOR_HOSTS;
+    let proxied = |url: String| Curl {
+        proxy: Some(urls.gw.clone()),
+        cacert: Some(file(dir, CA_FILE)),
+        ..Curl::get(url)
+    };
+    let push = format!("https://{import}/v2/client/{CLIENT_ID}/table/orders/data?apikey=placeholder");
+    vec![
+        step(
+            "proxy_push",
+            "No base URL at all: the vendor's own import URL through HTTPS_PROXY, as an unmodified client sends it. keygate accepts the CONNECT for this host only, presents a certificate from the CA made for this run, and injects the key.",
+            vec![
+                Curl {
+                    method: "POST",
+                    content_type: Some("application/json"),
+                    body: Some(ROWS),
+                    ..proxied(push)
+                }
+                .into(),
+            ],
+        ),
+        step(
+            "proxy_tables",
+            "The vendor's export URL the same way.",
+            vec![proxied(format!("https://{export}/0.1/client/{CLIENT_ID}/table")).into()],
+        ),
+        step(
+            "proxy_refusal",
+            "A refusal on an import route comes in the Import API's own error shape ({code, message, reasons}), which the vendor's clients report instead of failing to parse.",
+            vec![
+                Curl {
+                    headers: true,
+                    ..proxied(format!("https://{import}/v2/client/999/authenticate?apikey=placeholder"))
+                }
+                .into(),
+            ],
+        ),
+    ]
 }
 
 /// A file of the demo's directory, quoted for the shell when it needs to be.

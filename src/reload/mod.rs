@@ -3,7 +3,9 @@
 //! by rename, so watching the files themselves would miss changes), debounce on the
 //! trailing edge with a ceiling, re-read everything, and publish a new snapshot in one
 //! swap — or keep the running one. File events, SIGHUP and the poll are served by one
-//! loop, so no amount of event traffic holds off the other two.
+//! loop, so no amount of event traffic holds off the other two. The same loop runs key
+//! rotation ([`rotation`]): a changed key that must be proven waits as a candidate while
+//! its proof runs, and the proof's end and the overlap's end publish from here too.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -18,9 +20,12 @@ use tokio::time::Instant;
 
 use crate::config::{self, Inputs, LogFormat, ServerSettings, Snapshot};
 use crate::gateway::Gateway;
+use crate::rotation::Verdicts;
 use crate::telemetry::LogHandle;
+use rotation::{ProofDone, Proofs};
 use watch::Watches;
 
+mod rotation;
 mod watch;
 
 /// What a reload attempt did.
@@ -30,6 +35,9 @@ pub(crate) enum Outcome {
     Unchanged,
     /// A new generation is running.
     Applied(u64),
+    /// A new generation is running, with a changed key waiting for its proof: the
+    /// attempt counts when the proof ends.
+    Proving(u64),
     /// The running snapshot stays; the reason is logged.
     Failed(String),
 }
@@ -52,6 +60,11 @@ struct State {
     /// Files named by the last config that parsed, even if it did not compile: a
     /// missing secret file must be watched so that creating it is seen.
     named: Vec<PathBuf>,
+    /// What proofs decided, for the next compile.
+    verdicts: Verdicts,
+    /// The running snapshot's inputs, kept while it has a candidate or a previous key:
+    /// a proof's end and an overlap's end recompile them.
+    inputs: Option<Inputs>,
 }
 
 impl Reloader {
@@ -68,44 +81,74 @@ impl Reloader {
         // One line per attempt, whatever its outcome: attempts can be counted.
         tracing::debug!(trigger, "reload attempt");
         let current = self.gw.snapshot();
+        // SIGHUP asks for another try of a candidate that was refused or timed out.
+        let retry = trigger == "signal" && self.state().verdicts.forget_rejections();
         let text = match config::read_text(&self.path) {
             Ok(text) => text,
             Err(problems) => return self.failed(trigger, problems.to_string(), None),
         };
         // Same text and same named files: nothing to parse or apply.
-        if current.manifest.digest_if_same_text(&text) == Some(current.digest) {
+        if !retry && current.manifest.digest_if_same_text(&text) == Some(current.digest) {
             self.state().named = current.watched.clone();
-            return self.unchanged(trigger);
+            return self.unchanged(trigger, &current);
         }
         let inputs = match Inputs::parse(&self.path, &text) {
             Ok(inputs) => inputs,
             Err(problems) => return self.failed(trigger, problems.to_string(), None),
         };
         self.state().named = inputs.named_files();
-        if inputs.digest == current.digest {
-            return self.unchanged(trigger);
+        if !retry && inputs.digest == current.digest {
+            return self.unchanged(trigger, &current);
         }
+        let verdicts = rotation::verdicts_of(self);
+        let generation = current.generation + 1;
         let next =
-            match config::compile_with(&inputs, current.generation + 1, Some(&current), self.gw.clients()) {
+            match config::compile_with(&inputs, generation, Some(&current), self.gw.clients(), &verdicts) {
                 Ok(next) => next,
                 Err(problems) => return self.failed(trigger, problems.to_string(), Some(inputs.digest)),
             };
-        self.state().last_failure = None;
         log_changes(trigger, &self.bound, &current, &next);
         if let Some(log) = &self.log {
             log.apply(&next.log);
         }
-        let generation = next.generation;
-        let next = Arc::new(next);
-        self.gw.publish(next.clone());
-        self.gw.metrics.reload_succeeded(&next);
+        let next = self.publish(next, inputs);
+        let new_candidate = next.secrets.iter().any(|s| {
+            let old = current.secret(&s.name).and_then(|o| o.candidate.as_ref()).map(|c| &c.value);
+            s.candidate.as_ref().is_some_and(|c| old != Some(&c.value))
+        });
+        if new_candidate {
+            // Counted when the proof ends.
+            self.state().last_failure = None;
+            self.gw.metrics.published(&next);
+            return Outcome::Proving(generation);
+        }
+        self.succeeded(&next);
         Outcome::Applied(generation)
     }
 
-    fn unchanged(&self, trigger: &'static str) -> Outcome {
-        // The files say what is running: any earlier failure is moot now.
+    /// Counts an applied reload. While the files still hold a rejected key, the last
+    /// reload is not called successful: that key is not in use.
+    fn succeeded(&self, next: &Snapshot) {
         self.state().last_failure = None;
-        self.gw.metrics.last_reload_successful.set(1);
+        self.gw.metrics.reload_succeeded(next);
+        if rotation::rejections(next).is_some() {
+            self.gw.metrics.last_reload_successful.set(0);
+        }
+    }
+
+    fn unchanged(&self, trigger: &'static str, current: &Snapshot) -> Outcome {
+        // The files hold a rejected key: the failure stands (counted when it was
+        // rejected; a key is not proven twice, see `Verdicts`).
+        if let Some(reason) = rotation::rejections(current) {
+            tracing::debug!(trigger, "inputs unchanged; they still hold a rejected key");
+            return Outcome::Failed(reason);
+        }
+        // The files say what is running: any earlier failure is moot now. With a
+        // candidate still being proven, the outcome waits for the proof.
+        self.state().last_failure = None;
+        if !current.secrets.iter().any(|s| s.candidate.is_some()) {
+            self.gw.metrics.last_reload_successful.set(1);
+        }
         tracing::debug!(trigger, "inputs unchanged; nothing to apply");
         Outcome::Unchanged
     }
@@ -144,7 +187,7 @@ impl Reloader {
             w.update(&this.watch_list(&this.gw.snapshot()), &mut BTreeSet::new());
         }
         // A change made between the first read and the watches raised no event.
-        tokio::spawn(run(this, watches, rx, hup, true))
+        tokio::spawn(run(this, Events { watches, rx, hup }, true))
     }
 }
 
@@ -168,25 +211,29 @@ impl Burst {
     }
 }
 
-/// The reload loop: one select over the poll, file events, a pending burst's deadline
-/// and SIGHUP, so that none of them waits on another.
-async fn run(
-    this: Arc<Reloader>,
-    mut watches: Option<Watches>,
-    mut rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
-    mut hup: Hangup,
-    mut recheck: bool,
-) {
+/// What the reload loop listens to besides its timers.
+struct Events {
+    watches: Option<Watches>,
+    rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    hup: Hangup,
+}
+
+/// The reload loop: one select over the poll, file events, a pending burst's deadline,
+/// SIGHUP, the end of a key's proof and the end of an overlap, so that none of them
+/// waits on another.
+async fn run(this: Arc<Reloader>, mut events: Events, mut recheck: bool) {
     // Paths that left or entered a directory: a watch on one of them may have ended.
     let mut moved: BTreeSet<PathBuf> = BTreeSet::new();
     let mut burst: Option<Burst> = None;
     let mut next_poll = Instant::now();
     let mut looked = true;
+    let (proved, mut proofs_done) = mpsc::unbounded_channel::<ProofDone>();
+    let mut proofs = Proofs::default();
     loop {
         if looked {
             looked = false;
             let snapshot = this.gw.snapshot();
-            if let Some(w) = watches.as_mut() {
+            if let Some(w) = events.watches.as_mut() {
                 // Re-resolves symlinks and notices replaced or deleted directories.
                 recheck |= w.update(&this.watch_list(&snapshot), &mut moved);
                 // A change made before this point may be found by the look it asks for
@@ -201,41 +248,55 @@ async fn run(
             recheck = false;
             "watch"
         } else {
-            let debounce = this.gw.snapshot().reload.debounce;
-            let due = burst.map(|b| b.due(debounce));
+            let snapshot = this.gw.snapshot();
+            let due = burst.map(|b| b.due(snapshot.reload.debounce));
+            let expiry = rotation::next_expiry(&snapshot);
             tokio::select! {
                 _ = tokio::time::sleep_until(next_poll) => "poll",
                 _ = tokio::time::sleep_until(due.unwrap_or(next_poll)), if due.is_some() => "event",
-                Some(paths) = rx.recv() => {
+                Some(paths) = events.rx.recv() => {
                     moved.extend(paths);
                     let now = Instant::now();
                     burst = Some(burst.map_or(Burst { first: now, last: now }, |b| Burst { last: now, ..b }));
                     continue;
                 }
-                Some(()) = recv_hangup(&mut hup) => {
+                Some(()) = recv_hangup(&mut events.hup) => {
                     tracing::info!("SIGHUP: reloading");
                     "signal"
+                }
+                Some(done) = proofs_done.recv() => {
+                    off_loop(&this, move |r| r.conclude(done)).await;
+                    proofs.sync(&this.gw, &this.gw.snapshot(), &proved);
+                    continue;
+                }
+                () = rotation::until(expiry) => {
+                    off_loop(&this, Reloader::expire).await;
+                    continue;
                 }
             }
         };
         // The attempt reads every file after the burst's events: they are covered.
         burst = None;
-        let outcome = attempt(&this, trigger).await;
+        let outcome = off_loop(&this, move |r| r.attempt(trigger)).await;
         if trigger == "signal" {
             // Whatever the log level, an operator who sent SIGHUP gets an answer.
             acknowledge_hangup(outcome.as_ref());
         }
+        proofs.sync(&this.gw, &this.gw.snapshot(), &proved);
         looked = true;
     }
 }
 
-/// One attempt off the async workers: reading files and compiling may block.
-async fn attempt(this: &Arc<Reloader>, trigger: &'static str) -> Option<Outcome> {
+/// Runs `work` off the async workers: reading files and compiling may block.
+async fn off_loop<T: Send + 'static>(
+    this: &Arc<Reloader>,
+    work: impl FnOnce(&Reloader) -> T + Send + 'static,
+) -> Option<T> {
     let this = this.clone();
-    match tokio::task::spawn_blocking(move || this.attempt(trigger)).await {
+    match tokio::task::spawn_blocking(move || work(&this)).await {
         Ok(outcome) => Some(outcome),
         Err(e) => {
-            tracing::error!(error = %e, "reload attempt did not finish; the running config stays");
+            tracing::error!(error = %e, "reload work did not finish; the running config stays");
             None
         }
     }
@@ -251,6 +312,11 @@ fn acknowledge_hangup(outcome: Option<&Outcome>) {
         Some(Outcome::Applied(generation)) => {
             tracing::info!(outcome = "applied", generation, "SIGHUP handled: new config applied")
         }
+        Some(Outcome::Proving(generation)) => tracing::info!(
+            outcome = "proving",
+            generation,
+            "SIGHUP handled: new config applied; a changed key is being proven before use"
+        ),
         Some(Outcome::Failed(_)) | None => {
             tracing::info!(outcome = "failed", "SIGHUP handled: reload failed; the running config stays")
         }
@@ -306,6 +372,7 @@ fn log_changes(trigger: &'static str, bound: &Bound, old: &Snapshot, new: &Snaps
                     &r.shadow_allow,
                     r.max_body_bytes,
                     r.response_timeout,
+                    &r.proof,
                 );
                 (r.name.clone(), format!("{what:?}"))
             })
@@ -327,6 +394,16 @@ fn log_changes(trigger: &'static str, bound: &Bound, old: &Snapshot, new: &Snaps
         .filter(|s| old_fp.get(s.name.as_str()) != Some(&s.fingerprint.as_str()))
         .map(|s| format!("{} ({})", s.name, s.fingerprint))
         .collect();
+    let candidate = |s: &Snapshot, name: &str| {
+        s.secret(name).and_then(|s| s.candidate.as_ref()).map(|c| c.fingerprint.clone())
+    };
+    let proving: Vec<String> = new
+        .secrets
+        .iter()
+        .filter_map(|s| Some((s, candidate(new, &s.name)?)))
+        .filter(|(s, fp)| candidate(old, &s.name).as_ref() != Some(fp))
+        .map(|(s, fp)| format!("{} ({fp})", s.name))
+        .collect();
     let restart = bound.changed(old, new);
     if !restart.is_empty() {
         tracing::warn!(
@@ -334,8 +411,11 @@ fn log_changes(trigger: &'static str, bound: &Bound, old: &Snapshot, new: &Snaps
             "these settings changed but apply only at the next restart; the rest of the config is applied"
         );
     }
-    for w in &new.warnings {
-        tracing::warn!(warning = %w, "config warning");
+    // A promotion recompiles the same files: their warnings were logged already.
+    if trigger != "proof" {
+        for w in &new.warnings {
+            tracing::warn!(warning = %w, "config warning");
+        }
     }
     tracing::info!(
         generation = new.generation,
@@ -344,6 +424,7 @@ fn log_changes(trigger: &'static str, bound: &Bound, old: &Snapshot, new: &Snaps
         routes_removed = ?removed,
         routes_changed = ?changed,
         secrets_changed = ?rotated,
+        secrets_proving = ?proving,
         "config reloaded"
     );
 }

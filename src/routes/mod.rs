@@ -1,11 +1,13 @@
-//! The route table: longest-prefix matching on segment boundaries, the path checks that
-//! run before anything is forwarded, and what a matched request becomes upstream
+//! The route table: routes for the request's host first, then host-less ones, each by
+//! longest prefix on segment boundaries; the path checks that run before anything is
+//! forwarded; and what a matched request becomes upstream
 //! (operation, upstream path, whether a key is injected). How each route strips and
 //! injects its key is its [`Credential`] ([`credential`]); the BI presets' part of that
 //! is in [`preset`].
 
 pub(crate) mod credential;
 pub(crate) mod preset;
+pub(crate) mod series;
 pub(crate) mod upsert;
 
 use std::collections::HashMap;
@@ -13,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
+use tokio::time::Instant;
 
 use crate::caller::Allow;
-use crate::error::Refusal;
+use crate::error::{Refusal, Shape};
 use crate::secret::Secret;
 use crate::upstream::Upstream;
 pub(crate) use credential::{Credential, Unsendable};
@@ -57,16 +60,44 @@ impl Kind {
     }
 }
 
+/// The read-only call that proves a key on a route before the route uses it
+/// ([`crate::rotation::proof`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Proof {
+    pub method: Method,
+    /// The upstream path, the upstream's base path included.
+    pub path: String,
+    /// The query, without the key (the credential adds it where the route carries it).
+    pub query: Option<String>,
+    /// The statuses that accept the key; empty: any 2xx.
+    pub expect: Vec<u16>,
+}
+
+/// The previous key of the route's secret, kept for the overlap after a rotation: one
+/// retry of a safe request the upstream refused with the current key.
+#[derive(Debug)]
+pub(crate) struct Fallback {
+    pub credential: Credential,
+    /// The end of the overlap; no retry starts after it.
+    pub until: Instant,
+}
+
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    /// The request host this route serves (lowercase), or `None` for every host.
+    pub(crate) host: Option<String>,
     pub(crate) prefix: String,
     pub(crate) kind: Kind,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) secret_name: String,
     /// How this route strips callers' keys and injects its own.
     pub(crate) credential: Credential,
+    /// The previous key, during the overlap after a rotation.
+    pub(crate) fallback: Option<Fallback>,
+    /// How a changed key is proven on this route; `None`: it is not.
+    pub(crate) proof: Option<Proof>,
     pub(crate) allow: Allow,
     /// The `allow` entries as written (for `check`).
     pub(crate) allow_text: Vec<String>,
@@ -74,7 +105,7 @@ pub struct Route {
     pub(crate) max_body_bytes: u64,
     pub(crate) response_timeout: Duration,
     /// This route's request series, kept once looked up.
-    pub(crate) series: crate::metrics::RouteSeries,
+    pub(crate) series: series::RouteSeries,
 }
 
 /// Where a matched request goes.
@@ -91,6 +122,12 @@ pub(crate) struct Target {
 }
 
 impl Route {
+    /// The previous key's credential, while the overlap lasts. Read only after the
+    /// upstream refused the current key.
+    pub(crate) fn fallback(&self) -> Option<&Credential> {
+        self.fallback.as_ref().filter(|f| Instant::now() < f.until).map(|f| &f.credential)
+    }
+
     /// Matches the request to one of this route's operations.
     pub(crate) fn target(&self, method: &Method, remainder: &str) -> Result<Target, Refusal> {
         let (operation, credential, validate_upsert) = match &self.kind {
@@ -110,6 +147,15 @@ impl Route {
         Ok(Target { operation, credential, validate_upsert, path })
     }
 
+    /// The body keygate's refusals take on this route: the Import API's error shape on
+    /// `rjmetrics-import` routes, so that the vendor's clients can report them.
+    pub(crate) fn refusal_shape(&self) -> Shape {
+        match self.kind {
+            Kind::Preset { preset: Preset::Import, .. } => Shape::Import,
+            _ => Shape::Keygate,
+        }
+    }
+
     /// The operation names this route forwards (for `check` and `/config`).
     pub(crate) fn operation_names(&self) -> Vec<String> {
         match &self.kind {
@@ -125,7 +171,7 @@ impl Route {
     }
 }
 
-fn join_path(base: &str, remainder: &str) -> String {
+pub(crate) fn join_path(base: &str, remainder: &str) -> String {
     let joined = format!("{}{}", base.trim_end_matches('/'), remainder);
     if joined.is_empty() { "/".to_owned() } else { joined }
 }
@@ -144,18 +190,38 @@ pub(crate) fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// All routes of one snapshot, indexed by prefix.
+/// All routes of one snapshot, indexed by host and prefix.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Host-less routes by prefix.
     by_prefix: HashMap<String, usize>,
+    /// For each host some route names (lowercase), its routes by prefix. A handful at
+    /// most, scanned in order: a request's host is compared without being lowercased.
+    hosts: Vec<(String, HashMap<String, usize>)>,
 }
 
 impl RouteTable {
-    /// Builds the table. Prefixes were checked unique and well-formed by config.
+    /// Builds the table. Hosts and prefixes were checked by config: each (host, prefix)
+    /// pair is used once.
     pub(crate) fn new(routes: Vec<Arc<Route>>) -> Self {
-        let by_prefix = routes.iter().enumerate().map(|(i, r)| (r.prefix.clone(), i)).collect();
-        RouteTable { routes, by_prefix }
+        let mut by_prefix = HashMap::new();
+        let mut hosts: Vec<(String, HashMap<String, usize>)> = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let Some(host) = &route.host else {
+                by_prefix.insert(route.prefix.clone(), i);
+                continue;
+            };
+            let at = match hosts.iter().position(|(h, _)| h == host) {
+                Some(at) => at,
+                None => {
+                    hosts.push((host.clone(), HashMap::new()));
+                    hosts.len() - 1
+                }
+            };
+            hosts[at].1.insert(route.prefix.clone(), i);
+        }
+        RouteTable { routes, by_prefix, hosts }
     }
 
     /// Every route, in config order.
@@ -163,22 +229,64 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The route with the longest prefix that ends on a segment boundary of `path`, and
-    /// the remainder after it. The cost follows the path's depth, not the route count.
-    pub fn find<'p>(&self, path: &'p str) -> Option<(&Arc<Route>, &'p str)> {
-        let mut end = path.len();
-        loop {
-            let candidate = &path[..end];
-            let key = if candidate.is_empty() { "/" } else { candidate };
-            if let Some(&i) = self.by_prefix.get(key) {
-                let rest = if key == "/" { path } else { &path[end..] };
-                return Some((&self.routes[i], rest));
+    /// The hosts that routes name (lowercase), in config order.
+    pub(crate) fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts.iter().map(|(h, _)| h.as_str())
+    }
+
+    /// The routes that name `host` (compared in any letter case).
+    pub(crate) fn routes_for_host<'a>(&'a self, host: &str) -> impl Iterator<Item = &'a Arc<Route>> {
+        let table = self.hosts.iter().find(|(h, _)| h.eq_ignore_ascii_case(host)).map(|(_, t)| t);
+        table.into_iter().flat_map(|t| t.values()).map(|&i| &self.routes[i])
+    }
+
+    /// The route for a request to `host` (an authority as sent: `Host`, `:authority`)
+    /// and `path`, and the remainder after its prefix: among the routes for that host
+    /// (any letter case, port 80 or 443 ignored) the longest prefix on a segment
+    /// boundary of `path`, else among host-less routes. The cost follows the path's
+    /// depth, not the route count; without host routes `host` is not looked at.
+    pub fn find<'p>(&self, host: Option<&str>, path: &'p str) -> Option<(&Arc<Route>, &'p str)> {
+        if !self.hosts.is_empty() {
+            let name = host.and_then(host_name);
+            let table = name.and_then(|n| self.hosts.iter().find(|(h, _)| h.eq_ignore_ascii_case(n)));
+            if let Some(found) = table.and_then(|(_, t)| longest_prefix(t, path)) {
+                return Some((&self.routes[found.0], found.1));
             }
-            if end == 0 {
-                return None;
-            }
-            end = candidate.rfind('/').unwrap_or(0);
         }
+        longest_prefix(&self.by_prefix, path).map(|(i, rest)| (&self.routes[i], rest))
+    }
+}
+
+/// The host name of an authority (`name`, `name:80`, `name:443`, `name.`), or `None`
+/// for another port or an IP literal in brackets: no host route serves those.
+pub(crate) fn host_name(authority: &str) -> Option<&str> {
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if authority.starts_with('[') {
+        return None;
+    }
+    let name = match authority.rsplit_once(':') {
+        None => authority,
+        Some((name, "80" | "443")) => name,
+        Some(_) => return None,
+    };
+    Some(name.strip_suffix('.').unwrap_or(name))
+}
+
+/// The index of the longest prefix in `table` on a segment boundary of `path`, and the
+/// remainder after it.
+fn longest_prefix<'p>(table: &HashMap<String, usize>, path: &'p str) -> Option<(usize, &'p str)> {
+    let mut end = path.len();
+    loop {
+        let candidate = &path[..end];
+        let key = if candidate.is_empty() { "/" } else { candidate };
+        if let Some(&i) = table.get(key) {
+            let rest = if key == "/" { path } else { &path[end..] };
+            return Some((i, rest));
+        }
+        if end == 0 {
+            return None;
+        }
+        end = candidate.rfind('/').unwrap_or(0);
     }
 }
 

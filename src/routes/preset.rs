@@ -135,6 +135,17 @@ impl Preset {
         }
     }
 
+    /// The path (after the route's base) of the call that proves a key before it is
+    /// used: `authenticate` for import keys; `list_exports` for export keys, the one
+    /// read-only export call that every key may make, that takes no id and that has no
+    /// rate limit (unlike `update_status`, one call a minute).
+    pub(crate) fn proof_path(self, client_id: &str) -> String {
+        match self {
+            Preset::Import => format!("/v2/client/{client_id}/authenticate"),
+            Preset::Export => "/0.1/export".to_owned(),
+        }
+    }
+
     /// How this preset carries `secret`: the import key in the `apikey` query parameter,
     /// the export key in `X-RJM-API-Key`. Both strip [`BI_STRIP`] and every `apikey`
     /// from callers, and `apikey` from `Location`.

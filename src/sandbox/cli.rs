@@ -2,6 +2,7 @@
 //! start-up banner (which shows generated keys only).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use zeroize::Zeroizing;
@@ -16,32 +17,44 @@ pub(super) struct Generated {
     pub export: bool,
 }
 
-pub(super) fn settings_from_args(args: &Args) -> Result<(Settings, Generated), String> {
+/// Every key each API accepts, given or generated (never empty).
+#[derive(Debug)]
+pub(super) struct Accepted {
+    pub import: Vec<Secret>,
+    pub export: Vec<Secret>,
+}
+
+pub(super) fn settings_from_args(args: &Args) -> Result<(Settings, Generated, Accepted), String> {
     let mut generated = Generated::default();
-    let import_key = match (&args.import_key, &args.import_key_file) {
-        (Some(key), _) => key.clone(),
-        (None, Some(path)) => read_key(path, "--import-key-file")?,
-        (None, None) => {
-            generated.import = true;
-            generate_key()?
-        }
-    };
-    let export_key = match (&args.export_key, &args.export_key_file) {
-        (Some(key), _) => key.clone(),
-        (None, Some(path)) => read_key(path, "--export-key-file")?,
-        (None, None) => {
-            generated.export = true;
-            generate_key()?
-        }
-    };
+    let import = keys(&args.import_key, &args.import_key_file, "--import-key-file", &mut generated.import)?;
+    let export = keys(&args.export_key, &args.export_key_file, "--export-key-file", &mut generated.export)?;
+    let first = |keys: &[Secret]| keys.first().cloned().ok_or("sandbox: no key");
     let settings = Settings {
         client_id: args.client_id,
-        import_key,
-        export_key,
+        import_key: first(&import)?,
+        export_key: first(&export)?,
         export_allow: args.export_allow.clone(),
         tls: args.tls,
     };
-    Ok((settings, generated))
+    Ok((settings, generated, Accepted { import, export }))
+}
+
+/// The keys given on the command line and in files, or one generated key.
+fn keys(
+    given: &[Secret],
+    files: &[PathBuf],
+    flag: &str,
+    generated: &mut bool,
+) -> Result<Vec<Secret>, String> {
+    let mut keys = given.to_vec();
+    for path in files {
+        keys.push(read_key(path, flag)?);
+    }
+    if keys.is_empty() {
+        *generated = true;
+        keys.push(generate_key()?);
+    }
+    Ok(keys)
 }
 
 /// Reads a key file: the whole file, trailing whitespace trimmed.
@@ -65,23 +78,30 @@ pub(crate) fn generate_key() -> Result<Secret, String> {
     Ok(Secret::new(hex::encode(bytes.as_ref())))
 }
 
-pub(super) fn banner(sandbox: &Sandbox, settings: &Settings, generated: &Generated) -> String {
+pub(super) fn banner(
+    sandbox: &Sandbox,
+    client_id: &u64,
+    accepted: &Accepted,
+    generated: &Generated,
+) -> String {
     let base = sandbox.base_url();
     let mut lines = vec![
         format!("keygate sandbox listening on {base}"),
-        format!("  import API: {base}/v2/client/{}/...", settings.client_id),
+        format!("  import API: {base}/v2/client/{client_id}/..."),
         format!("  export API: {base}/0.1/..."),
-        format!("  client id:  {}", settings.client_id),
+        format!("  client id:  {client_id}"),
     ];
-    for (name, key, was_generated) in [
-        ("import key", &settings.import_key, generated.import),
-        ("export key", &settings.export_key, generated.export),
+    for (name, keys, was_generated) in [
+        ("import key", &accepted.import, generated.import),
+        ("export key", &accepted.export, generated.export),
     ] {
-        // Only generated keys are shown: a key the operator supplied stays unprinted.
-        if was_generated {
-            lines.push(format!("  {name}: {} (generated)", key.expose()));
-        } else {
-            lines.push(format!("  {name}: fingerprint {}", key.fingerprint()));
+        for key in keys {
+            // Only generated keys are shown: a key the operator supplied stays unprinted.
+            if was_generated {
+                lines.push(format!("  {name}: {} (generated)", key.expose()));
+            } else {
+                lines.push(format!("  {name}: fingerprint {}", key.fingerprint()));
+            }
         }
     }
     if let Some(pem) = sandbox.ca_pem() {
@@ -126,8 +146,9 @@ mod tests {
         let args = parse(&[]).unwrap();
         assert_eq!(args.listen, "127.0.0.1:9091".parse().unwrap());
         assert_eq!(args.client_id, 12345);
-        let (settings, generated) = settings_from_args(&args).unwrap();
+        let (settings, generated, accepted) = settings_from_args(&args).unwrap();
         assert!(generated.import && generated.export);
+        assert_eq!((accepted.import.len(), accepted.export.len()), (1, 1));
         for key in [&settings.import_key, &settings.export_key] {
             assert_eq!(key.expose().len(), 32);
             assert!(key.expose().bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
@@ -154,17 +175,32 @@ mod tests {
         ])
         .unwrap();
         assert!(!format!("{args:?}").contains("import-secret-on-cli"));
-        let (settings, generated) = settings_from_args(&args).unwrap();
+        let (settings, generated, accepted) = settings_from_args(&args).unwrap();
         assert!(!generated.import && !generated.export);
         assert_eq!(settings.import_key.expose(), "import-secret-on-cli");
         assert_eq!(settings.export_key.expose(), "export-secret-from-file");
+        assert_eq!(accepted.import.len(), 1);
         assert_eq!(settings.export_allow.len(), 2);
         assert_eq!(settings.export_allow[1], "192.0.2.7/32".parse::<IpNet>().unwrap());
     }
 
     #[test]
-    fn refuses_conflicting_or_bad_flags() {
-        assert!(parse(&["--import-key", "a", "--import-key-file", "f"]).is_err());
+    fn every_key_given_is_accepted_from_flags_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("import.key");
+        std::fs::write(&file, "import-from-file\n").unwrap();
+        let args =
+            parse(&["--import-key", "a", "--import-key", "b", "--import-key-file", file.to_str().unwrap()])
+                .unwrap();
+        let (settings, generated, accepted) = settings_from_args(&args).unwrap();
+        let import: Vec<&str> = accepted.import.iter().map(Secret::expose).collect();
+        assert_eq!(import, ["a", "b", "import-from-file"]);
+        assert_eq!(settings.import_key.expose(), "a");
+        assert!(!generated.import && generated.export, "only the missing export key is generated");
+    }
+
+    #[test]
+    fn refuses_bad_flags() {
         assert!(parse(&["--export-allow", "not-a-cidr"]).is_err());
         assert!(parse(&["--client-id", "0"]).is_err());
         assert!(parse(&["--export-key", ""]).is_err());

@@ -73,11 +73,12 @@ fn forbidden(reason: &str) -> Resp {
     respond::error(StatusCode::FORBIDDEN, "Forbidden", vec![reason.to_owned()])
 }
 
-/// The 403 refusal, unless the first `X-RJM-API-Key` is the export key and the peer is allowed.
+/// The 403 refusal, unless the first `X-RJM-API-Key` is an accepted export key and the
+/// peer is allowed.
 fn refuse_caller(state: &State, parts: &Parts, peer: SocketAddr) -> Option<Resp> {
     match parts.headers.get(KEY_HEADER) {
         None => return Some(forbidden("the X-RJM-API-Key header is missing")),
-        Some(key) if !respond::same_key(key.as_bytes(), state.settings.export_key.expose()) => {
+        Some(key) if !state.accepts(super::Api::Export, key.as_bytes()) => {
             return Some(forbidden("the API key is not valid"));
         }
         Some(_) => {}

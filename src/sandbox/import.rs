@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::respond::{self, Resp};
-use super::{State, form};
+use super::{Api, State, form};
 use crate::routes::upsert;
 
 /// `GET /`: the unauthenticated "API is up" check.
@@ -14,7 +14,7 @@ pub(super) fn status(method: &Method) -> Resp {
     if let Some(refused) = respond::refuse_method(method, &[Method::GET]) {
         return refused;
     }
-    respond::json(StatusCode::OK, &json!({ "code": 200, "message": "ok" }))
+    respond::import(StatusCode::OK, &json!({ "code": 200, "message": "ok" }))
 }
 
 /// Routes `/v1|v2/...`; `segments` start after the version.
@@ -25,7 +25,7 @@ pub(super) fn handle(state: &State, parts: &Parts, segments: &[&str], body: &[u8
                 return refused;
             }
             match refuse_key(state, parts, cid) {
-                None => respond::json(StatusCode::OK, &json!({ "code": 200, "message": "authenticated" })),
+                None => respond::import(StatusCode::OK, &json!({ "code": 200, "message": "authenticated" })),
                 Some(refused) => refused,
             }
         }
@@ -38,38 +38,40 @@ pub(super) fn handle(state: &State, parts: &Parts, segments: &[&str], body: &[u8
             }
             upsert(state, table, body)
         }
-        _ => respond::not_found(),
+        _ => respond::import_error(StatusCode::NOT_FOUND, "Not Found", vec!["no such resource".to_owned()]),
     }
 }
 
-/// The 401 refusal, unless the first `apikey` parameter is the import key and `cid` its client.
+/// The 401 refusal, unless the first `apikey` parameter is an accepted import key and
+/// `cid` its client.
 fn refuse_key(state: &State, parts: &Parts, cid: &str) -> Option<Resp> {
     let pairs = form::pairs(parts.uri.query().unwrap_or(""));
     let reason = match form::first(&pairs, "apikey") {
         None => "the apikey parameter is missing",
-        Some(key) if !respond::same_key(key.as_bytes(), state.settings.import_key.expose()) => {
-            "the apikey is not valid"
-        }
+        Some(key) if !state.accepts(Api::Import, key.as_bytes()) => "the apikey is not valid",
         Some(_) if cid.parse::<u64>().ok() != Some(state.settings.client_id) => {
             "the apikey is not valid for this client"
         }
         Some(_) => return None,
     };
-    Some(respond::error(StatusCode::UNAUTHORIZED, "Authorization failed", vec![reason.to_owned()]))
+    Some(respond::import_error(StatusCode::UNAUTHORIZED, "Authorization failed", vec![reason.to_owned()]))
 }
 
 fn upsert(state: &State, table: &str, body: &[u8]) -> Resp {
     if table.is_empty() || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         let reason = "table names may contain only letters, digits and underscores".to_owned();
-        return respond::error(StatusCode::BAD_REQUEST, "Bad Request", vec![reason]);
+        return respond::import_error(StatusCode::BAD_REQUEST, "Bad Request", vec![reason]);
     }
     match validate(body) {
         Ok(records) => {
             let count = records.len();
             state.store().upsert(table, records);
-            respond::json(StatusCode::CREATED, &json!({ "code": 201, "message": "created", "count": count }))
+            respond::import(
+                StatusCode::CREATED,
+                &json!({ "code": 201, "message": "created", "count": count }),
+            )
         }
-        Err(reasons) => respond::error(StatusCode::BAD_REQUEST, "Bad Request", reasons),
+        Err(reasons) => respond::import_error(StatusCode::BAD_REQUEST, "Bad Request", reasons),
     }
 }
 

@@ -19,6 +19,7 @@ mod server;
 mod store;
 mod table_file;
 mod tls;
+pub(crate) use tls::issue_for_hosts;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -46,18 +47,20 @@ pub(crate) struct Args {
     /// The numeric client id both keys belong to.
     #[arg(long, default_value_t = 12345, value_parser = clap::value_parser!(u64).range(1..))]
     pub client_id: u64,
-    /// Import API key (`apikey` query parameter). Generated and printed when absent.
-    #[arg(long, value_parser = cli::parse_secret, conflicts_with = "import_key_file")]
-    pub import_key: Option<Secret>,
-    /// File holding the import API key (trailing whitespace trimmed).
+    /// An import API key the sandbox accepts (`apikey` query parameter; repeatable:
+    /// every one given is valid). One is generated and printed when none is given.
+    #[arg(long, value_parser = cli::parse_secret)]
+    pub import_key: Vec<Secret>,
+    /// A file holding an accepted import API key (trailing whitespace trimmed; repeatable).
     #[arg(long)]
-    pub import_key_file: Option<PathBuf>,
-    /// Export API key (`X-RJM-API-Key` header). Generated and printed when absent.
-    #[arg(long, value_parser = cli::parse_secret, conflicts_with = "export_key_file")]
-    pub export_key: Option<Secret>,
-    /// File holding the export API key (trailing whitespace trimmed).
+    pub import_key_file: Vec<PathBuf>,
+    /// An export API key the sandbox accepts (`X-RJM-API-Key` header; repeatable).
+    /// One is generated and printed when none is given.
+    #[arg(long, value_parser = cli::parse_secret)]
+    pub export_key: Vec<Secret>,
+    /// A file holding an accepted export API key (trailing whitespace trimmed; repeatable).
     #[arg(long)]
-    pub export_key_file: Option<PathBuf>,
+    pub export_key_file: Vec<PathBuf>,
     /// Address or CIDR the export key may be used from (repeatable). Default: everyone.
     #[arg(long, value_parser = cli::parse_cidr)]
     pub export_allow: Vec<IpNet>,
@@ -67,13 +70,14 @@ pub(crate) struct Args {
 }
 
 /// What a running sandbox needs; built from [`Args`] by [`run`] or directly by tests.
+/// More keys can be accepted, and keys revoked, while it runs ([`Sandbox::accept_keys`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The client id both keys belong to; other ids in paths are refused.
     pub client_id: u64,
-    /// The import API key (`apikey` query parameter).
+    /// The import API key accepted at start (`apikey` query parameter).
     pub import_key: Secret,
-    /// The export API key (`X-RJM-API-Key` header).
+    /// The export API key accepted at start (`X-RJM-API-Key` header).
     pub export_key: Secret,
     /// Peers allowed to use the export key. Empty means every address.
     pub export_allow: Vec<IpNet>,
@@ -99,9 +103,25 @@ pub struct RecordedRequest {
     pub peer: SocketAddr,
 }
 
+/// Which of the two APIs a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// The Data Import API (`apikey` query parameter).
+    Import,
+    /// The Export API (`X-RJM-API-Key` header).
+    Export,
+}
+
+/// The keys each API accepts now.
+struct Keys {
+    import: Vec<Secret>,
+    export: Vec<Secret>,
+}
+
 /// State shared by every connection of one sandbox.
 pub(crate) struct State {
     settings: Settings,
+    keys: Mutex<Keys>,
     store: Mutex<store::Store>,
     record: Mutex<VecDeque<RecordedRequest>>,
     started: SystemTime,
@@ -118,6 +138,17 @@ impl State {
 
     fn store(&self) -> parking_lot::MutexGuard<'_, store::Store> {
         self.store.lock()
+    }
+
+    /// True when `presented` is one of the keys `api` accepts now (each compared in
+    /// constant time).
+    fn accepts(&self, api: Api, presented: &[u8]) -> bool {
+        let keys = self.keys.lock();
+        let list = match api {
+            Api::Import => &keys.import,
+            Api::Export => &keys.export,
+        };
+        list.iter().fold(false, |found, key| respond::same_key(presented, key.expose()) | found)
     }
 }
 
@@ -143,7 +174,10 @@ impl Sandbox {
         } else {
             (None, None)
         };
+        let keys =
+            Keys { import: vec![settings.import_key.clone()], export: vec![settings.export_key.clone()] };
         let state = Arc::new(State {
+            keys: Mutex::new(keys),
             settings,
             store: Mutex::new(store::Store::default()),
             record: Mutex::new(VecDeque::new()),
@@ -175,6 +209,16 @@ impl Sandbox {
         self.ca_pem.clone()
     }
 
+    /// Makes `keys` the keys `api` accepts from now on, as the vendor does when a key is
+    /// created or revoked: a request carrying any other key is refused.
+    pub fn accept_keys(&self, api: Api, keys: Vec<Secret>) {
+        let mut all = self.state.keys.lock();
+        match api {
+            Api::Import => all.import = keys,
+            Api::Export => all.export = keys,
+        }
+    }
+
     /// Every request received (the last 10,000), oldest first.
     pub fn recorded(&self) -> Vec<RecordedRequest> {
         let record = self.state.record.lock();
@@ -193,13 +237,15 @@ impl Sandbox {
 /// Ctrl-C/SIGTERM. Prints where it listens and any key it generated, never a key it
 /// was given.
 pub(crate) async fn run(args: Args) -> Result<(), String> {
-    let (settings, generated) = cli::settings_from_args(&args)?;
+    let (settings, generated, accepted) = cli::settings_from_args(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("sandbox: cannot listen on {}: {e}", args.listen))?;
     let sandbox =
         Sandbox::start(listener, settings.clone()).map_err(|e| format!("sandbox: cannot start: {e}"))?;
-    println!("{}", cli::banner(&sandbox, &settings, &generated));
+    println!("{}", cli::banner(&sandbox, &settings.client_id, &accepted, &generated));
+    sandbox.accept_keys(Api::Import, accepted.import);
+    sandbox.accept_keys(Api::Export, accepted.export);
     crate::signal::stop_requested().await;
     sandbox.shutdown().await;
     Ok(())

@@ -6,6 +6,8 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
+use crate::error::IMPORT_JSON;
+
 /// Every sandbox response is small enough to build whole.
 pub(super) type Resp = Response<Full<Bytes>>;
 
@@ -24,7 +26,24 @@ pub(super) fn json(status: StatusCode, value: &Value) -> Resp {
 
 /// The import API's error shape, used by both APIs: `{"code","message","reasons"}`.
 pub(super) fn error(status: StatusCode, message: &str, reasons: Vec<String>) -> Resp {
-    json(status, &json!({ "code": status.as_u16(), "message": message, "reasons": reasons }))
+    json(status, &error_value(status, message, reasons))
+}
+
+fn error_value(status: StatusCode, message: &str, reasons: Vec<String>) -> Value {
+    json!({ "code": status.as_u16(), "message": message, "reasons": reasons })
+}
+
+/// An Import API answer: JSON labelled [`IMPORT_JSON`], which every official client
+/// reads. The JS client cannot take a body labelled exactly `application/json`: its HTTP
+/// library parses that itself and the client's own `JSON.parse` then throws, so the
+/// vendor cannot be answering that way (docs/sandbox.md).
+pub(super) fn import(status: StatusCode, value: &Value) -> Resp {
+    body(status, IMPORT_JSON, value.to_string())
+}
+
+/// [`error`], as an Import API answer ([`import`]).
+pub(super) fn import_error(status: StatusCode, message: &str, reasons: Vec<String>) -> Resp {
+    import(status, &error_value(status, message, reasons))
 }
 
 /// 404 with a JSON body.

@@ -1,5 +1,7 @@
 //! The sandbox's HTTPS identity: a throwaway CA and a server certificate it signs, both
 //! generated at start, and the rustls configuration serving them (ALPN h2, http/1.1).
+//! Also `keygate demo`'s intercept identity: a throwaway CA and the certificate it
+//! issues for the vendor's hostnames.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -14,6 +16,39 @@ pub(super) struct Generated {
     pub config: Arc<ServerConfig>,
     /// The CA certificate callers should trust.
     pub ca_pem: String,
+}
+
+/// An intercept certificate and the CA that issued it, as PEM. The CA's private key is
+/// not kept: it is dropped once the certificate is signed, so it is never written
+/// anywhere and nothing can issue another certificate under that CA.
+pub(crate) struct Issued {
+    /// The CA certificate callers trust.
+    pub ca_pem: String,
+    /// The certificate for the hosts, signed by the CA.
+    pub cert_pem: String,
+    /// The certificate's private key (wiped on drop).
+    pub key_pem: zeroize::Zeroizing<String>,
+}
+
+/// Generates a CA and a certificate it issues for `hosts`.
+pub(crate) fn issue_for_hosts(hosts: &[&str]) -> std::io::Result<Issued> {
+    let bad = |e: rcgen::Error| std::io::Error::other(format!("certificate generation: {e}"));
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+    ca_params.distinguished_name.push(DnType::CommonName, "keygate demo CA (throw-away)");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().map_err(bad)?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(bad)?;
+    let names: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
+    let mut params = CertificateParams::new(names).map_err(bad)?;
+    params.distinguished_name.push(DnType::CommonName, "keygate demo intercept");
+    let key = KeyPair::generate().map_err(bad)?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(bad)?;
+    Ok(Issued {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+    })
 }
 
 /// Generates a CA and a server certificate valid for `localhost`, the loopback

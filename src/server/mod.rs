@@ -2,33 +2,40 @@
 //! with a connection limit and EMFILE back-off, serve HTTP/1.1 and HTTP/2 (prior
 //! knowledge) on each connection, enforce the header and idle timeouts, and drain on
 //! shutdown. What each request gets is the listener's [`Handler`]; the phases that the
-//! header and idle timeouts follow are in [`timeouts`].
+//! header and idle timeouts follow are in [`timeouts`]; a `CONNECT` the handler accepts
+//! is served as a connection of its own inside the tunnel ([`tunnel`]).
 
+mod serving;
 mod timeouts;
+mod tunnel;
+
+pub(crate) use tunnel::{Tunnel, TunnelSlot};
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::config::ServerSettings;
 use crate::conn::ConnInfo;
 use crate::gateway::Gateway;
 use crate::proxy;
 use crate::tls::ServerTls;
+use serving::Stream;
 use timeouts::{Expired, Phases};
 
 /// The raw answer to a connection over the listener's limit: it never reaches hyper.
@@ -225,7 +232,7 @@ async fn accept_loop<H: Handler>(
             match tls {
                 None => {
                     let info = ConnInfo { peer, identities: Arc::from(Vec::new()) };
-                    serve_connection(handler, stream, info, limits, shutdown).await;
+                    serve_connection(handler, stream, info, limits, shutdown, Tunnels::Open).await;
                 }
                 // Boxed: a TLS session's state is large, and would otherwise make every
                 // plain connection's task as large.
@@ -261,7 +268,7 @@ async fn serve_tls<H: Handler>(
                 .map(crate::tls::identities)
                 .unwrap_or_default();
             let info = ConnInfo { peer, identities: Arc::from(identities) };
-            serve_connection(handler, stream, info, limits, shutdown).await;
+            serve_connection(handler, stream, info, limits, shutdown, Tunnels::Open).await;
         }
         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -273,42 +280,42 @@ async fn refuse_overloaded(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-/// A caller's stream, as far as choosing the protocol goes: a plain TCP stream can be
-/// peeked at before hyper reads it; a TLS stream cannot.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    fn tcp(&self) -> Option<&TcpStream>;
+/// Whether a connection may open a tunnel: not one that is itself inside a tunnel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tunnels {
+    Open,
+    Closed,
 }
 
-impl Stream for TcpStream {
-    fn tcp(&self) -> Option<&TcpStream> {
-        Some(self)
-    }
-}
-
-impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for tokio_rustls::server::TlsStream<I> {
-    fn tcp(&self) -> Option<&TcpStream> {
-        None
-    }
-}
-
-/// True once the caller's first bytes (peeked, left in the socket) cannot begin the
-/// HTTP/2 preface; false when they might (HTTP/2, or too few bytes to tell), at end of
-/// stream or on an error, which the version-sniffing path then handles.
-async fn speaks_http1(tcp: &TcpStream) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut first = [0u8; PREFACE.len()];
-    match tcp.peek(&mut first).await {
-        Ok(n) if n > 0 => !PREFACE.starts_with(&first[..n]),
-        _ => false,
-    }
-}
-
+/// Serves one connection until it ends, then the tunnel its handler accepted, if any:
+/// within this one call, so the tunnel keeps the connection's permit and its count in
+/// `keygate_connections_open`.
 async fn serve_connection<H: Handler, I>(
     handler: Arc<H>,
     stream: I,
     info: ConnInfo,
     limits: Limits,
+    shutdown: watch::Receiver<bool>,
+    tunnels: Tunnels,
+) where
+    I: Stream,
+{
+    let slot = TunnelSlot::default();
+    let offered = (tunnels == Tunnels::Open).then(|| slot.clone());
+    serve_http(handler.clone(), stream, info.clone(), limits, shutdown.clone(), offered).await;
+    if let Some(tunnel) = slot.take() {
+        // Boxed: a tunnel's connection is served by this same function.
+        Box::pin(tunnel::serve(handler, tunnel, info, limits, shutdown)).await;
+    }
+}
+
+async fn serve_http<H: Handler, I>(
+    handler: Arc<H>,
+    stream: I,
+    info: ConnInfo,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
+    slot: Option<TunnelSlot>,
 ) where
     I: Stream,
 {
@@ -316,12 +323,11 @@ async fn serve_connection<H: Handler, I>(
     let phases = Phases::start();
     let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
     tokio::pin!(timeouts);
-    // Known HTTP/1 is served without hyper-util's version sniffing, whose 24-byte first
-    // read makes hyper grow the connection's read buffer to 16 KiB for good.
+    // Known HTTP/1 is served without hyper-util's version read (see `serving`).
     let http1 = match stream.tcp() {
         Some(tcp) => tokio::select! {
             biased;
-            http1 = speaks_http1(tcp) => http1,
+            http1 = serving::speaks_http1(tcp) => http1,
             _ = shutdown.changed() => return,
             _ = &mut timeouts => {
                 tracing::debug!(peer = %peer, "request head not received in time; closing");
@@ -332,7 +338,14 @@ async fn serve_connection<H: Handler, I>(
     };
     let io = phases.watch(stream);
     let requests = phases.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        // Where the handler leaves a CONNECT it accepts (HTTP/1 only: an HTTP/2 CONNECT
+        // would be a stream, and keygate tunnels whole connections).
+        if let Some(slot) = &slot {
+            if request.method() == http::Method::CONNECT && request.version() != http::Version::HTTP_2 {
+                request.extensions_mut().insert(slot.clone());
+            }
+        }
         let guard = requests.request_started(request.version() == http::Version::HTTP_2);
         let response = handler.clone().handle(info.clone(), request, Box::new(guard));
         // Boxed: hyper keeps one slot of this future's size for every connection, idle
@@ -341,32 +354,53 @@ async fn serve_connection<H: Handler, I>(
         async move { Ok::<_, Infallible>(response.await) }
     });
 
+    let max_buf_size = limits.max_header_bytes.max(8192) * 2;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    if http1 {
-        builder = builder.http1_only();
-    }
     builder
         .http1()
         .timer(TokioTimer::new())
         // keygate times headers itself (see `timeouts`): hyper's timer would also
         // fire on idle keep-alive connections.
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
+        .max_buf_size(max_buf_size)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = if http1 {
+        // The same HTTP/1 settings, without the version read (see `serving`).
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(max_buf_size).keep_alive(true);
+        Either::Left(http1.serve_connection(TokioIo::new(io), service).with_upgrades())
+    } else {
+        Either::Right(builder.serve_connection_with_upgrades(TokioIo::new(io), service))
+    };
     tokio::pin!(connection);
+    // `graceful_shutdown` on whichever connection serves the stream.
+    macro_rules! drain {
+        ($connection:ident) => {
+            match $connection.as_mut().as_pin_mut() {
+                Either::Left(c) => c.graceful_shutdown(),
+                Either::Right(c) => c.graceful_shutdown(),
+            }
+        };
+    }
 
-    let mut draining = false;
+    // A tunnel's connection may start after the drain began: it drains from the start.
+    let mut draining = *shutdown.borrow_and_update();
+    if draining {
+        drain!(connection);
+    }
     loop {
         tokio::select! {
             // The watcher after the connection: it sees the phase the connection just set.
             biased;
-            result = connection.as_mut() => {
+            result = poll_fn(|cx| match connection.as_mut().as_pin_mut() {
+                Either::Left(c) => c.poll(cx).map_err(BoxError::from),
+                Either::Right(c) => c.poll(cx),
+            }) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
                 }
@@ -374,50 +408,22 @@ async fn serve_connection<H: Handler, I>(
             }
             _ = shutdown.changed(), if !draining => {
                 draining = true;
-                connection.as_mut().graceful_shutdown();
+                drain!(connection);
             }
             expired = &mut timeouts => {
                 match expired {
                     // Nothing in flight: closing loses nothing.
                     Expired::Idle => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(1), connection.as_mut()).await;
+                        drain!(connection);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| match connection.as_mut().as_pin_mut() {
+                            Either::Left(c) => c.poll(cx).map(|_| ()),
+                            Either::Right(c) => c.poll(cx).map(|_| ()),
+                        })).await;
                     }
                     Expired::Head => tracing::debug!(peer = %peer, "request head not received in time; closing"),
                 }
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// What `speaks_http1` says of a connection whose caller sent `first`, and whether
-    /// the bytes were left for hyper to read.
-    async fn sniffed(first: &[u8]) -> bool {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut caller = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        caller.write_all(first).await.unwrap();
-        let (mut accepted, _) = listener.accept().await.unwrap();
-        let http1 = super::speaks_http1(&accepted).await;
-        let mut read = vec![0u8; first.len()];
-        accepted.read_exact(&mut read).await.unwrap();
-        assert_eq!(read, first, "peeking consumed nothing");
-        http1
-    }
-
-    #[tokio::test]
-    async fn only_bytes_that_cannot_begin_the_http2_preface_are_taken_for_http1() {
-        assert!(sniffed(b"GET /export/0.1/export HTTP/1.1\r\nHost: h\r\n\r\n").await);
-        assert!(sniffed(b"POST /x HTTP/1.1\r\n").await);
-        assert!(sniffed(b"PRI /not-a-preface HTTP/1.1\r\n").await);
-        assert!(!sniffed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await);
-        // Too few bytes to tell: the version-sniffing path decides.
-        assert!(!sniffed(b"PRI * HT").await);
-        assert!(!sniffed(b"P").await);
     }
 }

@@ -42,6 +42,20 @@ use pool::Pool;
 /// The lease on the HTTP/1.1 connection a response came on (see [`pool::Lease`]).
 pub(crate) type Lease = pool::Lease<http1::SendRequest<ProxyBody>>;
 
+/// Reads and drops a response body nobody will see (a proof call's answer, an answer
+/// replaced by a retry), so that its HTTP/1.1 connection can go back to the pool. A body
+/// longer than `limit` bytes, or not over within `within`, is dropped unread instead,
+/// which closes the connection: nothing of it is left on a pooled one.
+pub(crate) async fn discard(response: Response<Incoming>, mut lease: Lease, limit: u64, within: Duration) {
+    use http_body_util::BodyExt;
+    let meter = Arc::new(crate::body::Meter::default());
+    lease.watch(&meter);
+    let mut body =
+        crate::body::Metered::new(response.into_body(), meter, Some(limit), None).with_guard(Box::new(lease));
+    let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+    let _ = tokio::time::timeout(within, drain).await;
+}
+
 /// What makes two upstreams the same client (and lets a reload keep its pool).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct UpstreamKey {

@@ -1,7 +1,9 @@
 //! `keygate demo` end to end: spawn the built binary on free ports, check it prints the
 //! walkthrough, run exactly those commands (the curl requests through the gateway, never
 //! directly against the sandbox, from the source address each names; the shell lines
-//! with `sh`; each `| grep …` with grep), and assert what each step promises.
+//! with `sh`; each `| grep …` with grep), and assert what each step promises. The last
+//! steps' requests go as curl sends them through `HTTPS_PROXY`: a `CONNECT` to the URL's
+//! host, TLS inside trusting the run's CA, then the request.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -14,9 +16,10 @@ use std::time::Duration;
 use http::{HeaderValue, Method};
 use keygate::demo::{Command, Curl, Ports, SHADOW_CALLER, Step, walkthrough};
 
-use crate::support::client::{Reply, request, send_from};
+use crate::support::client::{IMPORT_JSON, Reply, request, send_from};
 use crate::support::poll::{SOON, eventually};
 use crate::support::process::{Keygate, Launch, run};
+use crate::support::tunnel::open;
 
 /// A running demo and what it printed.
 pub struct Demo {
@@ -63,7 +66,8 @@ struct Shown {
 }
 
 /// Sends exactly the request `curl` describes: its method, URL (host and port, path and
-/// query), content type and body, from its source address.
+/// query), content type and body, from its source address; through the proxy it names,
+/// trusting its CA file, when it names one.
 async fn send_curl(curl: &Curl) -> Shown {
     let uri: http::Uri = curl.url.parse().unwrap();
     let authority = uri.authority().unwrap().as_str();
@@ -72,8 +76,19 @@ async fn send_curl(curl: &Curl) -> Shown {
     let mut req =
         request(method, uri.path_and_query().unwrap().as_str(), &headers, curl.body.unwrap_or("").as_bytes());
     req.headers_mut().insert("host", HeaderValue::from_str(authority).unwrap());
-    let from = curl.from.unwrap_or([127, 0, 0, 1].into());
-    let reply = send_from(from, authority.parse().unwrap(), req).await;
+    let reply = match (&curl.proxy, &curl.cacert) {
+        (Some(proxy), Some(ca)) => {
+            assert_eq!(uri.scheme_str(), Some("https"), "through the proxy: the vendor's https URL");
+            let gateway = proxy.strip_prefix("http://").unwrap().parse().unwrap();
+            let ca_pem = std::fs::read_to_string(ca).unwrap();
+            let mut tunnel = open(gateway, &ca_pem, uri.host().unwrap(), false).await;
+            tunnel.send(req).await.unwrap()
+        }
+        (None, None) => {
+            send_from(curl.from.unwrap_or([127, 0, 0, 1].into()), authority.parse().unwrap(), req).await
+        }
+        _ => panic!("a proxy and its CA go together: {}", curl.line()),
+    };
     let text = match curl.grep {
         Some(args) => grep(args, &reply.body),
         None => reply.text(),
@@ -108,15 +123,27 @@ fn shell(command: &Command) {
     assert!(out.status.success(), "`{line}`: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The secrets' fingerprints in the `"secrets":[…]}` tail of `/config` the walkthrough
-/// greps out.
-fn fingerprints(shown: &str) -> BTreeMap<String, String> {
+/// The secrets in the `"secrets":[…]}` tail of `/config` the walkthrough greps out.
+fn secrets(shown: &str) -> Vec<serde_json::Value> {
     let list = shown.trim().strip_prefix("\"secrets\":").and_then(|s| s.strip_suffix('}'));
     let list: serde_json::Value = serde_json::from_str(list.unwrap_or_else(|| panic!("{shown}"))).unwrap();
+    list.as_array().unwrap().clone()
+}
+
+/// The fingerprint of each secret's key in use.
+fn fingerprints(shown: &str) -> BTreeMap<String, String> {
     let secret = |s: &serde_json::Value| {
         (s["name"].as_str().unwrap().into(), s["fingerprint"].as_str().unwrap().into())
     };
-    list.as_array().unwrap().iter().map(secret).collect()
+    secrets(shown).iter().map(secret).collect()
+}
+
+/// The fingerprint of each secret's rejected key, for those that have one.
+fn rejected(shown: &str) -> BTreeMap<String, String> {
+    let secret = |s: &serde_json::Value| {
+        Some((s["name"].as_str()?.into(), s["rejected"]["fingerprint"].as_str()?.into()))
+    };
+    secrets(shown).iter().filter_map(secret).collect()
 }
 
 fn key_fingerprint(path: &Path) -> String {
@@ -141,19 +168,35 @@ async fn demo_walkthrough_runs_through_the_gateway() {
             "shadow_allow",
             "rotate",
             "restore",
-            "metrics"
+            "metrics",
+            "proxy_push",
+            "proxy_tables",
+            "proxy_refusal"
         ]
     );
     for command in steps.iter().flat_map(|s| &s.commands) {
         assert!(printed.contains(&command.line()), "the demo must print `{}`", command.line());
-        if let Command::Curl(c) = command {
-            assert!(c.url.starts_with("http://127.0.0.1:"), "literal loopback URLs: {}", c.url);
-            assert!(!c.url.contains(&ports.sandbox.to_string()), "steps go through keygate: {}", c.url);
+        match command {
+            Command::Curl(Curl { proxy: Some(proxy), url, .. }) => {
+                assert_eq!(proxy, &format!("http://{}", ports.gateway), "through keygate");
+                assert!(url.starts_with("https://") && url.contains(".rjmetrics.com/"), "vendor URLs: {url}");
+            }
+            Command::Curl(c) => {
+                assert!(c.url.starts_with("http://127.0.0.1:"), "literal loopback URLs: {}", c.url);
+                assert!(!c.url.contains(&ports.sandbox.to_string()), "steps go through keygate: {}", c.url);
+            }
+            Command::Shell(_) => {}
         }
     }
-    for file in ["keygate.toml", "bi-import-key", "bi-export-key"] {
+    for file in ["keygate.toml", "bi-import-key", "bi-export-key", "ca.crt", "intercept.crt", "intercept.key"]
+    {
         assert!(dir.join(file).exists(), "the banner's directory holds {file}");
     }
+    // The run's CA: its certificate only (its key was never written), named on the banner.
+    let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    assert!(ca.contains("BEGIN CERTIFICATE") && !ca.contains("PRIVATE KEY"), "{ca}");
+    assert!(printed.contains(&format!("ca       {}", dir.join("ca.crt").display())), "{printed}");
+    assert!(printed.contains("HTTPS_PROXY=http://"), "how an unmodified client is pointed: {printed}");
     let original = key_fingerprint(&dir.join("bi-import-key"));
     assert!(printed.contains(&format!("bi_import sha256:{original}")), "{printed}");
 
@@ -220,17 +263,18 @@ async fn run_step(step: &Step, process: &Keygate, dir: &Path, original: &str) {
         "rotate" => rotate(c, dir, original).await,
         "restore" => {
             shell(&c[0]);
-            eventually("the old fingerprint back in /config", SOON, || async {
-                fingerprints(&curl(&c[1]).await.text)["bi_import"] == original
+            eventually("the rejection cleared in /config", SOON, || async {
+                let shown = curl(&c[1]).await.text;
+                rejected(&shown).is_empty() && fingerprints(&shown)["bi_import"] == original
             })
             .await;
-            assert_eq!(curl(&c[2]).await.reply.status, 201, "the old key is accepted again");
+            assert_eq!(curl(&c[2]).await.reply.status, 201, "the old key is still accepted");
         }
         "metrics" => {
             let shown = curl(&c[0]).await.text;
             for line in [
-                "keygate_requests_total{caller=\"local\",code=\"201\",operation=\"upsert\",route=\"bi-import\"} 2",
-                "keygate_requests_total{caller=\"local\",code=\"401\",operation=\"upsert\",route=\"bi-import\"} 1",
+                // The push, the push during the rejected rotation, the push after it.
+                "keygate_requests_total{caller=\"local\",code=\"201\",operation=\"upsert\",route=\"bi-import\"} 3",
                 "keygate_requests_total{caller=\"local\",code=\"403\",operation=\"-\",route=\"bi-export\"} 1",
                 "keygate_requests_total{caller=\"-\",code=\"403\",operation=\"-\",route=\"bi-import\"} 1",
                 "keygate_requests_total{caller=\"-\",code=\"200\",operation=\"list_tables\",route=\"bi-export\"} 1",
@@ -239,13 +283,33 @@ async fn run_step(step: &Step, process: &Keygate, dir: &Path, original: &str) {
                 assert!(shown.lines().any(|l| l == line), "metrics lack {line}:\n{shown}");
             }
             assert!(shown.lines().all(|l| l.starts_with("keygate_requests_total{")), "{shown}");
+            assert!(!shown.contains("code=\"401\""), "a rotation never made a request fail:\n{shown}");
+        }
+        "proxy_push" => {
+            let shown = curl(&c[0]).await;
+            assert_eq!(shown.reply.status, 201, "{}", shown.text);
+            assert_eq!(shown.reply.header("content-type").as_deref(), Some(IMPORT_JSON));
+        }
+        "proxy_tables" => {
+            let shown = curl(&c[0]).await;
+            assert_eq!(shown.reply.status, 200);
+            assert!(shown.text.contains("\"orders\""), "tables: {}", shown.text);
+        }
+        "proxy_refusal" => {
+            let Command::Curl(request) = &c[0] else { panic!() };
+            assert!(request.headers, "`curl -i` shows the x-keygate-error header");
+            let reply = curl(&c[0]).await.reply;
+            // assert_refusal checks the Import API's {code, message, reasons} shape too.
+            reply.assert_refusal(403, "client_mismatch");
+            assert_eq!(reply.header("content-type").as_deref(), Some(IMPORT_JSON));
         }
         other => panic!("no assertions for step {other}: every printed step must be run"),
     }
 }
 
-/// The key rotation: the old key is copied aside, a new one saved by rename; `/config`
-/// shows its fingerprint, the sandbox answers the push 401 itself, and keygate counts it.
+/// The key rotation: the old key is copied aside, a new one saved by rename; keygate
+/// proves it, the sandbox refuses it, `/config` shows it rejected beside the running key,
+/// the push still succeeds, and keygate counts the rejection.
 async fn rotate(c: &[Command], dir: &Path, original: &str) {
     for line in &c[..3] {
         shell(line);
@@ -260,20 +324,23 @@ async fn rotate(c: &[Command], dir: &Path, original: &str) {
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "the new key file is private: {mode:o}");
     }
-    let shown = eventually("the new fingerprint in /config", SOON, || async {
+    // Proven before use, refused by the sandbox: the running key stays.
+    let shown = eventually("the new key rejected in /config", SOON, || async {
         let shown = curl(&c[3]).await.text;
-        (fingerprints(&shown)["bi_import"] == rotated).then_some(shown)
+        (rejected(&shown).get("bi_import") == Some(&rotated)).then_some(shown)
     })
     .await;
+    assert_eq!(fingerprints(&shown)["bi_import"], original, "the running key stays in use");
     assert!(!shown.contains(&std::fs::read_to_string(&key).unwrap()), "/config shows no key");
     let Command::Curl(push) = &c[4] else { panic!() };
-    assert!(push.headers, "`curl -i` shows that no x-keygate-error came with the 401");
-    let refused = curl(&c[4]).await.reply;
-    assert_eq!((refused.status, refused.header("x-keygate-error")), (401, None), "{}", refused.text());
+    assert!(push.headers, "`curl -i` shows that the push still goes through");
+    let pushed = curl(&c[4]).await.reply;
+    assert_eq!((pushed.status, pushed.header("x-keygate-error")), (201, None), "{}", pushed.text());
     let counted = curl(&c[5]).await.text;
-    assert!(
-        counted.lines().any(|l| l == "keygate_upstream_auth_failures_total{route=\"bi-import\"} 1"),
-        "{counted}"
+    assert_eq!(
+        counted,
+        "keygate_secret_verifications_total{result=\"rejected\",secret=\"bi_export\"} 0\n\
+         keygate_secret_verifications_total{result=\"rejected\",secret=\"bi_import\"} 1\n"
     );
 }
 

@@ -97,6 +97,9 @@ fn dashboard_uses_the_datasource_variable() {
         "time() - keygate_secret_loaded_timestamp_seconds",
         "keygate_requests_in_flight",
         "keygate_connections_open",
+        "keygate_secret_candidate",
+        "keygate_secret_verifications_total",
+        "keygate_secret_fallbacks_total",
     ] {
         assert!(all.contains(needle), "the dashboard shows nothing of {needle}");
     }

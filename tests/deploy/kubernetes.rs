@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use crate::kit::*;
 use crate::support::tools::have_tool;
-use crate::{CRD_API_VERSION, K8S_VERSIONS};
+use crate::{CRD_API_VERSIONS, K8S_VERSIONS};
 
 fn port_of(addr: &str) -> Option<u64> {
     addr.rsplit_once(':')?.1.parse().ok()
@@ -32,8 +32,9 @@ fn kubernetes_manifests_validate_against_schemas() {
     let mut crd_kinds = BTreeSet::new();
     for f in &files {
         for doc in yaml_docs(f) {
-            if doc["apiVersion"] == CRD_API_VERSION {
-                crd_kinds.insert(doc["kind"].as_str().unwrap_or("?").to_string());
+            let api = doc["apiVersion"].as_str().unwrap_or("?");
+            if CRD_API_VERSIONS.contains(&api) {
+                crd_kinds.insert((doc["kind"].as_str().unwrap_or("?").to_string(), api.to_string()));
             } else {
                 expected_passes += 1;
             }
@@ -48,10 +49,8 @@ fn kubernetes_manifests_validate_against_schemas() {
         // A document without a schema only warns (exit 0): a typo in apiVersion would
         // pass silently. Only the CRDs may lack one.
         for line in report.lines().filter(|l| !l.starts_with("INFO")) {
-            let crd = crd_kinds.iter().any(|k| {
-                line.contains(&format!(
-                    "Couldn't find schema for kind {k} with api version {CRD_API_VERSION}"
-                ))
+            let crd = crd_kinds.iter().any(|(kind, api)| {
+                line.contains(&format!("Couldn't find schema for kind {kind} with api version {api}"))
             });
             assert!(crd, "kubernetes-validate (k8s {version}): {line}");
         }
@@ -64,6 +63,8 @@ pub struct Manifests {
     pub deployment: Json,
     pub config_map: Json,
     pub pod_monitor: Json,
+    pub certificate: Json,
+    pub issuer: Json,
 }
 
 pub fn manifests() -> Manifests {
@@ -79,7 +80,13 @@ pub fn manifests() -> Manifests {
         assert_eq!(docs.len(), 1, "expected one {kind} under deploy/kubernetes");
         docs.remove(0)
     };
-    Manifests { deployment: one("Deployment"), config_map: one("ConfigMap"), pod_monitor: one("PodMonitor") }
+    Manifests {
+        deployment: one("Deployment"),
+        config_map: one("ConfigMap"),
+        pod_monitor: one("PodMonitor"),
+        certificate: one("Certificate"),
+        issuer: one("Issuer"),
+    }
 }
 
 pub fn pod_spec(m: &Manifests) -> &Json {
@@ -310,7 +317,8 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
         .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
         .filter_map(|e| e["value"].as_str().map(str::to_string))
         .collect();
-    for r in &routes {
+    // Host routes are reached through the proxy variables instead (checked below).
+    for r in routes.iter().filter(|r| r.get("host").is_none()) {
         let prefix = r.get("prefix").and_then(|p| p.as_str()).unwrap_or("?");
         let url = format!("http://{listen}{prefix}");
         check(app_urls.contains(&url), format!("no app container is pointed at {url}"));
@@ -367,5 +375,89 @@ fn kubernetes_manifests_agree_with_embedded_keygate_toml() {
         "keygate needs seccompProfile RuntimeDefault".into(),
     );
 
+    assert!(errors.is_empty(), "deploy/kubernetes:\n- {}", errors.join("\n- "));
+}
+
+/// The value of the environment variable `name` of container `c`.
+fn env<'a>(c: &'a Json, name: &str) -> Option<&'a str> {
+    c["env"].as_array()?.iter().find(|e| e["name"] == name)?["value"].as_str()
+}
+
+#[test]
+fn kubernetes_manifests_intercept_the_vendor_hosts_for_unmodified_clients() {
+    if !have_pyyaml("kubernetes_manifests_intercept_the_vendor_hosts_for_unmodified_clients") {
+        return;
+    }
+    let m = manifests();
+    let pod = pod_spec(&m);
+    let kg = keygate_container(pod);
+    let (cfg, _) = embedded_config(&m);
+    let mut errors: Vec<String> = Vec::new();
+    let mut check = |ok: bool, msg: String| {
+        if !ok {
+            errors.push(msg);
+        }
+    };
+    let routes = cfg.get("routes").and_then(|r| r.as_array()).cloned().unwrap_or_default();
+    let hosts: BTreeSet<&str> = routes.iter().filter_map(|r| r.get("host")?.as_str()).collect();
+    check(hosts.contains("connect.rjmetrics.com"), "no route names connect.rjmetrics.com".into());
+
+    // The certificate names exactly the routed hosts, no wildcard, from the Issuer.
+    let spec = &m.certificate["spec"];
+    let names: BTreeSet<&str> =
+        spec["dnsNames"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
+    check(names == hosts, format!("Certificate dnsNames {names:?} are not the routed hosts {hosts:?}"));
+    check(
+        spec["issuerRef"]["name"] == m.issuer["metadata"]["name"] && spec["issuerRef"]["kind"] == "Issuer",
+        format!("the Certificate's issuerRef {} is not the Issuer", spec["issuerRef"]),
+    );
+    check(m.issuer["spec"]["ca"]["secretName"].is_string(), "the Issuer is not a CA issuer".into());
+    check(spec["privateKey"]["rotationPolicy"] == "Always", "the intercept key is not rotated".into());
+
+    // keygate reads the issued pair from the Certificate's Secret, mounted as a directory.
+    let secret = spec["secretName"].as_str().unwrap_or("?");
+    let mount = kg["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|vm| volume(pod, vm["name"].as_str().unwrap_or(""))["secret"]["secretName"] == secret);
+    let dir = mount.and_then(|vm| vm["mountPath"].as_str()).unwrap_or("?");
+    for field in ["cert", "key"] {
+        let path = toml_str(&cfg, &["server", "intercept", field]).unwrap_or("?");
+        check(
+            path.starts_with(&format!("{dir}/")),
+            format!("[server.intercept] {field} {path} is not in {secret}"),
+        );
+    }
+    // The CA's key is mounted nowhere.
+    let ca_key = m.issuer["spec"]["ca"]["secretName"].as_str().unwrap_or("?");
+    for v in pod["volumes"].as_array().into_iter().flatten() {
+        check(v["secret"]["secretName"] != ca_key, format!("volume {} mounts the CA's key", v["name"]));
+    }
+
+    // The app: both proxy variables in both cases, NO_PROXY, and the CA bundle from a
+    // ConfigMap (public certificates only).
+    let listen = toml_str(&cfg, &["server", "listen"]).unwrap_or("");
+    let proxy = format!("http://{listen}");
+    for app in containers(pod).filter(|c| c["name"] != "keygate") {
+        for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+            check(env(app, var) == Some(proxy.as_str()), format!("{}: {var} is not {proxy}", app["name"]));
+        }
+        for var in ["NO_PROXY", "no_proxy"] {
+            let list = env(app, var).unwrap_or("");
+            check(
+                list.split(',').any(|h| h == "127.0.0.1"),
+                format!("{}: {var} lacks 127.0.0.1", app["name"]),
+            );
+        }
+        for var in ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"] {
+            let file = env(app, var).unwrap_or("?");
+            let from_config_map = app["volumeMounts"].as_array().into_iter().flatten().any(|vm| {
+                file.starts_with(&format!("{}/", vm["mountPath"].as_str().unwrap_or("?")))
+                    && volume(pod, vm["name"].as_str().unwrap_or(""))["configMap"].is_object()
+            });
+            check(from_config_map, format!("{}: {var} {file} is not on a ConfigMap mount", app["name"]));
+        }
+    }
     assert!(errors.is_empty(), "deploy/kubernetes:\n- {}", errors.join("\n- "));
 }

@@ -33,8 +33,12 @@ use std::path::PathBuf;
 /// sidecars (restartable init containers) on by default, and a current one.
 const K8S_VERSIONS: [&str; 2] = ["1.29.0", "1.33.0"];
 
-/// The only kinds without a schema in kubernetes-validate; checked structurally instead.
+/// The PodMonitor's API: one of the kinds without a schema in kubernetes-validate.
 const CRD_API_VERSION: &str = "monitoring.coreos.com/v1";
+
+/// Every API without a schema in kubernetes-validate (the PodMonitor's, cert-manager's);
+/// their kinds are checked structurally instead.
+const CRD_API_VERSIONS: [&str; 2] = [CRD_API_VERSION, "cert-manager.io/v1"];
 
 /// Metric names from the contract (`docs/metrics.md`). Histograms are listed by base name.
 const CONTRACT_METRICS: &[&str] = &[
@@ -52,7 +56,11 @@ const CONTRACT_METRICS: &[&str] = &[
     "keygate_config_last_reload_success_timestamp_seconds",
     "keygate_config_generation",
     "keygate_secret_loaded_timestamp_seconds",
+    "keygate_secret_candidate",
+    "keygate_secret_verifications_total",
+    "keygate_secret_fallbacks_total",
     "keygate_tls_cert_expiry_timestamp_seconds",
+    "keygate_intercept_cert_expiry_timestamp_seconds",
     "keygate_build_info",
 ];
 const CONTRACT_HISTOGRAMS: &[&str] =

@@ -1,5 +1,5 @@
 //! Every metric the alerting rules and the dashboard use exists in a real scrape of the
-//! built binary: with a serving certificate, traffic of every kind (forwarded and
+//! built binary: with a serving and an intercept certificate, traffic of every kind (forwarded and
 //! refused by the upstream, a connect error, an allow-list refusal, no route) and a
 //! reload, so that the labelled series exist.
 
@@ -64,6 +64,10 @@ async fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
     let serving = ca.issue(vec![dns("localhost")], false);
     let cert = private("keygate.crt", &serving.cert_pem);
     let key = private("keygate.key", &serving.key_pem);
+    // And an intercept certificate, so keygate_intercept_cert_expiry_timestamp_seconds exists.
+    let intercepting = ca.issue(vec![dns("vendor.example")], false);
+    let intercept_cert = private("intercept.crt", &intercepting.cert_pem);
+    let intercept_key = private("intercept.key", &intercepting.key_pem);
     let secret = private("test-key", "deploy-kit-test-key-0123456789");
     let refusing = FakeUpstream::start(status(401)).await;
     let upstream = refusing.url();
@@ -82,12 +86,14 @@ async fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
     };
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\nworker_threads = 1\n\n\
-         [server.tls]\ncert = {}\nkey = {}\n\n\
+         [server.tls]\ncert = {}\nkey = {}\n\n[server.intercept]\ncert = {}\nkey = {}\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\n\n\
          [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
          [secrets.test]\nfile = {}\n\n{}{}{}",
         q(&cert),
         q(&key),
+        q(&intercept_cert),
+        q(&intercept_key),
         q(&secret),
         // Answered 401 by the upstream; the shadow list refuses loopback callers.
         route("ok", &upstream, "127.0.0.0/8", "shadow_allow = [\"10.0.0.0/8\"]"),

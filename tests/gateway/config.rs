@@ -111,7 +111,9 @@ fn unknown_key_is_refused() {
     let path = dir.config("127.0.0.1:0", &IMPORT.replace("allow =", "alow = [\"x\"]\nallow ="));
     assert_refused(
         &path,
-        &["routes[0] \"bi-import\": alow: unknown key at line 16, column 1; the keys here are name, prefix"],
+        &[
+            "routes[0] \"bi-import\": alow: unknown key at line 16, column 1; the keys here are name, host, prefix",
+        ],
     );
     let path = dir.config("127.0.0.1:0", &format!("{IMPORT}\n[server.limits]\nmax = 1\n"));
     assert_refused(&path, &["server: limits: unknown key"]);

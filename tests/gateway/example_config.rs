@@ -78,7 +78,11 @@ fn no_secrets_still_finds_every_structural_problem_and_says_what_it_did_not_read
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keygate.toml"))
         .unwrap()
         .replace("allow = [\"etl\"]\noperations", "allow = [\"etl\", \"10.1.2.3/8\"]\noperaions")
-        .replace("secret = \"bi_export\"", "secret = \"bi_exprot\"");
+        .replace("secret = \"bi_export\"", "secret = \"bi_exprot\"")
+        // The intercept certificate is a TLS file: named, not read.
+        .replace("# [server.intercept]\n# cert", "[server.intercept]\ncert")
+        .replace("# key = \"/run/secrets/keygate/intercept", "key = \"/run/secrets/keygate/intercept");
+    assert!(text.contains("\n[server.intercept]\ncert = \"/run/secrets/keygate/intercept/tls.crt\"\nkey = "));
     let config = dir.path().join("keygate.toml");
     std::fs::write(&config, text).unwrap();
     let out = run(&["check", "--no-secrets", "-c", config.to_str().unwrap()]);

@@ -155,7 +155,7 @@ proptest! {
             if !checked {
                 continue;
             }
-            let found = snapshot.routes.find(path).map(|(r, rest)| (r.name.clone(), rest.to_owned()));
+            let found = snapshot.routes.find(None, path).map(|(r, rest)| (r.name.clone(), rest.to_owned()));
             let want = model_route(&pre, path).map(|(i, rest)| (format!("r{i}"), rest.to_owned()));
             prop_assert_eq!(found, want, "path {:?}, prefixes {:?}", path, pre);
         }

@@ -123,8 +123,15 @@ async fn no_key_appears_in_anything_a_caller_or_operator_can_see() {
     kg.sighup();
     let admin_get =
         |path: &'static str| async move { send(admin, request(Method::GET, path, &[], b"")).await };
-    eventually("generation 2", Duration::from_secs(10), || async {
-        admin_get("/config").await.json()["generation"] == 2
+    // The echo upstream accepts every key, so the rotated one is proven and promoted.
+    let rotated = crate::support::keys::fingerprint(ROTATED);
+    eventually("the rotated key in use", Duration::from_secs(10), || async {
+        let config = admin_get("/config").await.json();
+        config["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "imp" && s["fingerprint"] == rotated)
     })
     .await;
     let r = send(
@@ -135,11 +142,12 @@ async fn no_key_appears_in_anything_a_caller_or_operator_can_see() {
     assert_eq!(r.status, 401);
     seen += &r.dump();
     assert!(
-        upstream.recorded().iter().any(|r| r
-            .query
-            .as_deref()
-            .unwrap_or("")
-            .contains("SENTINEL-rotated%2Fkey4"))
+        upstream
+            .recorded()
+            .iter()
+            .any(|r| r.method == "POST"
+                && r.query.as_deref().unwrap_or("").contains("SENTINEL-rotated%2Fkey4")),
+        "a caller's request carried the rotated key"
     );
     let broken = format!("{}\n[secrets.oops]\nvalue = \"{BROKEN}\n", config(d, upstream.addr, closed));
     write(&cfg_path, &broken);

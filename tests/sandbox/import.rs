@@ -4,6 +4,7 @@
 use http::Method;
 use serde_json::{Value, json};
 
+use crate::support::client::IMPORT_JSON;
 use crate::support::keys::CID;
 use crate::{
     EXPORT_KEY, IMPORT_KEY, bad_request, call, data_path, export_and_download, export_get, get, push, start,
@@ -188,4 +189,24 @@ async fn upsert_replaces_rows_with_the_same_key() {
     assert_eq!(push(&sb, "items", r#"{"keys":["id"],"id":1,"name":"new"}"#).await.status, 201);
     let (_, download) = export_and_download(&sb, "items").await;
     assert_eq!(unzip_single(&download.body, "items.csv"), "id,name\r\n1,new\r\n2,b\r\n");
+}
+
+#[tokio::test]
+async fn import_answers_are_labelled_so_every_official_client_reads_them() {
+    // Not exactly `application/json`: the JS client's HTTP library would parse that
+    // itself and the client's own JSON.parse would then throw.
+    let sb = start().await;
+    let answers = [
+        get(&sb, "/").await,
+        get(&sb, &format!("/v2/client/{CID}/authenticate?apikey={IMPORT_KEY}")).await,
+        get(&sb, &format!("/v2/client/{CID}/authenticate?apikey={EXPORT_KEY}")).await,
+        push(&sb, "orders", r#"[{"keys":["id"],"id":1}]"#).await,
+        push(&sb, "orders", r#"[{"id":1}]"#).await,
+        get(&sb, &format!("/v2/client/{CID}/nowhere?apikey={IMPORT_KEY}")).await,
+    ];
+    for reply in &answers {
+        assert_eq!(reply.header("content-type").as_deref(), Some(IMPORT_JSON), "{}", reply.text());
+        let _: Value = reply.json();
+    }
+    assert_eq!(answers.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 200, 401, 201, 400, 404]);
 }

@@ -18,6 +18,10 @@ use tokio::net::TcpStream;
 
 use super::keys::{EXPORT_KEY, GENERIC_KEY, IMPORT_KEY, QUERY_SENTINEL, SECRET};
 
+/// The label of keygate's refusals on `rjmetrics-import` routes (and of the sandbox's
+/// import answers).
+pub const IMPORT_JSON: &str = "application/vnd.keygate.import+json";
+
 /// How long any one read may take before the test fails instead of hanging.
 pub const READ_LIMIT: Duration = Duration::from_secs(10);
 
@@ -72,22 +76,37 @@ impl Reply {
         self.echo()["key"].as_str().unwrap_or_default().to_owned()
     }
 
-    /// Asserts this is keygate's own refusal: status, `x-keygate-error`, JSON content
-    /// type, exactly `{"error": code, "message": <non-empty sentence>}`, and no sentinel
-    /// key or caller query in the body or any header.
+    /// Asserts this is keygate's own refusal: status, `x-keygate-error`, and a body in
+    /// one of keygate's two shapes, checked exactly by its label: `application/json`
+    /// holds exactly `{"error": code, "message": <non-empty sentence>}`; the import
+    /// routes' [`IMPORT_JSON`] holds exactly `{"code": status, "message", "reasons":
+    /// [<non-empty sentence>], "error": code}`. No sentinel key or caller query in the
+    /// body or any header.
     #[track_caller]
     pub fn assert_refusal(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "status for {code}; body: {}", self.text());
         assert_eq!(self.header("x-keygate-error").as_deref(), Some(code), "x-keygate-error");
-        assert_eq!(self.header("content-type").as_deref(), Some("application/json"));
         let body = self.json();
         let object = body.as_object().unwrap_or_else(|| panic!("not an object: {body}"));
         let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["error", "message"], "body shape: {body}");
         assert_eq!(body["error"], code);
-        let message = body["message"].as_str().expect("message is a string");
-        assert!(!message.is_empty());
+        let sentence = match self.header("content-type").as_deref() {
+            Some("application/json") => {
+                assert_eq!(keys, ["error", "message"], "body shape: {body}");
+                body["message"].clone()
+            }
+            Some(IMPORT_JSON) => {
+                assert_eq!(keys, ["code", "error", "message", "reasons"], "body shape: {body}");
+                assert_eq!(body["code"], status, "{body}");
+                assert_eq!(body["reasons"].as_array().map(Vec::len), Some(1), "{body}");
+                body["reasons"][0].clone()
+            }
+            other => {
+                panic!("keygate's refusals are labelled application/json or {IMPORT_JSON}, not {other:?}")
+            }
+        };
+        assert!(!sentence.as_str().expect("a sentence").is_empty());
         let sentinels = [QUERY_SENTINEL, SECRET, IMPORT_KEY, EXPORT_KEY, GENERIC_KEY];
         let text = self.text();
         for sentinel in sentinels {

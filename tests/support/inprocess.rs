@@ -152,6 +152,13 @@ impl GatewayBuilder {
         let text = self.config_text();
         TestGateway::start_in(self.dir, &text, false).await
     }
+
+    /// [`GatewayBuilder::start`], with keygate reloading the config and every file it
+    /// names on change.
+    pub async fn start_watched(self) -> TestGateway {
+        let text = self.config_text();
+        TestGateway::start_in(self.dir, &text, true).await
+    }
 }
 
 impl Default for GatewayBuilder {

@@ -12,7 +12,9 @@
 //! - [`metrics`]: the reader of Prometheus text.
 //! - [`tls`]: certificates made at test time.
 //! - [`files`]: writing files as editors and the kubelet do.
-//! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools.
+//! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools;
+//!   [`python`]: the vendor's Python client in a virtual environment; [`tunnel`]:
+//!   `CONNECT` tunnels through keygate, as a client behind `HTTPS_PROXY` opens them.
 
 // Each test group uses a different part of this module.
 #![allow(dead_code)]
@@ -24,7 +26,9 @@ pub mod keys;
 pub mod metrics;
 pub mod poll;
 pub mod process;
+pub mod python;
 pub mod raw;
 pub mod tls;
 pub mod tools;
+pub mod tunnel;
 pub mod upstream;

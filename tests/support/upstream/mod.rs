@@ -11,10 +11,13 @@
 //! - [`FakeUpstream::trailers`]: a chunked answer with trailers nobody asked for.
 //! - [`FakeUpstream::silent`]: accepts connections and never reads or answers.
 //!
-//! Also: the deterministic byte [`pattern`] the streaming tests send and verify, and
-//! [`closed_port`], an address where nothing listens.
+//! Also: the deterministic byte [`pattern`] the streaming tests send and verify,
+//! [`closed_port`], an address where nothing listens, [`FakeUpstream::go_down`] and
+//! [`FakeUpstream::start_at`] to take an upstream away and bring it back on the same
+//! address, and the [`keyed`] BI upstream that accepts a changeable set of keys.
 
 pub mod faults;
+pub mod keyed;
 pub mod pattern;
 
 use std::convert::Infallible;
@@ -161,6 +164,8 @@ pub(super) struct State {
     written: AtomicU64,
     handshakes_failed: AtomicUsize,
     gate: watch::Sender<bool>,
+    /// Every connection's task, so that [`FakeUpstream::go_down`] can end them.
+    conns: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// A running fake upstream; stops accepting when dropped.
@@ -181,6 +186,21 @@ impl FakeUpstream {
     /// Plain HTTP served by hyper, answering as `handler` says.
     pub async fn start(handler: Handler) -> FakeUpstream {
         FakeUpstream::launch(Speaks::Http(handler), None).await
+    }
+
+    /// Plain HTTP served by hyper on `addr` (one an upstream that went down left free).
+    pub async fn start_at(addr: SocketAddr, handler: Handler) -> FakeUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr} again: {e}"));
+        FakeUpstream::serve(listener, Speaks::Http(handler), None)
+    }
+
+    /// Stops accepting and ends every open connection at once, as a crashed upstream:
+    /// connecting is refused and pooled connections are closed.
+    pub fn go_down(&self) {
+        self.task.abort();
+        for conn in self.state.conns.lock().expect("lock").drain(..) {
+            conn.abort();
+        }
     }
 
     /// HTTPS with the given server config (see [`super::tls`]), answering as `handler` says.
@@ -212,6 +232,10 @@ impl FakeUpstream {
 
     async fn launch(speaks: Speaks, tls: Option<Arc<rustls::ServerConfig>>) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        FakeUpstream::serve(listener, speaks, tls)
+    }
+
+    fn serve(listener: TcpListener, speaks: Speaks, tls: Option<Arc<rustls::ServerConfig>>) -> FakeUpstream {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State {
             recorded: Mutex::default(),
@@ -219,13 +243,17 @@ impl FakeUpstream {
             written: AtomicU64::new(0),
             handshakes_failed: AtomicUsize::new(0),
             gate: watch::channel(false).0,
+            conns: Mutex::default(),
         });
         let (is_tls, st) = (tls.is_some(), state.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let conn = st.accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(accept(stream, conn, tls.clone(), speaks.clone(), st.clone()));
+                let task = tokio::spawn(accept(stream, conn, tls.clone(), speaks.clone(), st.clone()));
+                let mut conns = st.conns.lock().expect("lock");
+                conns.retain(|c| !c.is_finished());
+                conns.push(task.abort_handle());
             }
         });
         FakeUpstream { addr, tls: is_tls, state, task }
