@@ -204,6 +204,38 @@ fn own_body(headers: &mut HeaderMap, code: &'static str, message: &str) -> Proxy
     body::full(serde_json::json!({ "error": code, "message": message }).to_string())
 }
 
+/// keygate's answer to a re-batched upsert (docs/errors.md, "Batched upserts"): the
+/// Import API's shape, `{"code","message","reasons","batches"}`, with
+/// `x-keygate-batches: <count>` and, when the failing batch was answered 429 with one,
+/// its `Retry-After`. The status is the answer's (201, or the first failing batch's).
+pub(crate) fn batch_answer(
+    status: StatusCode,
+    message: &str,
+    reasons: &[String],
+    batches: serde_json::Value,
+    retry_after: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    let count = batches.as_array().map_or(0, Vec::len);
+    let body = serde_json::json!({
+        "code": status.as_u16(),
+        "message": message,
+        "reasons": reasons,
+        "batches": batches,
+    });
+    let mut response = Response::new(body::full(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(BATCHES_HEADER, HeaderValue::from(count));
+    if let Some(value) = retry_after {
+        headers.insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Name of the header on a re-batched upsert's answer: how many batches it was.
+pub(crate) const BATCHES_HEADER: &str = "x-keygate-batches";
+
 /// Why an upstream call failed (the `kind` label of `keygate_upstream_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {

@@ -20,6 +20,7 @@
 mod access;
 pub mod admin;
 pub mod app;
+mod batch;
 mod body;
 pub mod caller;
 pub mod cli;
@@ -29,6 +30,7 @@ mod conn;
 pub mod demo;
 mod error;
 pub mod gateway;
+mod guard;
 pub mod metrics;
 mod proxy;
 mod reload;

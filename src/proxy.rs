@@ -16,10 +16,10 @@ use crate::config::Snapshot;
 use crate::conn::ConnInfo;
 use crate::error::{Refusal, UpstreamFailure};
 use crate::gateway::Gateway;
-use crate::rewrite;
 use crate::routes::{Kind, Route, Target, check_path, upsert};
 use crate::scrub;
 use crate::upstream::Lease;
+use crate::{batch, guard, rewrite};
 
 /// Handles one request end to end. Never fails: refusals are responses. `guard` (the
 /// connection's own bookkeeping) is kept until the response's last byte, after the
@@ -75,7 +75,22 @@ async fn pipeline(
         return Err(Refusal::BodyTooLarge);
     }
     // Only now is the request rewritten and its body read: strip, inject, body.
-    let upstream_request = build_request(snapshot, &route, &target, request, bytes_in).await?;
+    let upstream_request = match build_request(snapshot, &route, &target, request, bytes_in).await? {
+        Built::One(request) => request,
+        // More records than the vendor takes in one upsert: sent as batches, and
+        // answered for all of them (src/batch.rs).
+        Built::Batches(plan) => {
+            let (response, status) = Box::pin(batch::send_all(gw, &route, &target, plan, bytes_in)).await;
+            exchange.upstream_status = status;
+            return Ok(response);
+        }
+    };
+    // The vendor allows one update-status call a minute per client id: answers are
+    // shared by every caller (src/guard).
+    if target.operation == "update_status" && !route.limits.update_status_ttl.is_zero() {
+        let request = upstream_request;
+        return Box::pin(guard::serve(gw, snapshot, &route, &target, request, bytes_in, exchange)).await;
+    }
     let (response, lease) = send(gw, &route, &target, upstream_request, bytes_in).await?;
     exchange.upstream_status = Some(response.status());
     Ok(downstream(snapshot, &route, response, lease).await)
@@ -125,7 +140,7 @@ fn admit(
 
 /// Sends the request and times it. A `101` and every failure become refusals; a 401
 /// or 403 is counted, since it means the key or the egress address was refused.
-async fn send(
+pub(crate) async fn send(
     gw: &Gateway,
     route: &Route,
     target: &Target,
@@ -196,6 +211,13 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// What the caller's request becomes upstream.
+enum Built {
+    One(Request<ProxyBody>),
+    /// An import upsert of more than 100 records, re-batched.
+    Batches(batch::Plan),
+}
+
 /// Turns the caller's request into the upstream's: strip, then inject, then body.
 async fn build_request(
     snapshot: &Snapshot,
@@ -203,7 +225,7 @@ async fn build_request(
     target: &Target,
     request: Request<Incoming>,
     bytes_in: &Arc<Meter>,
-) -> Result<Request<ProxyBody>, Refusal> {
+) -> Result<Built, Refusal> {
     let (parts, incoming) = request.into_parts();
     let credential = &route.credential;
     // Removal works on the caller's headers and query before the real credential is
@@ -222,18 +244,30 @@ async fn build_request(
         .upstream
         .uri(&target.path, query.as_deref())
         .map_err(|_| Refusal::InvalidPath("the path cannot be forwarded"))?;
-    let body = request_body(snapshot, route, target, &parts, incoming, bytes_in).await?;
+    let body = match request_body(snapshot, route, target, &parts, incoming, bytes_in).await? {
+        Body::One(body) => body,
+        Body::Batches(batches) => {
+            return Ok(Built::Batches(batch::Plan { method: parts.method, uri, headers, batches }));
+        }
+    };
 
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = headers;
-    Ok(out)
+    Ok(Built::One(out))
 }
 
-/// The body sent upstream: a checked upsert whole, nothing for a BI `GET`, anything
-/// else streamed within the route's limit and the idle timeout.
+/// A request body as it goes upstream.
+enum Body {
+    One(ProxyBody),
+    /// The records of an upsert too large for one, split in order.
+    Batches(Vec<upsert::Batch>),
+}
+
+/// The body sent upstream: a checked upsert whole (or, past 100 records, split), nothing
+/// for a BI `GET`, anything else streamed within the route's limit and the idle timeout.
 async fn request_body(
     snapshot: &Snapshot,
     route: &Route,
@@ -241,7 +275,7 @@ async fn request_body(
     parts: &http::request::Parts,
     incoming: Incoming,
     bytes_in: &Arc<Meter>,
-) -> Result<ProxyBody, Refusal> {
+) -> Result<Body, Refusal> {
     let limit = Some(route.max_body_bytes);
     let idle = Some(snapshot.server.idle_timeout);
     let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
@@ -249,12 +283,18 @@ async fn request_body(
         // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
         let bytes = Box::pin(metered.collect()).await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
         // The first problem is the answer (the sandbox, like the vendor, lists them all).
-        if let Err(problems) = upsert::check(&bytes) {
-            return Err(Refusal::InvalidBody(
-                problems.into_iter().next().map_or_else(String::new, |p| p.to_string()),
-            ));
-        }
-        return Ok(body::full(bytes));
+        let first = |problems: Vec<upsert::Problem>| {
+            Refusal::InvalidBody(problems.into_iter().next().map_or_else(String::new, |p| p.to_string()))
+        };
+        return match upsert::check(&bytes) {
+            Ok(_) => Ok(Body::One(body::full(bytes))),
+            Err(problems) if upsert::only_too_many(&problems) => {
+                upsert::split(&bytes, upsert::MAX_RECORDS, upsert::MAX_BATCH_BYTES)
+                    .map(Body::Batches)
+                    .map_err(first)
+            }
+            Err(problems) => Err(first(problems)),
+        };
     }
     if matches!(route.kind, Kind::Preset { .. })
         && (parts.method == Method::GET || parts.method == Method::HEAD)
@@ -265,9 +305,9 @@ async fn request_body(
         {
             return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
         }
-        return Ok(body::empty());
+        return Ok(Body::One(body::empty()));
     }
-    Ok(metered.boxed_unsync())
+    Ok(Body::One(metered.boxed_unsync()))
 }
 
 fn body_refusal(bytes_in: &Meter) -> Refusal {
@@ -294,7 +334,7 @@ fn upstream_failure(gw: &Gateway, route: &Route, failure: UpstreamFailure, bytes
 /// Cleans the upstream's answer: headers and trailers always; every non-2xx body read
 /// for secrets ([`scrub::body`]); 2xx bodies streamed untouched, with an idle timeout
 /// between chunks.
-async fn downstream(
+pub(crate) async fn downstream(
     snapshot: &Snapshot,
     route: &Route,
     response: Response<Incoming>,

@@ -51,6 +51,7 @@ pub(crate) fn compile_with(
     let tls = f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t));
 
     let routes = routes(&mut ctx, &f.routes, &groups, &secrets, clients);
+    let coordination = super::limits::coordination(&mut ctx, f.coordination.as_ref());
 
     // One scrubber over every loaded secret, whichever route uses it: an upstream can
     // echo another route's key as easily as its own.
@@ -74,6 +75,7 @@ pub(crate) fn compile_with(
         secrets: secrets.into_values().collect(),
         scrub,
         routes: RouteTable::new(routes),
+        coordination,
         tls,
         watched: inputs.named_files(),
         digest: inputs.digest,

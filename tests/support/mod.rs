@@ -12,7 +12,8 @@
 //! - [`metrics`]: the reader of Prometheus text.
 //! - [`tls`]: certificates made at test time.
 //! - [`files`]: writing files as editors and the kubelet do.
-//! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools.
+//! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools,
+//!   the official `rjmetrics` Python client among them; [`redis`]: a real redis-server.
 
 // Each test group uses a different part of this module.
 #![allow(dead_code)]
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod poll;
 pub mod process;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod tools;
 pub mod upstream;

@@ -26,3 +26,36 @@ pub fn have_tool(test: &str, tool: &str, install: &str, probe: &mut Command) -> 
 pub fn have_promtool(test: &str) -> bool {
     have_tool(test, "promtool", "apt-get install prometheus", Command::new("promtool").arg("--version"))
 }
+
+/// The Python of a virtualenv holding the official `rjmetrics` client from PyPI, made
+/// once per target directory; `None` (after saying why, or failing with
+/// `KEYGATE_REQUIRE_TOOLS=1`) when python3 or the package cannot be had. Its old
+/// `setup.py` needs `setuptools<58` and no build isolation.
+pub fn rjmetrics_python(test: &str) -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rjmetrics-venv");
+    let python = venv.join("bin/python");
+    let import = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", "import rjmetrics.client"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !import(&python) {
+        let pip = venv.join("bin/pip");
+        let steps: [&[&str]; 3] = [
+            &["python3", "-m", "venv", venv.to_str().unwrap_or_default()],
+            &[pip.to_str().unwrap_or_default(), "install", "-q", "wheel", "setuptools<58"],
+            &[pip.to_str().unwrap_or_default(), "install", "-q", "--no-build-isolation", "rjmetrics"],
+        ];
+        for step in steps {
+            let _ =
+                Command::new(step[0]).args(&step[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+    let mut probe = Command::new(&python);
+    probe.args(["-c", "import rjmetrics.client"]);
+    have_tool(test, "the rjmetrics Python client", "pip install --no-build-isolation rjmetrics", &mut probe)
+        .then_some(python)
+}
