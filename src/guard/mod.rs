@@ -177,7 +177,24 @@ async fn guarded(
             }
         }
     }
-    // This caller asks for everyone: Redis first, when the fleet shares answers.
+    lead(gw, snapshot, route, target, request, bytes_in, exchange, key, &entry).await
+}
+
+/// What the one caller that asks for everyone does: Redis first, when the fleet shares
+/// answers, then upstream; what it learns is kept for the others.
+#[expect(clippy::too_many_arguments, reason = "the pipeline's own request state, passed on")]
+async fn lead(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    route: &Route,
+    target: &Target,
+    request: Request<ProxyBody>,
+    bytes_in: &Meter,
+    exchange: &mut Exchange,
+    key: &str,
+    entry: &Entry,
+) -> Served {
+    let ttl = route.limits.update_status_ttl;
     let fleet = gw.guard.fleet.get(gw, snapshot);
     let lock = match &fleet {
         Some(fleet) => match fleet.before_call(key, ttl, route.response_timeout).await {
@@ -186,6 +203,7 @@ async fn guarded(
                 for s in &stored {
                     state.keep(s, ttl);
                 }
+                // Another process called: this one's answer comes from Redis.
                 if let Some((response, source)) = state.settled(ttl) {
                     return (Ok(response), source);
                 }

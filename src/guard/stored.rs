@@ -59,7 +59,8 @@ impl Stored {
     pub(super) fn fresh(&self, ttl: Duration) -> Response<ProxyBody> {
         let age = self.age();
         let mut response = self.response(age);
-        let left = ttl.saturating_sub(age).as_secs();
+        // Whole seconds, like `Age`: the two add up to the TTL.
+        let left = ttl.as_secs().saturating_sub(age.as_secs());
         if let Ok(value) = HeaderValue::from_str(&format!("max-age={left}")) {
             response.headers_mut().insert(header::CACHE_CONTROL, value);
         }
