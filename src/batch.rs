@@ -15,7 +15,6 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::body::{self, Meter, Metered, ProxyBody};
@@ -166,14 +165,14 @@ async fn drain(response: Response<hyper::body::Incoming>, mut lease: Lease, idle
 /// The caller's answer: 201 when every batch was stored, else the first failing
 /// batch's status; the body lists every batch.
 fn answer(batches: &[Batch], outcomes: &[Option<Outcome>]) -> (Response<ProxyBody>, Option<StatusCode>) {
-    let listed: Vec<Value> = batches.iter().zip(outcomes).map(|(b, o)| listing(b, o.as_ref())).collect();
+    let listed: Vec<Listing> = batches.iter().zip(outcomes).map(|(b, o)| listing(b, o.as_ref())).collect();
     let records = batches.last().map_or(0, |b| b.to);
     let failing =
         batches.iter().zip(outcomes).find_map(|(b, o)| o.as_ref().filter(|o| !o.stored()).map(|o| (b, o)));
     let Some((first, failure)) = failing else {
         let message = format!("all {records} records were stored, in {} upserts", batches.len());
         return (
-            error::batch_answer(StatusCode::CREATED, &message, &[], Value::Array(listed), None),
+            error::batch_answer(StatusCode::CREATED, &message, &[], &listed, None),
             Some(StatusCode::CREATED),
         );
     };
@@ -199,28 +198,34 @@ fn answer(batches: &[Batch], outcomes: &[Option<Outcome>]) -> (Response<ProxyBod
         }
     }
     let upstream = failure.error.is_none().then_some(failure.status);
-    let response = error::batch_answer(
-        failure.status,
-        &message,
-        &reasons,
-        Value::Array(listed),
-        failure.retry_after.clone(),
-    );
+    let response =
+        error::batch_answer(failure.status, &message, &reasons, &listed, failure.retry_after.clone());
     (response, upstream)
 }
 
 /// One entry of the `batches` list: the record range `[from, to)`, and how it went.
-fn listing(batch: &Batch, outcome: Option<&Outcome>) -> Value {
-    let range = json!([batch.from, batch.to]);
+#[derive(serde::Serialize)]
+struct Listing {
+    records: [usize; 2],
+    sent: bool,
+    status: Option<u16>,
+    attempts: u32,
+    /// keygate's error code when no upstream answer came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+fn listing(batch: &Batch, outcome: Option<&Outcome>) -> Listing {
+    let records = [batch.from, batch.to];
     match outcome {
-        None => json!({ "records": range, "sent": false, "status": null, "attempts": 0 }),
-        Some(o) => {
-            let mut entry = json!({ "records": range, "sent": true, "status": o.status.as_u16(), "attempts": o.attempts });
-            if let Some(code) = o.error {
-                entry["error"] = json!(code);
-            }
-            entry
-        }
+        None => Listing { records, sent: false, status: None, attempts: 0, error: None },
+        Some(o) => Listing {
+            records,
+            sent: true,
+            status: Some(o.status.as_u16()),
+            attempts: o.attempts,
+            error: o.error,
+        },
     }
 }
 

@@ -44,12 +44,22 @@ pub struct Step {
     pub output: Option<&'static str>,
     /// Show only the output lines holding this text.
     pub grep: Option<&'static str>,
+    /// A shell command whose output is the body, piped into curl (`--data-binary @-`).
+    pub body_command: Option<&'static str>,
+    /// Print the response headers too (`curl -i`).
+    pub headers: bool,
 }
 
 impl Step {
     /// The copy-paste `curl` command for this step.
     pub fn curl(&self) -> String {
-        let mut cmd = String::from("curl -s");
+        let mut cmd = match self.body_command {
+            Some(command) => format!("{command} | curl -s"),
+            None => String::from("curl -s"),
+        };
+        if self.headers {
+            cmd.push_str(" -i");
+        }
         if self.method != "GET" {
             let _ = write!(cmd, " -X {}", self.method);
         }
@@ -58,6 +68,9 @@ impl Step {
         }
         if let Some(body) = self.body {
             let _ = write!(cmd, " -d '{body}'");
+        }
+        if self.body_command.is_some() {
+            cmd.push_str(" --data-binary @-");
         }
         if let Some(out) = self.output {
             let _ = write!(cmd, " -o {out}");
@@ -74,8 +87,70 @@ impl Step {
 pub(crate) const ROWS: &str =
     r#"[{"keys":["id"],"id":1,"item":"lamp","total":19.5},{"keys":["id"],"id":2,"item":"desk","total":120}]"#;
 
+/// Prints 1,050 rows for table `events`: more than one upsert may carry.
+pub const BULK_ROWS: &str = r#"awk 'BEGIN { printf "["; for (i = 1; i <= 1050; i++) printf "%s{\"keys\":[\"id\"],\"id\":%d,\"kind\":\"click\"}", (i > 1 ? "," : ""), i; print "]" }'"#;
+
 /// The walkthrough, in order. The end-to-end test runs exactly these steps.
 pub fn walkthrough(ports: &Ports) -> Vec<Step> {
+    let mut steps = basics(ports);
+    steps.extend(vendor_limits(ports));
+    steps
+}
+
+fn blank(title: &'static str, method: &'static str, url: String) -> Step {
+    Step {
+        title,
+        method,
+        url,
+        content_type: None,
+        body: None,
+        output: None,
+        grep: None,
+        body_command: None,
+        headers: false,
+    }
+}
+
+/// The vendor's limits met by keygate: a push of 1,050 rows answered with its batches,
+/// and update-status calls (one a minute upstream) served from the guard.
+fn vendor_limits(ports: &Ports) -> Vec<Step> {
+    let (gw, admin) = (format!("http://{}", ports.gateway), format!("http://{}", ports.admin));
+    let status = format!("{gw}/export/0.1/client/{CLIENT_ID}/fullupdatestatus");
+    vec![
+        Step {
+            content_type: Some("application/json"),
+            body_command: Some(BULK_ROWS),
+            ..blank(
+                "Push 1,050 rows in one request. The vendor takes 100 per upsert: keygate sends 11 in order (retrying 429/5xx) and answers with the batches.",
+                "POST",
+                format!("{gw}/import/v2/client/{CLIENT_ID}/table/events/data"),
+            )
+        },
+        Step {
+            headers: true,
+            ..blank(
+                "Ask for the update-cycle status (the vendor allows one call a minute).",
+                "GET",
+                status.clone(),
+            )
+        },
+        Step {
+            headers: true,
+            ..blank(
+                "Ask again: keygate answers from its guard (see age and cache-control) instead of earning a 429.",
+                "GET",
+                status,
+            )
+        },
+        Step {
+            grep: Some("-E '^keygate_(import_batches|update_status_answers)_total'"),
+            ..blank("What the batches and the guard did.", "GET", format!("{admin}/metrics"))
+        },
+    ]
+}
+
+/// The first part of the walkthrough: push, list, export, download, a refusal, metrics.
+fn basics(ports: &Ports) -> Vec<Step> {
     let gw = format!("http://{}", ports.gateway);
     let admin = format!("http://{}", ports.admin);
     let step = |title, method, url: String| Step {
@@ -86,6 +161,8 @@ pub fn walkthrough(ports: &Ports) -> Vec<Step> {
         body: None,
         output: None,
         grep: None,
+        body_command: None,
+        headers: false,
     };
     vec![
         Step {

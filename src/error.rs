@@ -208,21 +208,25 @@ fn own_body(headers: &mut HeaderMap, code: &'static str, message: &str) -> Proxy
 /// Import API's shape, `{"code","message","reasons","batches"}`, with
 /// `x-keygate-batches: <count>` and, when the failing batch was answered 429 with one,
 /// its `Retry-After`. The status is the answer's (201, or the first failing batch's).
-pub(crate) fn batch_answer(
+pub(crate) fn batch_answer<B: serde::Serialize>(
     status: StatusCode,
     message: &str,
     reasons: &[String],
-    batches: serde_json::Value,
+    batches: &[B],
     retry_after: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
-    let count = batches.as_array().map_or(0, Vec::len);
-    let body = serde_json::json!({
-        "code": status.as_u16(),
-        "message": message,
-        "reasons": reasons,
-        "batches": batches,
-    });
-    let mut response = Response::new(body::full(body.to_string()));
+    /// In the order the Import API writes its own answers.
+    #[derive(serde::Serialize)]
+    struct Answer<'a, B> {
+        code: u16,
+        message: &'a str,
+        reasons: &'a [String],
+        batches: &'a [B],
+    }
+    let count = batches.len();
+    let body =
+        serde_json::to_vec(&Answer { code: status.as_u16(), message, reasons, batches }).unwrap_or_default();
+    let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

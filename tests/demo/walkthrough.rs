@@ -43,7 +43,7 @@ async fn demo_walkthrough_runs_through_the_gateway() {
         sandbox: addr_after(&printed, "sandbox"),
     };
     let steps = walkthrough(&ports);
-    assert_eq!(steps.len(), 7);
+    assert_eq!(steps.len(), 11);
     for step in &steps {
         assert!(printed.contains(&step.curl()), "the demo must print `{}`", step.curl());
         assert!(step.url.starts_with("http://127.0.0.1:"), "literal loopback URLs: {}", step.url);
@@ -51,6 +51,7 @@ async fn demo_walkthrough_runs_through_the_gateway() {
     }
 
     let mut answers = Vec::new();
+    let mut heads = Vec::new();
     for step in &steps {
         // Exactly the printed step: its method, URL (host and port, path and query),
         // content type and body.
@@ -58,15 +59,16 @@ async fn demo_walkthrough_runs_through_the_gateway() {
         let authority = uri.authority().unwrap().as_str();
         let headers: Vec<(&str, &str)> = step.content_type.iter().map(|ct| ("content-type", *ct)).collect();
         let method = Method::from_bytes(step.method.as_bytes()).unwrap();
-        let mut req = request(
-            method,
-            uri.path_and_query().unwrap().as_str(),
-            &headers,
-            step.body.unwrap_or("").as_bytes(),
-        );
+        // A step whose body a shell command prints sends exactly what it printed.
+        let body = match step.body_command {
+            Some(command) => std::process::Command::new("sh").args(["-c", command]).output().unwrap().stdout,
+            None => step.body.unwrap_or("").as_bytes().to_vec(),
+        };
+        let mut req = request(method, uri.path_and_query().unwrap().as_str(), &headers, &body);
         req.headers_mut().insert("host", HeaderValue::from_str(authority).unwrap());
         let reply = send(authority.parse().unwrap(), req).await;
         let error = reply.header("x-keygate-error");
+        heads.push((reply.header("x-keygate-batches"), reply.header("age"), reply.header("cache-control")));
         answers.push((reply.status, error, reply.body));
     }
 
@@ -87,6 +89,27 @@ async fn demo_walkthrough_runs_through_the_gateway() {
         "keygate_requests_total{caller=\"local\",code=\"200\",operation=\"download_export\",route=\"bi-export\"} 1",
     ] {
         assert!(text(6).contains(line), "metrics lack {line}:\n{}", text(6));
+    }
+
+    // 1,050 rows in one push: 11 batches, all stored.
+    assert_eq!(answers[7].0, 201, "bulk push: {}", text(7));
+    assert_eq!(heads[7].0.as_deref(), Some("11"));
+    let bulk: serde_json::Value = serde_json::from_slice(&answers[7].2).unwrap();
+    assert_eq!(bulk["batches"].as_array().map(Vec::len), Some(11), "{bulk}");
+    // The second update-status call is the guard's (the sandbox would answer 429).
+    assert_eq!((answers[8].0, answers[9].0), (200, 200), "{} / {}", text(8), text(9));
+    assert_eq!(answers[8].2, answers[9].2);
+    assert!(
+        heads[9].1.is_some() && heads[9].2.as_deref().is_some_and(|c| c.starts_with("max-age=")),
+        "{:?}",
+        heads[9]
+    );
+    for line in [
+        "keygate_import_batches_total{result=\"created\",route=\"bi-import\"} 11",
+        "keygate_update_status_answers_total{route=\"bi-export\",source=\"cached\"} 1",
+        "keygate_update_status_answers_total{route=\"bi-export\",source=\"upstream\"} 1",
+    ] {
+        assert!(text(10).contains(line), "metrics lack {line}:\n{}", text(10));
     }
 
     // The download is a real zip holding orders.csv with the pushed rows.
