@@ -85,7 +85,8 @@ async fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
          [server.tls]\ncert = {}\nkey = {}\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\n\n\
          [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
-         [secrets.test]\nfile = {}\n\n{}{}{}",
+         [secrets.test]\nfile = {}\n\n\
+         [coordination]\nredis = \"redis://127.0.0.1:1/0\"\n\n{}{}{}{}",
         q(&cert),
         q(&key),
         q(&secret),
@@ -95,6 +96,14 @@ async fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
         route("down", &closed, "127.0.0.0/8", ""),
         // Loopback callers are refused.
         route("private", &upstream, "10.0.0.0/8", ""),
+        // The BI presets, for the re-batching and update-status guard series.
+        format!(
+            "[[routes]]\nname = \"bi-import\"\nprefix = \"/bi-import\"\npreset = \"rjmetrics-import\"\n\
+             client_id = 1\nsecret = \"test\"\nupstream = {0}\nallow = [\"127.0.0.0/8\"]\n\n\
+             [[routes]]\nname = \"bi-export\"\nprefix = \"/bi-export\"\npreset = \"rjmetrics-export\"\n\
+             client_id = 1\nsecret = \"test\"\nupstream = {0}\nallow = [\"127.0.0.0/8\"]\n",
+            q(&closed)
+        ),
     );
     let config_path = dir.path().join("keygate.toml");
     std::fs::write(&config_path, &config).expect("write config");
