@@ -235,3 +235,25 @@ async fn two_processes_sharing_redis_make_one_upstream_call_per_ttl() {
     }
     assert!(stored.iter().any(|(_, v)| String::from_utf8_lossy(v).contains("[REDACTED]")), "{stored:?}");
 }
+
+#[tokio::test]
+async fn a_redis_that_never_answers_costs_a_bounded_wait_and_is_counted() {
+    // Accepts connections, never answers: every Redis operation runs into its bound.
+    let silent = FakeUpstream::silent().await;
+    let (handler, calls) = scripted(&[(200, "")]);
+    let upstream = FakeUpstream::start(handler).await;
+    let coordination = format!("[coordination]\nredis = \"redis://{}/0\"\n", silent.addr);
+    let gw = guarded(&upstream.url(), "\"60s\"", &coordination).await;
+    let started = Instant::now();
+    let reply = get(gw.addr, &status_path(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.dump());
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    eventually("the failed Redis read counted", SOON, || async {
+        gw.metric("keygate_coordination_errors_total", &[("op", "read")]).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    // The process's own copy answers the next caller without Redis or upstream.
+    assert_eq!(get(gw.addr, &status_path(), &[]).await.status, 200);
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}
