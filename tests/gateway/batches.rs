@@ -13,6 +13,7 @@ use crate::data_path;
 use crate::support::client::post;
 use crate::support::inprocess::{GatewayBuilder, RouteSpec, TestGateway, query_params};
 use crate::support::keys::{CID, IMPORT_KEY};
+use crate::support::poll::{SOON, eventually};
 use crate::support::tools::rjmetrics_python;
 use crate::support::upstream::{FakeUpstream, Handler, Recorded, reply};
 
@@ -257,4 +258,46 @@ async fn an_upstream_that_cannot_be_reached_is_retried_then_reported() {
         json!({"records": [0, 100], "sent": true, "status": 502, "attempts": 2, "error": "upstream_unavailable"})
     );
     assert_eq!(batches[1]["sent"], false);
+}
+
+#[tokio::test]
+async fn batch_concurrency_bounds_the_batches_in_flight() {
+    // `/gate` holds every answer until released: what arrives meanwhile is in flight.
+    let upstream = FakeUpstream::faults().await;
+    let route = RouteSpec::import(&format!("{}/gate", upstream.url())).set("batch_concurrency", "4");
+    let gw = GatewayBuilder::new().route(route).start().await;
+    let addr = gw.addr;
+    let pushing = tokio::spawn(async move {
+        let json = [("content-type", "application/json")];
+        post(addr, &data_path("orders"), &json, &serde_json::to_vec(&records(800)).unwrap()).await
+    });
+    eventually("4 batches in flight", SOON, || async { upstream.recorded().len() == 4 }).await;
+    // A bounded look for a fifth, which must not come while four are held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.recorded().len(), 4);
+    upstream.release();
+    let reply = pushing.await.unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let mut first_ids: Vec<u64> = upstream
+        .recorded()
+        .iter()
+        .map(|r| serde_json::from_slice::<Vec<Value>>(&r.body).unwrap()[0]["id"].as_u64().unwrap())
+        .collect();
+    first_ids[..4].sort_unstable();
+    assert_eq!(first_ids[..4], [0, 100, 200, 300], "the first four batches start first");
+    assert_eq!(first_ids.len(), 8);
+}
+
+#[tokio::test]
+async fn the_whole_push_is_bounded_by_response_timeout() {
+    let upstream = FakeUpstream::faults().await;
+    let route = RouteSpec::import(&format!("{}/hang", upstream.url())).set("response_timeout", "\"1s\"");
+    let gw = GatewayBuilder::new().route(route).start().await;
+    let started = Instant::now();
+    let reply = push(&gw, &records(300)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    let batches = reply.json()["batches"].clone();
+    assert_eq!(batches[0], json!({"records": [0, 100], "sent": true, "status": 504, "attempts": 1, "error": "upstream_timeout"}));
+    assert_eq!((batches[1]["sent"].clone(), batches[2]["sent"].clone()), (json!(false), json!(false)));
 }
