@@ -14,6 +14,7 @@ use crate::support::client::post;
 use crate::support::inprocess::{GatewayBuilder, RouteSpec, TestGateway, query_params};
 use crate::support::keys::{CID, IMPORT_KEY};
 use crate::support::poll::{SOON, eventually};
+use crate::support::raw::Raw;
 use crate::support::tools::rjmetrics_python;
 use crate::support::upstream::{FakeUpstream, Handler, Recorded, reply};
 
@@ -298,6 +299,41 @@ async fn the_whole_push_is_bounded_by_response_timeout() {
     assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
     assert_eq!(reply.status, 504, "{}", reply.text());
     let batches = reply.json()["batches"].clone();
-    assert_eq!(batches[0], json!({"records": [0, 100], "sent": true, "status": 504, "attempts": 1, "error": "upstream_timeout"}));
+    assert_eq!(
+        batches[0],
+        json!({"records": [0, 100], "sent": true, "status": 504, "attempts": 1, "error": "upstream_timeout"})
+    );
     assert_eq!((batches[1]["sent"].clone(), batches[2]["sent"].clone()), (json!(false), json!(false)));
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_stops_the_batches() {
+    // `/gate` holds the first batch; the caller leaves while it is held.
+    let upstream = FakeUpstream::faults().await;
+    let route = RouteSpec::import(&format!("{}/gate", upstream.url()));
+    let gw = GatewayBuilder::new().route(route).start().await;
+    let body = serde_json::to_vec(&records(300)).unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: keygate\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        data_path("orders"),
+        body.len()
+    );
+    let mut caller = Raw::connect(gw.addr).await;
+    caller.send(&[head.as_bytes(), &body].concat()).await;
+    eventually("the first batch is in flight", SOON, || async { upstream.recorded().len() == 1 }).await;
+    drop(caller);
+    // The connection's end drops the request it was serving, batches and all.
+    eventually("keygate closes the caller's connection", SOON, || async {
+        gw.metric("keygate_connections_open", &[]) == Some(0.0)
+    })
+    .await;
+    // Every `/gate` request now answers at once: a batch still going would show up.
+    upstream.release();
+    eventually("the first batch's upstream connection is dropped", SOON, || async {
+        upstream.recorded().first().is_some_and(|r| r.peer_gone)
+    })
+    .await;
+    // A bounded look for the second batch, which must never start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upstream.recorded().len(), 1, "no batch starts after the caller left");
 }
