@@ -39,12 +39,23 @@ pub(crate) struct ConfigArg {
     pub(crate) config: PathBuf,
 }
 
+/// `keygate check` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CheckArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// Check the config file's structure only: read no secret file or variable and no
+    /// TLS or CA file (so their contents are not checked). For a machine without them.
+    #[arg(long)]
+    pub(crate) no_secrets: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Serve with the given config.
     Run(ConfigArg),
     /// Validate config and secrets and print the effective route table.
-    Check(ConfigArg),
+    Check(CheckArgs),
     /// Run the sandbox and a gateway pointed at it on loopback, with a walkthrough.
     #[cfg(feature = "sandbox")]
     Demo(crate::demo::Args),
@@ -57,7 +68,7 @@ pub(crate) enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(arg) => run(&arg.config),
-        Command::Check(arg) => check(&arg.config),
+        Command::Check(args) => check(&args.config.config, args.no_secrets),
         #[cfg(feature = "sandbox")]
         Command::Demo(args) => runtime(None)
             .and_then(|rt| rt.block_on(crate::demo::run(args)))
@@ -90,24 +101,22 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
     builder.enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-fn load_or_report(path: &Path) -> Option<Snapshot> {
-    match config::load(path, 1, None) {
-        Ok(snapshot) => Some(snapshot),
-        Err(problems) => {
-            eprintln!("{problems}");
-            eprintln!(
-                "keygate: {} problem(s) in {}; nothing was started",
-                problems.list.len(),
-                path.display()
-            );
-            None
-        }
-    }
+/// Prints every problem of a config that failed to load, then how many there were
+/// followed by `after`.
+fn report(path: &Path, problems: &config::Problems, after: &str) {
+    eprintln!("{problems}");
+    eprintln!("keygate: {} problem(s) in {}{after}", problems.list.len(), path.display());
 }
 
 fn run(path: &Path) -> ExitCode {
     // Everything is validated before any port is bound.
-    let Some(snapshot) = load_or_report(path) else { return ExitCode::FAILURE };
+    let snapshot = match config::load(path, 1, None) {
+        Ok(snapshot) => snapshot,
+        Err(problems) => {
+            report(path, &problems, "; nothing was started");
+            return ExitCode::FAILURE;
+        }
+    };
     let log = crate::telemetry::init(&snapshot.log);
     let rt = match runtime(snapshot.server.worker_threads) {
         Ok(rt) => rt,
@@ -135,8 +144,17 @@ fn run(path: &Path) -> ExitCode {
     })
 }
 
-fn check(path: &Path) -> ExitCode {
-    let Some(snapshot) = load_or_report(path) else { return ExitCode::FAILURE };
+fn check(path: &Path, structure_only: bool) -> ExitCode {
+    let loaded = if structure_only { config::load_structure(path) } else { config::load(path, 1, None) };
+    let snapshot = match loaded {
+        Ok(snapshot) => snapshot,
+        Err(problems) => {
+            let after =
+                if structure_only { " (--no-secrets: secret, TLS and CA files were not read)" } else { "" };
+            report(path, &problems, after);
+            return ExitCode::FAILURE;
+        }
+    };
     for w in &snapshot.warnings {
         eprintln!("warning: {w}");
     }
@@ -154,22 +172,31 @@ pub(crate) fn route_table(snapshot: &Snapshot) -> String {
             .iter()
             .find(|s| s.name == route.secret_name)
             .map_or("?", |s| s.fingerprint.as_str());
+        let secret = match fingerprint {
+            "" => format!("{} (not read)", route.secret_name),
+            fingerprint => format!("{} (sha256:{fingerprint})", route.secret_name),
+        };
         rows.push([
             route.name.clone(),
             route.prefix.clone(),
             route.upstream.url().to_owned(),
             route.operation_names().join(","),
             route.allow_text.join(","),
-            format!("{} (sha256:{fingerprint})", route.secret_name),
+            secret,
         ]);
     }
     let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-    let mut out = format!(
-        "{}: valid; {} route(s), {} secret(s)\n",
-        snapshot.path.display(),
-        snapshot.routes.routes().len(),
-        snapshot.secrets.len()
-    );
+    let (routes, secrets) = (snapshot.routes.routes().len(), snapshot.secrets.len());
+    let mut out = if snapshot.structure_only {
+        format!(
+            "{}: structure valid; {routes} route(s), {secrets} secret(s)\n\
+             (--no-secrets: no secret file or variable, TLS or CA file was read, so their contents \
+             are unchecked; `keygate check` without it reads them)\n",
+            snapshot.path.display()
+        )
+    } else {
+        format!("{}: valid; {routes} route(s), {secrets} secret(s)\n", snapshot.path.display())
+    };
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());

@@ -96,6 +96,8 @@ pub(crate) enum Source {
     Env(String),
     /// Inline in config: accepted for development, `check` warns.
     Inline,
+    /// A file or variable `check --no-secrets` did not read: the value is a stand-in.
+    NotRead,
 }
 
 #[cfg(test)]

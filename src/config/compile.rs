@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use super::ctx::{Ctx, parse_net, valid_name};
 use super::route;
 use super::{
-    AdminSettings, Inputs, LoadedSecret, LogFormat, LogSettings, Problem, Problems, ReloadSettings,
+    AdminSettings, Inputs, LoadedSecret, LogFormat, LogSettings, Problem, Problems, Reading, ReloadSettings,
     ServerSettings, Snapshot, schema,
 };
 use crate::caller::{AddrSet, Callers, Group};
@@ -35,7 +35,8 @@ pub(crate) fn compile_with(
     previous: Option<&Snapshot>,
     clients: &upstream::Cache,
 ) -> Result<Snapshot, Problems> {
-    let mut ctx = Ctx { inputs, problems: Vec::new(), warnings: Vec::new() };
+    // Unknown keys come first, then everything the rest of the file gets wrong.
+    let mut ctx = Ctx { inputs, problems: inputs.unknown.clone(), warnings: Vec::new() };
     let f = &inputs.file;
 
     let server = server(&mut ctx, &f.server);
@@ -48,7 +49,10 @@ pub(crate) fn compile_with(
     if let Some(previous) = previous {
         keep_unchanged_secrets(&mut secrets, previous);
     }
-    let tls = f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t));
+    let tls = match inputs.reading {
+        Reading::Everything => f.server.tls.as_ref().and_then(|t| server_tls(&mut ctx, t)),
+        Reading::StructureOnly => None,
+    };
 
     let routes = routes(&mut ctx, &f.routes, &groups, &secrets, clients);
     let coordination = super::limits::coordination(&mut ctx, f.coordination.as_ref());
@@ -81,6 +85,7 @@ pub(crate) fn compile_with(
         digest: inputs.digest,
         manifest: inputs.manifest.clone(),
         warnings: ctx.warnings,
+        structure_only: inputs.reading == Reading::StructureOnly,
     })
 }
 
@@ -278,40 +283,14 @@ fn secrets(
     specs: &[(String, schema::SecretSpec)],
 ) -> std::collections::BTreeMap<String, LoadedSecret> {
     let mut out = std::collections::BTreeMap::new();
-    for (name, spec) in specs {
+    for (i, (name, spec)) in specs.iter().enumerate() {
         let location = format!("secrets.{name}");
         let given = [spec.file.is_some(), spec.env.is_some(), spec.value.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
             ctx.problem(&location, "", "needs exactly one of file, env or value");
             continue;
         }
-        let loaded: Result<(Secret, secret::Source), (String, SecretProblem)> = if let Some(path) = &spec.file
-        {
-            let field = format!("file ({})", path.display());
-            match ctx.inputs.file_bytes(path) {
-                Err(e) => Err((field, SecretProblem::Unreadable(e))),
-                Ok(bytes) => match std::str::from_utf8(bytes) {
-                    Err(_) => Err((field, SecretProblem::Unreadable("not UTF-8".into()))),
-                    Ok(text) => Secret::parse(text)
-                        .map(|s| (s, secret::Source::File(path.clone())))
-                        .map_err(|e| (field, e)),
-                },
-            }
-        } else if let Some(var) = &spec.env {
-            match ctx.inputs.env_value(var) {
-                None => Err(("env".into(), SecretProblem::EnvMissing(var.clone()))),
-                Some(v) => Secret::parse(v)
-                    .map(|s| (s, secret::Source::Env(var.clone())))
-                    .map_err(|e| ("env".into(), e)),
-            }
-        } else {
-            let v = spec.value.as_deref().unwrap_or("");
-            ctx.warnings.push(format!(
-                "secret {name:?} is inline in the config file; use file or env outside development"
-            ));
-            Secret::parse(v).map(|s| (s, secret::Source::Inline)).map_err(|e| ("value".into(), e))
-        };
-        match loaded {
+        match load_secret(ctx, i, name, spec) {
             Ok((value, source)) => {
                 if let secret::Source::File(p) = &source {
                     if secret::is_shared_readable(p) {
@@ -321,11 +300,13 @@ fn secrets(
                         ));
                     }
                 }
+                let fingerprint =
+                    if source == secret::Source::NotRead { String::new() } else { value.fingerprint() };
                 out.insert(
                     name.clone(),
                     LoadedSecret {
                         name: name.clone(),
-                        fingerprint: value.fingerprint(),
+                        fingerprint,
                         loaded_at: SystemTime::now(),
                         value: Arc::new(value),
                     },
@@ -335,6 +316,40 @@ fn secrets(
         }
     }
     out
+}
+
+/// The value of `secrets[i]` (which gives exactly one source), or the field and
+/// problem that stopped it.
+fn load_secret(
+    ctx: &mut Ctx<'_>,
+    i: usize,
+    name: &str,
+    spec: &schema::SecretSpec,
+) -> Result<(Secret, secret::Source), (String, SecretProblem)> {
+    if let Some(v) = &spec.value {
+        ctx.warnings.push(format!(
+            "secret {name:?} is inline in the config file; use file or env outside development"
+        ));
+        return Secret::parse(v).map(|s| (s, secret::Source::Inline)).map_err(|e| ("value".into(), e));
+    }
+    if ctx.inputs.reading == Reading::StructureOnly {
+        // Not read: a stand-in that any route can carry keeps the routes compiling.
+        return Ok((Secret::new(format!("not-read-{i}")), secret::Source::NotRead));
+    }
+    if let Some(path) = &spec.file {
+        let field = format!("file ({})", path.display());
+        let bytes = ctx.inputs.file_bytes(path).map_err(|e| (field.clone(), SecretProblem::Unreadable(e)))?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| (field.clone(), SecretProblem::Unreadable("not UTF-8".into())))?;
+        return Secret::parse(text).map(|s| (s, secret::Source::File(path.clone()))).map_err(|e| (field, e));
+    }
+    let var = spec.env.as_deref().unwrap_or_default();
+    match ctx.inputs.env_value(var) {
+        None => Err(("env".into(), SecretProblem::EnvMissing(var.to_owned()))),
+        Some(v) => {
+            Secret::parse(v).map(|s| (s, secret::Source::Env(var.to_owned()))).map_err(|e| ("env".into(), e))
+        }
+    }
 }
 
 /// A secret whose value did not change keeps its load time (and its allocation), so

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::problems::problem;
-use super::{Problems, schema};
+use super::{Problem, Problems, schema, unknown};
 
 /// What a config file names, in the order the inputs digest covers them, with the hash
 /// of the file's text. With it, a reload can tell that nothing changed without parsing
@@ -84,11 +84,25 @@ struct Gathered {
     digest: [u8; 32],
 }
 
+/// What one load reads besides the config file itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Every secret file and variable, TLS and CA file the config names: what `run`,
+    /// reloads and `check` read.
+    Everything,
+    /// Nothing but the config file (`check --no-secrets`): its structure is checked, the
+    /// files and variables it names are not read, so their contents are not checked.
+    StructureOnly,
+}
+
 /// Everything one load reads, before compiling: the parsed file plus the bytes of every
 /// file and environment value it names, and a digest over all of them.
 pub struct Inputs {
     pub(crate) path: PathBuf,
     pub(crate) file: schema::File,
+    /// Keys the schema does not know, each a problem reported with the compile's.
+    pub(crate) unknown: Vec<Problem>,
+    pub(crate) reading: Reading,
     pub(crate) manifest: Manifest,
     files: BTreeMap<PathBuf, Result<Zeroizing<Vec<u8>>, String>>,
     env: BTreeMap<String, Option<Zeroizing<String>>>,
@@ -104,12 +118,24 @@ impl Inputs {
     /// Parses `bytes`, the text of the config file at `path`, then reads every file and
     /// variable it names.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Inputs, Problems> {
+        Inputs::parse_reading(path, bytes, Reading::Everything)
+    }
+
+    /// [`Inputs::parse`], reading only what `reading` says.
+    pub(crate) fn parse_reading(path: &Path, bytes: &[u8], reading: Reading) -> Result<Inputs, Problems> {
         let text = std::str::from_utf8(bytes).map_err(|_| problem(path, "the file is not UTF-8".into()))?;
-        let file: schema::File =
-            toml::from_str(text).map_err(|e| problem(path, describe_toml_error(text, &e)))?;
+        let (file, unknown) =
+            unknown::parse(text).map_err(|e| problem(path, describe_toml_error(text, &e)))?;
         let manifest = Manifest::of(&file, Sha256::digest(bytes).into());
-        let Gathered { files, env, digest } = manifest.gather(bytes);
-        Ok(Inputs { path: path.to_owned(), file, manifest, files, env, digest })
+        let Gathered { files, env, digest } = match reading {
+            Reading::Everything => manifest.gather(bytes),
+            Reading::StructureOnly => Gathered {
+                files: BTreeMap::new(),
+                env: BTreeMap::new(),
+                digest: Sha256::digest(bytes).into(),
+            },
+        };
+        Ok(Inputs { path: path.to_owned(), file, unknown, reading, manifest, files, env, digest })
     }
 
     /// The bytes of a file named by the config, or why it could not be read.
@@ -136,7 +162,22 @@ impl Inputs {
 
 /// The bytes of the config file at `path` (wiped when dropped: the file may hold a key).
 pub(crate) fn read_text(path: &Path) -> Result<Zeroizing<Vec<u8>>, Problems> {
-    std::fs::read(path).map(Zeroizing::new).map_err(|e| problem(path, format!("cannot read the file: {e}")))
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| problem(path, format!("cannot read the file: {}", describe_io(&e))))
+}
+
+/// Why a file could not be read, in words for the person who named it.
+pub(crate) fn describe_io(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::NotFound => "no such file".into(),
+        ErrorKind::PermissionDenied => "permission denied (keygate's user may not read it)".into(),
+        ErrorKind::IsADirectory => "it is a directory, not a file".into(),
+        // The system's own words ("Too many open files (os error 24)"): clearer than the
+        // kind's name for the rest.
+        _ => error.to_string(),
+    }
 }
 
 fn read_into(
@@ -147,7 +188,7 @@ fn read_into(
     if files.contains_key(path) {
         return;
     }
-    let read = std::fs::read(path).map(Zeroizing::new).map_err(|e| e.kind().to_string());
+    let read = std::fs::read(path).map(Zeroizing::new).map_err(|e| describe_io(&e));
     hasher.update(path.as_os_str().as_encoded_bytes());
     match &read {
         Ok(bytes) => {
@@ -174,9 +215,8 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
     }
     match error.span() {
         Some(span) => {
+            let (line, column) = unknown::line_column(text, span.start);
             let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             format!("line {line}, column {column}: {}{message}", route_context(text, before))
         }
         None => message,
@@ -209,7 +249,7 @@ mod tests {
     fn toml_errors_do_not_echo_values() {
         let text =
             "[secrets.x]\nvalue = \"sentinel-abc\"\nfile = 3\n[[routes]]\nclient_id = \"sentinel-def\"\n";
-        let err = toml::from_str::<schema::File>(text).unwrap_err();
+        let err = unknown::parse(text).err().unwrap();
         let msg = describe_toml_error(text, &err);
         assert!(!msg.contains("sentinel"), "{msg}");
         assert!(msg.starts_with("line "), "{msg}");
@@ -238,14 +278,46 @@ mod tests {
         assert_eq!(first.manifest.digest_if_same_text(&text_now()), None);
         std::fs::remove_file(&path).unwrap();
         let gone = read_text(&path).expect_err("a missing file is a problem").to_string();
-        assert!(gone.contains("cannot read the file"), "{gone}");
+        assert!(gone.ends_with("cannot read the file: no such file"), "{gone}");
     }
 
     #[test]
-    fn unknown_route_keys_name_the_route() {
-        let text = "[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\nalow = []\n";
-        let err = toml::from_str::<schema::File>(text).unwrap_err();
+    fn type_errors_in_a_route_name_the_route() {
+        let text = "[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\nclient_id = []\n";
+        let err = unknown::parse(text).err().unwrap();
         let msg = describe_toml_error(text, &err);
-        assert!(msg.starts_with("line 5, column 1: routes[1] \"b\": unknown field `alow`"), "{msg}");
+        assert!(msg.starts_with("line 5, column 13: routes[1] \"b\": invalid type"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_for_the_report_and_the_rest_is_parsed() {
+        let text = "[[routes]]\nname = \"a\"\nalow = []\nallow = [\"10.0.0.0/8\"]\n";
+        let inputs = Inputs::parse(Path::new("k.toml"), text.as_bytes()).unwrap();
+        assert_eq!(inputs.file.routes[0].allow.as_deref(), Some(&["10.0.0.0/8".to_owned()][..]));
+        let unknown: Vec<(&str, &str)> =
+            inputs.unknown.iter().map(|p| (p.location.as_str(), p.field.as_str())).collect();
+        assert_eq!(unknown, [("routes[0] \"a\"", "alow")]);
+    }
+
+    #[test]
+    fn a_structure_only_read_reads_no_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k\n").unwrap();
+        let text = format!("[secrets.s]\nfile = \"{}\"\n", key.display());
+        let all = Inputs::parse(Path::new("k.toml"), text.as_bytes()).unwrap();
+        assert!(all.file_bytes(&key).is_ok());
+        let structure =
+            Inputs::parse_reading(Path::new("k.toml"), text.as_bytes(), Reading::StructureOnly).unwrap();
+        assert!(structure.file_bytes(&key).is_err(), "a structure-only read reads no secret file");
+    }
+
+    #[test]
+    fn unreadable_files_are_described_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = std::fs::read(dir.path().join("gone")).unwrap_err();
+        assert_eq!(describe_io(&missing), "no such file");
+        let directory = std::fs::read(dir.path()).unwrap_err();
+        assert_eq!(describe_io(&directory), "it is a directory, not a file");
     }
 }

@@ -14,6 +14,7 @@ mod route;
 pub mod schema;
 mod settings;
 mod snapshot;
+mod unknown;
 
 use std::path::Path;
 
@@ -21,7 +22,7 @@ pub use compile::compile;
 pub(crate) use compile::compile_with;
 pub(crate) use duration::parse_duration;
 pub use inputs::Inputs;
-pub(crate) use inputs::{Manifest, read_text};
+pub(crate) use inputs::{Manifest, Reading, read_text};
 pub(crate) use limits::CoordinationSettings;
 pub use problems::{Problem, Problems};
 pub(crate) use settings::{AdminSettings, LogFormat, LogSettings, ReloadSettings, ServerSettings};
@@ -32,4 +33,11 @@ pub use snapshot::Snapshot;
 /// of its own (a running gateway's reloads share the gateway's, see [`compile_with`]).
 pub fn load(path: &Path, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
     compile(&Inputs::read(path)?, generation, previous)
+}
+
+/// What `check --no-secrets` checks: the config file alone, compiled with a stand-in
+/// for every secret read from a file or variable, and without its TLS and CA files. The
+/// result shows what would run, but is never served.
+pub(crate) fn load_structure(path: &Path) -> Result<Snapshot, Problems> {
+    compile(&Inputs::parse_reading(path, &read_text(path)?, Reading::StructureOnly)?, 1, None)
 }

@@ -205,6 +205,8 @@ fn upstream(
     }
     let extra = match ca_file {
         None => None,
+        // `check --no-secrets` reads no CA file: the upstream is checked without it.
+        Some(_) if ctx.inputs.reading == super::Reading::StructureOnly => None,
         Some(p) => match ctx.inputs.file_bytes(p) {
             Ok(bytes) => Some(bytes),
             Err(e) => {

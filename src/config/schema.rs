@@ -1,7 +1,9 @@
-//! The on-disk config file (docs/configuration.md): plain serde structs, unknown keys
-//! refused.
+//! The on-disk config file (docs/configuration.md): plain serde structs.
 //! Every field here is documented for operators; `compile` turns them into typed,
-//! checked settings.
+//! checked settings. Unknown keys are errors, but serde does not refuse them here: the
+//! config is read through `super::unknown`, which collects every one of them so that
+//! they are reported together with the problems of the rest of the file. Deserializing
+//! a [`File`] any other way ignores unknown keys.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,7 +13,6 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 
 /// The whole file.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct File {
     /// The gateway listener and its limits.
     #[serde(default)]
@@ -39,7 +40,6 @@ pub struct File {
 
 /// `[coordination]`.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Coordination {
     /// `redis://[user:password@]host[:port][/db]`: where sidecars of one client id share
     /// update-status answers and the lock that lets one of them call upstream.
@@ -72,7 +72,6 @@ impl Listen {
 
 /// `[server]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Server {
     /// Socket address(es) to listen on. Default `127.0.0.1:8080`.
     pub listen: Option<Listen>,
@@ -94,7 +93,6 @@ pub struct Server {
 
 /// `[server.tls]`.
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
 pub struct ServerTls {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -106,7 +104,6 @@ pub struct ServerTls {
 
 /// `[admin]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Socket address of the admin listener.
     pub listen: String,
@@ -116,7 +113,6 @@ pub struct Admin {
 
 /// `[log]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Log {
     /// `json` (default) or `text`.
     pub format: Option<String>,
@@ -128,7 +124,6 @@ pub struct Log {
 
 /// `[reload]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Reload {
     /// Re-check files even without a filesystem event. Default `30s`.
     pub poll_interval: Option<String>,
@@ -138,7 +133,6 @@ pub struct Reload {
 
 /// `[callers]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Callers {
     /// Peers whose `X-Forwarded-For` is believed.
     #[serde(default)]
@@ -150,7 +144,6 @@ pub struct Callers {
 
 /// `[callers.groups.NAME]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Group {
     /// Networks of the group's callers.
     #[serde(default)]
@@ -162,7 +155,6 @@ pub struct Group {
 
 /// `[secrets.NAME]`: exactly one of `file`, `env`, `value`.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct SecretSpec {
     /// A file holding the key (trailing whitespace trimmed).
     pub file: Option<PathBuf>,
@@ -192,7 +184,6 @@ impl Drop for SecretSpec {
 
 /// `[[routes]]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Unique, `[a-z0-9_-]+`; used in logs and metric labels.
     pub name: Option<String>,
@@ -237,7 +228,6 @@ pub struct RouteSpec {
 
 /// `inject = { header = "...", format = "..." }` or `inject = { query = "..." }`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Inject {
     pub header: Option<String>,
     /// Must contain `{secret}` once. Default `{secret}`.

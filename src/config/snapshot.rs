@@ -48,4 +48,7 @@ pub struct Snapshot {
     pub(crate) manifest: Manifest,
     /// Non-fatal findings (inline secrets, plain HTTP to remote hosts, …).
     pub warnings: Vec<String>,
+    /// Compiled without reading secret, TLS or CA files (`check --no-secrets`): shown,
+    /// never served. Such secrets have an empty fingerprint.
+    pub(crate) structure_only: bool,
 }

@@ -109,9 +109,37 @@ fn inline_secret_is_a_warning_and_never_printed() {
 fn unknown_key_is_refused() {
     let dir = Dir::new();
     let path = dir.config("127.0.0.1:0", &IMPORT.replace("allow =", "alow = [\"x\"]\nallow ="));
-    assert_refused(&path, &["line 16, column 1", "unknown field `alow`"]);
+    assert_refused(
+        &path,
+        &["routes[0] \"bi-import\": alow: unknown key at line 16, column 1; the keys here are name, prefix"],
+    );
     let path = dir.config("127.0.0.1:0", &format!("{IMPORT}\n[server.limits]\nmax = 1\n"));
-    assert_refused(&path, &["limits"]);
+    assert_refused(&path, &["server: limits: unknown key"]);
+}
+
+#[test]
+fn a_typo_a_bad_cidr_and_a_missing_secret_file_are_reported_together() {
+    let dir = Dir::new();
+    let routes =
+        IMPORT.replace("allow = [\"10.0.0.0/8\"]", "alow = [\"10.0.0.0/8\"]\nallow = [\"10.0.0.0/33\"]");
+    let path = dir.config("127.0.0.1:0", &routes);
+    let gone = dir.path("gone.key");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&dir.path("import.key").display().to_string(), &gone.display().to_string());
+    let path = dir.write("keygate.toml", &text);
+    let out = assert_refused(
+        &path,
+        &[
+            "routes[0] \"bi-import\": alow: unknown key at line",
+            "routes[0] \"bi-import\": allow: \"10.0.0.0/33\" is not a CIDR or IP address",
+            &format!("secrets.bi_import: file ({}): cannot be read: no such file", gone.display()),
+            "3 problem(s)",
+        ],
+    );
+    // `check` started nothing, so it does not say so: only `run` does.
+    assert!(!out.stderr.contains("nothing was started"), "{}", out.stderr);
+    assert!(!out.stderr.contains("entity not found"), "{}", out.stderr);
 }
 
 #[test]

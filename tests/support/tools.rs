@@ -9,10 +9,13 @@ use std::process::{Command, Stdio};
 /// `KEYGATE_REQUIRE_TOOLS=1`, else prints why `test` is skipped and returns false.
 pub fn have_tool(test: &str, tool: &str, install: &str, probe: &mut Command) -> bool {
     let ok = probe.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if ok {
-        return true;
-    }
-    let msg = format!("{test}: {tool} is not available (install: {install})");
+    ok || unavailable(test, &format!("{tool} is not available (install: {install})"))
+}
+
+/// Something `test` needs is missing, as `why` says: fails the test when
+/// `KEYGATE_REQUIRE_TOOLS=1`, else prints that `test` is skipped, and returns false.
+pub fn unavailable(test: &str, why: &str) -> bool {
+    let msg = format!("{test}: {why}");
     if std::env::var("KEYGATE_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
         panic!("{msg}; KEYGATE_REQUIRE_TOOLS=1 makes this a failure");
     }
@@ -27,12 +30,14 @@ pub fn have_promtool(test: &str) -> bool {
     have_tool(test, "promtool", "apt-get install prometheus", Command::new("promtool").arg("--version"))
 }
 
-/// The Python of a virtualenv holding the official `rjmetrics` client from PyPI, made
-/// once per target directory; `None` (after saying why, or failing with
+/// The Python of a virtualenv holding the official `rjmetrics` client from PyPI:
+/// `$KEYGATE_RJMETRICS_VENV` (`.ci/run` makes it) or one made once per target directory; `None` (after saying why, or failing with
 /// `KEYGATE_REQUIRE_TOOLS=1`) when python3 or the package cannot be had. Its old
 /// `setup.py` needs `setuptools<58` and no build isolation.
 pub fn rjmetrics_python(test: &str) -> Option<std::path::PathBuf> {
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rjmetrics-venv");
+    let venv = std::env::var_os("KEYGATE_RJMETRICS_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rjmetrics-venv"));
     let python = venv.join("bin/python");
     let import = |python: &std::path::Path| {
         Command::new(python)
