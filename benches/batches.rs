@@ -79,6 +79,13 @@ async fn client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     sender
 }
 
+/// A new connection when keygate closed the last one (idle while another case ran).
+async fn reconnect(sender: &mut SendRequest<Full<Bytes>>, addr: SocketAddr) {
+    if sender.is_closed() || sender.ready().await.is_err() {
+        *sender = client(addr).await;
+    }
+}
+
 /// `[{"keys":["id"],"id":…,"name":"row …","total":…}, …]` for ids `from..to`.
 fn rows(from: usize, to: usize) -> Bytes {
     let rows: Vec<String> = (from..to)
@@ -131,6 +138,7 @@ fn batches(c: &mut Criterion) {
     });
     run("keygate_10x100", &mut || {
         rt.block_on(async {
+            reconnect(&mut via_keygate, gw).await;
             let start = Instant::now();
             for body in &tens {
                 push(&mut via_keygate, &keygate_target, body.clone(), 201).await;
@@ -140,6 +148,7 @@ fn batches(c: &mut Criterion) {
     });
     run("keygate_1x1000", &mut || {
         rt.block_on(async {
+            reconnect(&mut via_keygate, gw).await;
             let start = Instant::now();
             push(&mut via_keygate, &keygate_target, thousand.clone(), 201).await;
             start.elapsed()
