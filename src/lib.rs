@@ -21,6 +21,7 @@
 mod access;
 pub mod admin;
 pub mod app;
+mod batch;
 mod body;
 pub mod caller;
 pub mod cli;
@@ -30,6 +31,7 @@ mod conn;
 pub mod demo;
 mod error;
 pub mod gateway;
+mod guard;
 mod intercept;
 pub mod metrics;
 mod proxy;

@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body as _, Incoming};
 
 use crate::access::Exchange;
 use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
@@ -21,10 +21,10 @@ use crate::conn::ConnInfo;
 use crate::error::{Refusal, Shape, UpstreamFailure};
 use crate::gateway::Gateway;
 use crate::intercept;
-use crate::rewrite;
 use crate::routes::{Credential, Kind, Route, Target, check_path, upsert};
 use crate::scrub;
 use crate::upstream::{self, Lease};
+use crate::{batch, guard, rewrite};
 
 /// How much of an answer replaced by a retry with the previous key is read (so its
 /// connection can be reused), and for how long; a longer or slower one closes it.
@@ -97,7 +97,22 @@ async fn pipeline(
     // Only now is the request rewritten and its body read: strip, inject, body. The
     // caller's head stays, should the request be sent again with the previous key.
     let (caller, incoming) = request.into_parts();
-    let outgoing = build_request(snapshot, &route, &target, &caller, incoming, bytes_in).await?;
+    let outgoing = match build_request(snapshot, &route, &target, &caller, incoming, bytes_in).await? {
+        Built::One(outgoing) => outgoing,
+        // More records than the vendor takes in one upsert: sent as batches, and
+        // answered for all of them (src/batch.rs).
+        Built::Batches(plan) => {
+            let (response, status) = Box::pin(batch::send_all(gw, &route, &target, plan, bytes_in)).await;
+            exchange.upstream_status = status;
+            return Ok(response);
+        }
+    };
+    // The vendor allows one update-status call a minute per client id: answers are
+    // shared by every caller (src/guard).
+    if target.operation == "update_status" && !route.limits.update_status_ttl.is_zero() {
+        let request = outgoing.request;
+        return Box::pin(guard::serve(gw, snapshot, &route, &target, request, bytes_in, exchange)).await;
+    }
     let (response, lease) = send(gw, &route, &target, &caller, outgoing, bytes_in, exchange).await?;
     exchange.upstream_status = Some(response.status());
     Ok(downstream(snapshot, &route, response, lease).await)
@@ -206,7 +221,7 @@ async fn fall_back(
 
 /// Sends one request and times it. A `101` and every failure become refusals; a 401
 /// or 403 is counted, since it means the key or the egress address was refused.
-async fn send_once(
+pub(crate) async fn send_once(
     gw: &Gateway,
     route: &Route,
     target: &Target,
@@ -286,6 +301,13 @@ struct Outgoing {
     resend: Option<Bytes>,
 }
 
+/// What the caller's request becomes upstream.
+enum Built {
+    One(Outgoing),
+    /// An import upsert of more than 100 records, re-batched.
+    Batches(batch::Plan),
+}
+
 /// Where the request goes and what it carries besides its body: the caller's headers
 /// and query with `credential`'s key in place of the caller's.
 struct Head {
@@ -301,12 +323,19 @@ async fn build_request(
     caller: &Parts,
     incoming: Incoming,
     bytes_in: &Arc<Meter>,
-) -> Result<Outgoing, Refusal> {
+) -> Result<Built, Refusal> {
     let head = upstream_head(route, target, caller, &route.credential)?;
     // Known before the body is read: a generic request can be sent again only when it
     // has no body to lose.
     let bodiless = incoming.is_end_stream();
-    let (body, buffered) = request_body(snapshot, route, target, caller, incoming, bytes_in).await?;
+    let (body, buffered) = match request_body(snapshot, route, target, caller, incoming, bytes_in).await? {
+        Body::One(body, buffered) => (body, buffered),
+        Body::Batches(batches) => {
+            let Head { headers, uri } = head;
+            let plan = batch::Plan { method: caller.method.clone(), uri, headers, batches };
+            return Ok(Built::Batches(plan));
+        }
+    };
     let resend = if route.fallback.is_none() || !target.credential {
         None
     } else {
@@ -319,7 +348,7 @@ async fn build_request(
             Kind::Generic { .. } => None,
         }
     };
-    Ok(Outgoing { request: assemble(&caller.method, head, body), resend })
+    Ok(Built::One(Outgoing { request: assemble(&caller.method, head, body), resend }))
 }
 
 /// The upstream's headers and target for the caller's head, carrying `credential`.
@@ -357,9 +386,18 @@ fn assemble(method: &Method, head: Head, body: ProxyBody) -> Request<ProxyBody> 
     out
 }
 
+/// A request body as it goes upstream.
+enum Body {
+    /// The body, and a second handle on a buffered upsert's bytes while a retry with
+    /// the previous key is possible.
+    One(ProxyBody, Option<Bytes>),
+    /// The records of an upsert too large for one, split in order.
+    Batches(Vec<upsert::Batch>),
+}
+
 /// The body sent upstream: a checked upsert whole (also returned, should the request be
-/// sent again), nothing for a BI `GET`, anything else streamed within the route's limit
-/// and the idle timeout.
+/// sent again; past 100 records, split), nothing for a BI `GET`, anything else streamed
+/// within the route's limit and the idle timeout.
 async fn request_body(
     snapshot: &Snapshot,
     route: &Route,
@@ -367,7 +405,7 @@ async fn request_body(
     parts: &Parts,
     incoming: Incoming,
     bytes_in: &Arc<Meter>,
-) -> Result<(ProxyBody, Option<Bytes>), Refusal> {
+) -> Result<Body, Refusal> {
     let limit = Some(route.max_body_bytes);
     let idle = Some(snapshot.server.idle_timeout);
     let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
@@ -375,14 +413,22 @@ async fn request_body(
         // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
         let bytes = Box::pin(metered.collect()).await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
         // The first problem is the answer (the sandbox, like the vendor, lists them all).
-        if let Err(problems) = upsert::check(&bytes) {
-            return Err(Refusal::InvalidBody(
-                problems.into_iter().next().map_or_else(String::new, |p| p.to_string()),
-            ));
-        }
-        // A second handle on the same bytes, kept only while a retry is possible.
-        let kept = route.fallback.is_some().then(|| bytes.clone());
-        return Ok((body::full(bytes), kept));
+        let first = |problems: Vec<upsert::Problem>| {
+            Refusal::InvalidBody(problems.into_iter().next().map_or_else(String::new, |p| p.to_string()))
+        };
+        return match upsert::check(&bytes) {
+            Ok(_) => {
+                // A second handle on the same bytes, kept only while a retry is possible.
+                let kept = route.fallback.is_some().then(|| bytes.clone());
+                Ok(Body::One(body::full(bytes), kept))
+            }
+            Err(problems) if upsert::only_too_many(&problems) => {
+                upsert::split(&bytes, upsert::MAX_RECORDS, upsert::MAX_BATCH_BYTES)
+                    .map(Body::Batches)
+                    .map_err(first)
+            }
+            Err(problems) => Err(first(problems)),
+        };
     }
     if matches!(route.kind, Kind::Preset { .. })
         && (parts.method == Method::GET || parts.method == Method::HEAD)
@@ -393,9 +439,9 @@ async fn request_body(
         {
             return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
         }
-        return Ok((body::empty(), None));
+        return Ok(Body::One(body::empty(), None));
     }
-    Ok((metered.boxed_unsync(), None))
+    Ok(Body::One(metered.boxed_unsync(), None))
 }
 
 fn body_refusal(bytes_in: &Meter) -> Refusal {
@@ -422,7 +468,7 @@ fn upstream_failure(gw: &Gateway, route: &Route, failure: UpstreamFailure, bytes
 /// Cleans the upstream's answer: headers and trailers always; every non-2xx body read
 /// for secrets ([`scrub::body`]); 2xx bodies streamed untouched, with an idle timeout
 /// between chunks.
-async fn downstream(
+pub(crate) async fn downstream(
     snapshot: &Snapshot,
     route: &Route,
     response: Response<Incoming>,

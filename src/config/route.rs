@@ -43,6 +43,7 @@ pub(super) fn route(
         ctx.duration(&location, "response_timeout", &spec.response_timeout, Duration::from_secs(60));
     let max_body_bytes = max_body_bytes(ctx, &location, spec);
     let upstream = upstream_client(ctx, &location, spec, preset, connect_timeout, clients);
+    let limits = super::limits::vendor_limits(ctx, &location, spec, preset);
     let keys = match (&kind, secret) {
         (Some(kind), Some(secret)) => keys(ctx, &location, &secret_name, kind, secret),
         _ => None,
@@ -74,6 +75,7 @@ pub(super) fn route(
         shadow_allow,
         max_body_bytes,
         response_timeout,
+        limits,
     })
 }
 
@@ -298,7 +300,7 @@ fn upstream(
 
 /// `url` fit for an error message: user info, query and fragment become `***`, since
 /// any of them may hold a credential (`https://***@host/base?***#***`).
-fn masked_url(url: &str) -> String {
+pub(super) fn masked_url(url: &str) -> String {
     let (url, fragment) = match url.split_once('#') {
         Some((before, _)) => (before, "#***"),
         None => (url, ""),

@@ -14,7 +14,8 @@
 //! - [`files`]: writing files as editors and the kubelet do.
 //! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools;
 //!   [`python`]: the vendor's Python client in a virtual environment; [`tunnel`]:
-//!   `CONNECT` tunnels through keygate, as a client behind `HTTPS_PROXY` opens them.
+//!   `CONNECT` tunnels through keygate, as a client behind `HTTPS_PROXY` opens them;
+//!   [`redis`]: a real redis-server.
 
 // Each test group uses a different part of this module.
 #![allow(dead_code)]
@@ -28,6 +29,7 @@ pub mod poll;
 pub mod process;
 pub mod python;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod tools;
 pub mod tunnel;
