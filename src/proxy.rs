@@ -52,7 +52,7 @@ pub(crate) async fn handle(
             refusal.into_shaped_response(shape)
         }
     };
-    exchange.finish(gw, response, bytes_in, guard)
+    exchange.finish(response, bytes_in, guard)
 }
 
 /// The steps of one request, in order. The first that answers ends it.
