@@ -24,10 +24,6 @@ use crate::routes::upsert::Batch;
 use crate::routes::{Route, Target};
 use crate::upstream::Lease;
 use retry::Verdict;
-pub(crate) use retry::retry_after_delay;
-
-/// The `result` labels of `keygate_import_batches_total`.
-pub(crate) const RESULTS: [&str; 3] = ["created", "failed", "not_sent"];
 
 /// Most of an upstream answer to a batch that is read (and thrown away) so that its
 /// connection can be reused; a longer answer costs the connection instead.
@@ -142,7 +138,7 @@ impl Run<'_> {
         *request.uri_mut() = self.plan.uri.clone();
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = self.plan.headers.clone();
-        match crate::proxy::send_once(self.gw, self.route, self.target, request, self.bytes_in).await {
+        match crate::forward::send(self.gw, self.route, self.target, request, self.bytes_in).await {
             Ok((response, lease)) => {
                 let verdict = retry::judge_answer(&response);
                 drain(response, lease, self.route.response_timeout).await;

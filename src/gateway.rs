@@ -18,7 +18,7 @@ pub struct Gateway {
     clients: upstream::Cache,
     pub metrics: Arc<Metrics>,
     /// The update-status guard's answers, which outlive snapshots like the clients.
-    pub(crate) guard: crate::guard::Guard,
+    pub(crate) guard: crate::guard::registry::Guard,
     shutting_down: AtomicBool,
 }
 
@@ -32,7 +32,7 @@ impl Gateway {
             config: ArcSwap::from_pointee(snapshot),
             clients,
             metrics,
-            guard: crate::guard::Guard::default(),
+            guard: crate::guard::registry::Guard::default(),
             shutting_down: AtomicBool::new(false),
         })
     }

@@ -30,6 +30,7 @@ mod conn;
 #[cfg(feature = "sandbox")]
 pub mod demo;
 mod error;
+mod forward;
 pub mod gateway;
 mod guard;
 mod intercept;

@@ -54,6 +54,13 @@ struct Def {
     labels: &'static [&'static str],
 }
 
+/// The `result` labels of `keygate_import_batches_total` (src/batch.rs).
+const IMPORT_BATCH_RESULTS: [&str; 3] = ["created", "failed", "not_sent"];
+/// The `source` labels of `keygate_update_status_answers_total` (src/guard).
+const UPDATE_STATUS_SOURCES: [&str; 5] = ["upstream", "shared", "cached", "stale", "limited"];
+/// The `op` labels of `keygate_coordination_errors_total` (src/guard/fleet.rs).
+const COORDINATION_OPS: [&str; 3] = ["read", "lock", "write"];
+
 const REQUESTS: Def = Def {
     name: "keygate_requests_total",
     help: "Requests answered, by route, operation, caller group and status code.",
@@ -308,7 +315,7 @@ impl Metrics {
             self.vendor_limit_series(route);
         }
         if snapshot.coordination.is_some() {
-            for op in crate::guard::COORDINATION_OPS {
+            for op in COORDINATION_OPS {
                 self.coordination_errors.with_label_values(&[op]);
             }
         }
@@ -320,13 +327,13 @@ impl Metrics {
         use crate::routes::{Kind, Preset};
         match &route.kind {
             Kind::Preset { preset: Preset::Import, .. } => {
-                for result in crate::batch::RESULTS {
+                for result in IMPORT_BATCH_RESULTS {
                     self.import_batches.with_label_values(&[&route.name, result]);
                 }
                 self.import_retries.with_label_values(&[&route.name]);
             }
             Kind::Preset { preset: Preset::Export, .. } if !route.limits.update_status_ttl.is_zero() => {
-                for source in crate::guard::SOURCES {
+                for source in UPDATE_STATUS_SOURCES {
                     self.update_status.with_label_values(&[&route.name, source]);
                 }
             }

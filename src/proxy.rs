@@ -2,8 +2,6 @@
 //! request on or answering it. Each step says why it sits where it sits.
 
 use std::sync::Arc;
-use std::time::Instant;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,17 +12,17 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
 use crate::access::Exchange;
-use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
+use crate::body::{self, Meter, Metered, ProxyBody};
 use crate::caller::Caller;
 use crate::config::Snapshot;
 use crate::conn::ConnInfo;
-use crate::error::{Refusal, Shape, UpstreamFailure};
+use crate::error::{Refusal, Shape};
 use crate::gateway::Gateway;
 use crate::intercept;
 use crate::routes::{Credential, Kind, Route, Target, check_path, upsert};
 use crate::scrub;
 use crate::upstream::{self, Lease};
-use crate::{batch, guard, rewrite};
+use crate::{batch, forward, guard};
 
 /// How much of an answer replaced by a retry with the previous key is read (so its
 /// connection can be reused), and for how long; a longer or slower one closes it.
@@ -115,7 +113,7 @@ async fn pipeline(
     }
     let (response, lease) = send(gw, &route, &target, &caller, outgoing, bytes_in, exchange).await?;
     exchange.upstream_status = Some(response.status());
-    Ok(downstream(snapshot, &route, response, lease).await)
+    Ok(forward::downstream(snapshot, &route, response, lease).await)
 }
 
 /// Refuses a head that is too large or that can be read two ways: any framing but one
@@ -182,7 +180,7 @@ async fn send(
     exchange: &mut Exchange,
 ) -> Result<(Response<Incoming>, Lease), Refusal> {
     let Outgoing { request, resend } = outgoing;
-    let (response, lease) = send_once(gw, route, target, request, bytes_in).await?;
+    let (response, lease) = forward::send(gw, route, target, request, bytes_in).await?;
     if !matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         return Ok((response, lease));
     }
@@ -216,37 +214,7 @@ async fn fall_back(
     let request = assemble(&caller.method, head, body::full(body));
     gw.metrics.secret_fallbacks.with_label_values(&[&route.secret_name]).inc();
     exchange.key = Some("previous");
-    send_once(gw, route, target, request, bytes_in).await
-}
-
-/// Sends one request and times it. A `101` and every failure become refusals; a 401
-/// or 403 is counted, since it means the key or the egress address was refused.
-pub(crate) async fn send_once(
-    gw: &Gateway,
-    route: &Route,
-    target: &Target,
-    request: Request<ProxyBody>,
-    bytes_in: &Meter,
-) -> Result<(Response<Incoming>, Lease), Refusal> {
-    let started = Instant::now();
-    let result = route.upstream.send(request, route.response_timeout).await;
-    gw.metrics
-        .upstream_duration
-        .with_label_values(&[&route.name, target.operation])
-        .observe(started.elapsed().as_secs_f64());
-    let (response, lease) = match result {
-        // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
-        // on would tell the caller a tunnel exists.
-        Ok((response, _)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            return Err(upstream_failure(gw, route, UpstreamFailure::Protocol, bytes_in));
-        }
-        Ok(answer) => answer,
-        Err(failure) => return Err(upstream_failure(gw, route, failure, bytes_in)),
-    };
-    if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-        gw.metrics.upstream_auth_failures.with_label_values(&[&route.name]).inc();
-    }
-    Ok((response, lease))
+    forward::send(gw, route, target, request, bytes_in).await
 }
 
 /// Counts and logs a request the route's `shadow_allow` would refuse; never decides.
@@ -411,7 +379,8 @@ async fn request_body(
     let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
     if target.validate_upsert {
         // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
-        let bytes = Box::pin(metered.collect()).await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
+        let bytes =
+            Box::pin(metered.collect()).await.map_err(|_| forward::body_refusal(bytes_in))?.to_bytes();
         // The first problem is the answer (the sandbox, like the vendor, lists them all).
         let first = |problems: Vec<upsert::Problem>| {
             Refusal::InvalidBody(problems.into_iter().next().map_or_else(String::new, |p| p.to_string()))
@@ -442,54 +411,6 @@ async fn request_body(
         return Ok(Body::One(body::empty(), None));
     }
     Ok(Body::One(metered.boxed_unsync(), None))
-}
-
-fn body_refusal(bytes_in: &Meter) -> Refusal {
-    match bytes_in.failure() {
-        Some(BodyError::TooLarge) => Refusal::BodyTooLarge,
-        Some(BodyError::Idle) => Refusal::BadRequest("the request body stalled"),
-        Some(BodyError::Broken) | None => Refusal::BadRequest("the request body could not be read"),
-    }
-}
-
-/// Maps an upstream failure to keygate's answer and counts it. A request body that
-/// broke its own limits is the caller's fault, not the upstream's.
-fn upstream_failure(gw: &Gateway, route: &Route, failure: UpstreamFailure, bytes_in: &Meter) -> Refusal {
-    if bytes_in.failure().is_some() {
-        return body_refusal(bytes_in);
-    }
-    gw.metrics.upstream_errors.with_label_values(&[&route.name, failure.label()]).inc();
-    match failure {
-        UpstreamFailure::Timeout => Refusal::UpstreamTimeout,
-        kind => Refusal::UpstreamUnavailable(kind),
-    }
-}
-
-/// Cleans the upstream's answer: headers and trailers always; every non-2xx body read
-/// for secrets ([`scrub::body`]); 2xx bodies streamed untouched, with an idle timeout
-/// between chunks.
-pub(crate) async fn downstream(
-    snapshot: &Snapshot,
-    route: &Route,
-    response: Response<Incoming>,
-    mut lease: Lease,
-) -> Response<ProxyBody> {
-    let (mut parts, incoming) = response.into_parts();
-    rewrite::response_headers(&mut parts.headers, &snapshot.scrub, route.credential.location_query());
-    let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
-    // The upstream connection is reused only after this body has been read whole.
-    let meter = Arc::new(Meter::default());
-    lease.watch(&meter);
-    let metered = Metered::new(incoming, meter, None, idle).with_guard(Box::new(lease));
-    let streamed = scrub::body::Trailers::new(metered, snapshot.scrub.clone());
-
-    let body = if parts.status.is_success() {
-        streamed.boxed_unsync()
-    } else {
-        // Boxed, like every rare path, to keep each request's future small.
-        Box::pin(scrub::body::error_body(&snapshot.scrub, &route.name, streamed, &mut parts.headers)).await
-    };
-    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

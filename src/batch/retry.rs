@@ -10,6 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use super::Outcome;
 use crate::error::{Refusal, UpstreamFailure};
+use crate::upstream::retry_after_delay;
 
 /// The first backoff's upper bound; each retry doubles it, up to [`BACKOFF_CAP`].
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -74,17 +75,6 @@ pub(super) fn judge_failure(refusal: Refusal) -> Verdict {
 pub(super) fn backoff(attempt: u32) -> Duration {
     let ceiling = BACKOFF_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_CAP);
     Duration::from_millis(fastrand::u64(0..=ceiling.as_millis() as u64))
-}
-
-/// A `Retry-After` value as a wait from `now`: delay-seconds or an HTTP date, at most
-/// `cap`; `None` when it is neither.
-pub(crate) fn retry_after_delay(value: &HeaderValue, now: SystemTime, cap: Duration) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
-    let wait = match text.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => httpdate::parse_http_date(text).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
-    };
-    Some(wait.min(cap))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::ctx::Ctx;
+use super::ctx::masked_url;
 use super::parse_duration;
-use super::route::masked_url;
 use super::schema::{Coordination, RouteSpec};
 use crate::routes::{Preset, VendorLimits};
 use crate::secret::Secret;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::Uri;
 use sha2::{Digest, Sha256};
 
-use super::ctx::{Ctx, parse_net, valid_name};
+use super::ctx::{Ctx, masked_url, parse_net, valid_name};
 use super::schema::RouteSpec;
 use super::{LoadedSecret, kind, proof};
 use crate::caller::{Allow, Group};
@@ -298,26 +298,6 @@ fn upstream(
     }
 }
 
-/// `url` fit for an error message: user info, query and fragment become `***`, since
-/// any of them may hold a credential (`https://***@host/base?***#***`).
-pub(super) fn masked_url(url: &str) -> String {
-    let (url, fragment) = match url.split_once('#') {
-        Some((before, _)) => (before, "#***"),
-        None => (url, ""),
-    };
-    let (url, query) = match url.split_once('?') {
-        Some((before, _)) => (before, "?***"),
-        None => (url, ""),
-    };
-    let (scheme, rest) = url.split_at(url.find("://").map_or(0, |i| i + 3));
-    // Everything before the last `@`, even past a `/`: a password may hold one.
-    let rest = match rest.rfind('@') {
-        Some(at) => format!("***{}", &rest[at..]),
-        None => rest.to_owned(),
-    };
-    format!("{scheme}{rest}{query}{fragment}")
-}
-
 fn is_loopback_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<Uri>() else { return false };
     match uri.host() {
@@ -334,7 +314,8 @@ fn valid_prefix(prefix: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_host, masked_url};
+    use super::check_host;
+    use super::masked_url;
 
     #[test]
     fn hosts_are_dns_names_without_ports_or_wildcards() {

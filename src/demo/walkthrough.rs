@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::files::IMPORT_KEY_FILE;
+use super::files::{IMPORT_KEY_FILE, REFUSED_CALLER, SHADOW_CALLER};
 use super::intercept::{CA_FILE, VENDOR_HOSTS};
 use super::{CLIENT_ID, Ports};
 
@@ -128,11 +128,6 @@ impl From<Curl> for Command {
 /// Rows the walkthrough pushes.
 const ROWS: &str =
     r#"[{"keys":["id"],"id":1,"item":"lamp","total":19.5},{"keys":["id"],"id":2,"item":"desk","total":120}]"#;
-
-/// A caller the demo's routes refuse: on loopback, outside group `local`.
-pub const REFUSED_CALLER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
-/// A caller the export route admits but its `shadow_allow` would not.
-pub const SHADOW_CALLER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
 
 /// The walkthrough, in order, for a demo serving on `ports` with its files in `dir`.
 pub fn walkthrough(ports: &Ports, dir: &Path) -> Vec<Step> {

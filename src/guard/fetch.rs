@@ -40,9 +40,9 @@ pub(super) async fn fetch(
     exchange: &mut Exchange,
 ) -> Result<Fetched, Refusal> {
     request.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    let (response, lease) = crate::proxy::send_once(gw, route, target, request, bytes_in).await?;
+    let (response, lease) = crate::forward::send(gw, route, target, request, bytes_in).await?;
     exchange.upstream_status = Some(response.status());
-    let response = crate::proxy::downstream(snapshot, route, response, lease).await;
+    let response = crate::forward::downstream(snapshot, route, response, lease).await;
     let coded = response.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity");
     if coded {
         return Ok(Fetched::Streamed(response));

@@ -16,11 +16,7 @@ use tokio::time::Instant;
 
 use super::stored::Stored;
 use crate::config::{CoordinationSettings, Snapshot};
-use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-
-/// The `op` labels of `keygate_coordination_errors_total`.
-pub(crate) const COORDINATION_OPS: [&str; 3] = ["read", "lock", "write"];
 
 /// The most any one Redis operation may take, connecting included.
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -48,13 +44,13 @@ pub(super) struct Connections {
 impl Connections {
     /// The fleet of `snapshot`, or `None` without `[coordination] redis` (or when the
     /// client cannot be made, which is logged).
-    pub(super) fn get(&self, gw: &Gateway, snapshot: &Snapshot) -> Option<Fleet> {
+    pub(super) fn get(&self, metrics: &Arc<Metrics>, snapshot: &Snapshot) -> Option<Fleet> {
         let settings = snapshot.coordination.as_ref()?;
         let mut current = self.current.lock();
         if let Some(fleet) = current.as_ref().filter(|f| f.settings == *settings) {
             return Some(fleet.clone());
         }
-        let fleet = Fleet::new(settings, gw.metrics.clone(), self.last_log_ms.clone())?;
+        let fleet = Fleet::new(settings, metrics.clone(), self.last_log_ms.clone())?;
         *current = Some(fleet.clone());
         Some(fleet)
     }
@@ -165,7 +161,7 @@ impl Fleet {
     pub(super) async fn before_call(&self, key: &str, ttl: Duration, response_timeout: Duration) -> View {
         let keys = Keys::of(key);
         let Some(known) = self.read(&keys).await else { return View::Go(None) };
-        if super::settles(&known, ttl) {
+        if super::state::settles(&known, ttl) {
             return View::Known(known);
         }
         let token = format!("{:016x}", fastrand::u64(..));
@@ -176,7 +172,7 @@ impl Fleet {
             None => View::Go(None),
             Some(Some(_)) => match self.read(&keys).await {
                 // Another process may have stored its answer and let go just before.
-                Some(known) if super::settles(&known, ttl) => {
+                Some(known) if super::state::settles(&known, ttl) => {
                     self.release(&keys, &token).await;
                     View::Known(known)
                 }
@@ -193,7 +189,7 @@ impl Fleet {
             tokio::time::sleep(POLL_EVERY).await;
             match self.read(keys).await {
                 None => return View::Go(None),
-                Some(now) if super::settles(&now, ttl) => return View::Known(now),
+                Some(now) if super::state::settles(&now, ttl) => return View::Known(now),
                 Some(now) => known = now,
             }
         }
@@ -219,10 +215,10 @@ impl Fleet {
                             .headers
                             .get(http::header::RETRY_AFTER)
                             .and_then(|v| {
-                                crate::batch::retry_after_delay(
+                                crate::upstream::retry_after_delay(
                                     v,
                                     std::time::SystemTime::now(),
-                                    super::BACKOFF_CAP,
+                                    super::state::BACKOFF_CAP,
                                 )
                             })
                             .unwrap_or(ttl);

@@ -12,14 +12,13 @@
 
 mod fetch;
 mod fleet;
+pub(crate) mod registry;
+mod state;
 mod stored;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use tokio::time::Instant;
 
 use crate::access::Exchange;
 use crate::body::{Meter, ProxyBody};
@@ -27,99 +26,9 @@ use crate::config::Snapshot;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::routes::{Kind, Route, Target};
-pub(crate) use fleet::COORDINATION_OPS;
 use fleet::View;
-use stored::Stored;
-
-/// The `source` labels of `keygate_update_status_answers_total`.
-pub(crate) const SOURCES: [&str; 5] = ["upstream", "shared", "cached", "stale", "limited"];
-
-/// Every guarded key's state, and the Redis connection when one is configured.
-#[derive(Default)]
-pub(crate) struct Guard {
-    entries: parking_lot::Mutex<HashMap<String, Arc<Entry>>>,
-    fleet: fleet::Connections,
-}
-
-/// One upstream and client id.
-#[derive(Default)]
-struct Entry {
-    state: parking_lot::Mutex<State>,
-    /// Held by the one caller that asks upstream (or Redis) for everyone.
-    flight: tokio::sync::Mutex<()>,
-}
-
-#[derive(Default)]
-struct State {
-    /// The last 200.
-    good: Option<Arc<Stored>>,
-    /// Until when the upstream asked keygate to wait, and the 429 that said so.
-    backoff: Option<(Instant, Arc<Stored>)>,
-    /// Bumped when a flight ends, so the callers that waited for it know.
-    generation: u64,
-    /// What the last flight got, for those callers.
-    last: Shared,
-}
-
-#[derive(Default, Clone)]
-enum Shared {
-    /// Nothing the waiting callers can be given (an answer too large to keep).
-    #[default]
-    Nothing,
-    Answer(Arc<Stored>),
-    Refused(Refusal),
-}
-
-/// How one caller was answered, for `keygate_update_status_answers_total`.
-type Served = (Result<Response<ProxyBody>, Refusal>, &'static str);
-
-impl State {
-    /// The answer a caller gets without anyone calling upstream: a fresh 200, or during
-    /// a back-off the last 200 marked stale, else the 429.
-    fn settled(&self, ttl: Duration) -> Option<(Response<ProxyBody>, &'static str)> {
-        if let Some(good) = self.good.as_ref().filter(|g| g.age() < ttl) {
-            return Some((good.fresh(ttl), "cached"));
-        }
-        let (until, limited) = self.backoff.as_ref().filter(|(until, _)| *until > Instant::now())?;
-        Some(match &self.good {
-            Some(good) => (good.stale(), "stale"),
-            None => (limited.limited(until.saturating_duration_since(Instant::now())), "limited"),
-        })
-    }
-
-    /// Keeps what a flight (here or elsewhere in the fleet) learnt.
-    fn keep(&mut self, stored: &Arc<Stored>, ttl: Duration) {
-        match stored.status {
-            StatusCode::OK => {
-                if self.good.as_ref().is_none_or(|g| g.at_ms <= stored.at_ms) {
-                    self.good = Some(stored.clone());
-                }
-                self.backoff = None;
-            }
-            StatusCode::TOO_MANY_REQUESTS => {
-                let wait = stored
-                    .headers
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| {
-                        crate::batch::retry_after_delay(v, std::time::SystemTime::now(), BACKOFF_CAP)
-                    })
-                    .unwrap_or(ttl);
-                self.backoff = Some((stored.at + wait, stored.clone()));
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The longest back-off a 429's `Retry-After` starts.
-const BACKOFF_CAP: Duration = Duration::from_secs(600);
-
-impl Guard {
-    fn entry(&self, key: &str) -> Arc<Entry> {
-        let mut entries = self.entries.lock();
-        entries.entry(key.to_owned()).or_default().clone()
-    }
-}
+use registry::Entry;
+use state::{Served, Shared};
 
 /// Answers an `update_status` request through the guard. `request` is the upstream
 /// request built for this caller; it is sent only if this caller makes the call.
@@ -195,7 +104,7 @@ async fn lead(
     entry: &Entry,
 ) -> Served {
     let ttl = route.limits.update_status_ttl;
-    let fleet = gw.guard.fleet.get(gw, snapshot);
+    let fleet = gw.guard.fleet.get(&gw.metrics, snapshot);
     let lock = match &fleet {
         Some(fleet) => match fleet.before_call(key, ttl, route.response_timeout).await {
             View::Known(stored) => {
@@ -248,14 +157,4 @@ async fn lead(
         }
     };
     (answer, "upstream")
-}
-
-/// True when `known` answers a caller without an upstream call: a fresh 200, or a
-/// back-off still running.
-fn settles(known: &[Arc<Stored>], ttl: Duration) -> bool {
-    let mut state = State::default();
-    for stored in known {
-        state.keep(stored, ttl);
-    }
-    state.settled(ttl).is_some()
 }

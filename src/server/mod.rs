@@ -8,8 +8,6 @@
 mod timeouts;
 mod tunnel;
 
-pub(crate) use tunnel::{Tunnel, TunnelSlot};
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,7 +26,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::body::ProxyBody;
 use crate::config::ServerSettings;
-use crate::conn::ConnInfo;
+use crate::conn::{ConnInfo, TunnelSlot};
 use crate::gateway::Gateway;
 use crate::proxy;
 use crate::tls::ServerTls;
