@@ -17,8 +17,19 @@ use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::routes::Route;
 
-/// What is known about one request so far.
+/// The status recorded for a request whose caller went away before keygate answered
+/// (nginx's convention); nothing was sent with it.
+const CALLER_GONE: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
+/// What is known about one request so far. Written exactly once: when the response's
+/// body ends or is dropped ([`Exchange::finish`]), or, if the request is dropped before
+/// it has an answer (the caller closed its connection), when the exchange itself is.
 pub(crate) struct Exchange {
+    gw: Arc<Gateway>,
+    written: bool,
     start: Instant,
     access: bool,
     peer: SocketAddr,
@@ -45,13 +56,15 @@ pub(crate) fn addr_text(addr: Option<IpAddr>) -> String {
 impl Exchange {
     /// Starts the record and counts the request in flight.
     pub(crate) fn begin(
-        gw: &Gateway,
+        gw: &Arc<Gateway>,
         conn: &ConnInfo,
         request: &Request<Incoming>,
         access: bool,
     ) -> Exchange {
         gw.metrics.in_flight.inc();
         Exchange {
+            gw: gw.clone(),
+            written: false,
             start: Instant::now(),
             access,
             peer: conn.peer,
@@ -88,7 +101,6 @@ impl Exchange {
     /// dropped right after the record is written.
     pub(crate) fn finish(
         self,
-        gw: Arc<Gateway>,
         response: Response<ProxyBody>,
         bytes_in: Arc<Meter>,
         then: Box<dyn Send>,
@@ -97,7 +109,6 @@ impl Exchange {
         let bytes_out = Arc::new(Meter::default());
         let done = Done {
             exchange: self,
-            gw,
             status: parts.status,
             bytes_in,
             bytes_out: bytes_out.clone(),
@@ -111,7 +122,6 @@ impl Exchange {
 /// Completes the record when dropped (end of body, or the caller went away).
 struct Done {
     exchange: Exchange,
-    gw: Arc<Gateway>,
     status: StatusCode,
     bytes_in: Arc<Meter>,
     bytes_out: Arc<Meter>,
@@ -121,12 +131,33 @@ struct Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        let e = &self.exchange;
-        let m = &self.gw.metrics;
+        let bytes = (self.bytes_in.bytes(), self.bytes_out.bytes());
+        self.exchange.write(self.status, Some(bytes));
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.written {
+            self.error = Some("caller_gone");
+            self.write(CALLER_GONE, None);
+        }
+    }
+}
+
+impl Exchange {
+    /// The access line and the request metrics, once; `bytes` (in, out) once there was
+    /// an answer.
+    fn write(&mut self, status: StatusCode, bytes: Option<(u64, u64)>) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
+        let e = &*self;
+        let m = &e.gw.metrics;
         let elapsed = e.start.elapsed();
         let group = e.caller.as_ref().map_or("-", |g| g.name.as_str());
         m.in_flight.dec();
-        m.answered(e.route.as_deref(), e.operation, group, self.status, elapsed.as_secs_f64());
+        m.answered(e.route.as_deref(), e.operation, group, status, elapsed.as_secs_f64());
         if !e.access {
             return;
         }
@@ -142,12 +173,12 @@ impl Drop for Done {
             operation = e.operation,
             method = e.method.as_str(),
             path = %e.path,
-            status = self.status.as_u16(),
+            status = status.as_u16(),
             upstream_status,
             key = e.key,
             duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            bytes_in = self.bytes_in.bytes(),
-            bytes_out = self.bytes_out.bytes(),
+            bytes_in = bytes.map(|b| b.0),
+            bytes_out = bytes.map(|b| b.1),
             error = e.error,
             "request"
         );

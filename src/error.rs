@@ -271,6 +271,44 @@ fn import_body(
     body::full(value.to_string())
 }
 
+/// keygate's answer to a re-batched upsert (docs/errors.md, "Batched upserts"): the
+/// Import API's shape, `{"code","message","reasons","batches"}`, with
+/// `x-keygate-batches: <count>` and, when the failing batch was answered 429 with one,
+/// its `Retry-After`. The status is the answer's (201, or the first failing batch's).
+pub(crate) fn batch_answer<B: serde::Serialize>(
+    status: StatusCode,
+    message: &str,
+    reasons: &[String],
+    batches: &[B],
+    retry_after: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    /// In the order the Import API writes its own answers.
+    #[derive(serde::Serialize)]
+    struct Answer<'a, B> {
+        code: u16,
+        message: &'a str,
+        reasons: &'a [String],
+        batches: &'a [B],
+    }
+    let count = batches.len();
+    let body =
+        serde_json::to_vec(&Answer { code: status.as_u16(), message, reasons, batches }).unwrap_or_default();
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    // Labelled like keygate's other Import-shaped answers, so the JavaScript client
+    // parses it itself (see IMPORT_JSON).
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(IMPORT_JSON));
+    headers.insert(BATCHES_HEADER, HeaderValue::from(count));
+    if let Some(value) = retry_after {
+        headers.insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Name of the header on a re-batched upsert's answer: how many batches it was.
+pub(crate) const BATCHES_HEADER: &str = "x-keygate-batches";
+
 /// Why an upstream call failed (the `kind` label of `keygate_upstream_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {

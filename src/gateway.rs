@@ -17,6 +17,8 @@ pub struct Gateway {
     /// The upstream clients of every snapshot, by key, for reloads to keep.
     clients: upstream::Cache,
     pub metrics: Arc<Metrics>,
+    /// The update-status guard's answers, which outlive snapshots like the clients.
+    pub(crate) guard: crate::guard::registry::Guard,
     shutting_down: AtomicBool,
 }
 
@@ -30,6 +32,7 @@ impl Gateway {
             config: ArcSwap::from_pointee(snapshot),
             clients,
             metrics,
+            guard: crate::guard::registry::Guard::default(),
             shutting_down: AtomicBool::new(false),
         })
     }

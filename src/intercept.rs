@@ -14,9 +14,8 @@ use hyper::ext::ReasonPhrase;
 use crate::access::Exchange;
 use crate::body::{self, ProxyBody};
 use crate::config::Snapshot;
-use crate::conn::ConnInfo;
+use crate::conn::{ConnInfo, Tunnel, TunnelSlot};
 use crate::error::Refusal;
-use crate::server::{Tunnel, TunnelSlot};
 
 /// The only port keygate intercepts: the callers' clients speak HTTPS to the vendor.
 const PORT: u16 = 443;

@@ -21,6 +21,7 @@
 mod access;
 pub mod admin;
 pub mod app;
+mod batch;
 mod body;
 pub mod caller;
 pub mod cli;
@@ -29,7 +30,9 @@ mod conn;
 #[cfg(feature = "sandbox")]
 pub mod demo;
 mod error;
+mod forward;
 pub mod gateway;
+mod guard;
 mod intercept;
 pub mod metrics;
 mod proxy;

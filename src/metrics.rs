@@ -41,6 +41,10 @@ pub struct Metrics {
     tls_registered: std::sync::Once,
     pub(crate) intercept_cert_expiry: Gauge,
     intercept_registered: std::sync::Once,
+    pub(crate) import_batches: IntCounterVec,
+    pub(crate) import_retries: IntCounterVec,
+    pub(crate) update_status: IntCounterVec,
+    pub(crate) coordination_errors: IntCounterVec,
     /// Tags the series a route keeps (see [`crate::routes::series`]).
     pub(crate) id: u64,
 }
@@ -51,6 +55,13 @@ struct Def {
     help: &'static str,
     labels: &'static [&'static str],
 }
+
+/// The `result` labels of `keygate_import_batches_total` (src/batch.rs).
+const IMPORT_BATCH_RESULTS: [&str; 3] = ["created", "failed", "not_sent"];
+/// The `source` labels of `keygate_update_status_answers_total` (src/guard).
+const UPDATE_STATUS_SOURCES: [&str; 5] = ["upstream", "shared", "cached", "stale", "limited"];
+/// The `op` labels of `keygate_coordination_errors_total` (src/guard/fleet.rs).
+const COORDINATION_OPS: [&str; 3] = ["read", "lock", "write"];
 
 const REQUESTS: Def = Def {
     name: "keygate_requests_total",
@@ -141,6 +152,26 @@ const INTERCEPT_CERT_EXPIRY: Def = Def {
     help: "notAfter of the [server.intercept] certificate presented inside CONNECT tunnels, Unix time.",
     labels: &[],
 };
+const IMPORT_BATCHES: Def = Def {
+    name: "keygate_import_batches_total",
+    help: "Batches of re-batched import upserts, by result (created, failed, not_sent).",
+    labels: &["route", "result"],
+};
+const IMPORT_RETRIES: Def = Def {
+    name: "keygate_import_retries_total",
+    help: "Batches of re-batched import upserts sent again after a 429, a 5xx or no answer.",
+    labels: &["route"],
+};
+const UPDATE_STATUS: Def = Def {
+    name: "keygate_update_status_answers_total",
+    help: "update_status answers, by where they came from (upstream, shared, cached, stale, limited).",
+    labels: &["route", "source"],
+};
+const COORDINATION_ERRORS: Def = Def {
+    name: "keygate_coordination_errors_total",
+    help: "Redis operations of [coordination] that failed or timed out; the in-process guard answered.",
+    labels: &["op"],
+};
 const BUILD_INFO: Def = Def { name: "keygate_build_info", help: "keygate's version; always 1.", labels: &[] };
 
 /// A metric built from a literal definition, registered in `registry` when given.
@@ -218,6 +249,10 @@ impl Metrics {
             // Registered on first use: it exists only with [server.intercept].
             intercept_cert_expiry: gauge(None, &INTERCEPT_CERT_EXPIRY),
             intercept_registered: std::sync::Once::new(),
+            import_batches: counter(&r, &IMPORT_BATCHES),
+            import_retries: counter(&r, &IMPORT_RETRIES),
+            update_status: counter(&r, &UPDATE_STATUS),
+            coordination_errors: counter(&r, &COORDINATION_ERRORS),
             id: crate::routes::series::next_id(),
             registry: r,
         };
@@ -280,6 +315,32 @@ impl Metrics {
             if route.shadow_allow.is_some() {
                 self.shadow_denied.with_label_values(&[&route.name]);
             }
+            self.vendor_limit_series(route);
+        }
+        if snapshot.coordination.is_some() {
+            for op in COORDINATION_OPS {
+                self.coordination_errors.with_label_values(&[op]);
+            }
+        }
+    }
+
+    /// Zeroed series of the closed label sets of a route's re-batching or update-status
+    /// guard, so that rates exist before the first event.
+    fn vendor_limit_series(&self, route: &crate::routes::Route) {
+        use crate::routes::{Kind, Preset};
+        match &route.kind {
+            Kind::Preset { preset: Preset::Import, .. } => {
+                for result in IMPORT_BATCH_RESULTS {
+                    self.import_batches.with_label_values(&[&route.name, result]);
+                }
+                self.import_retries.with_label_values(&[&route.name]);
+            }
+            Kind::Preset { preset: Preset::Export, .. } if !route.limits.update_status_ttl.is_zero() => {
+                for source in UPDATE_STATUS_SOURCES {
+                    self.update_status.with_label_values(&[&route.name, source]);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -313,7 +374,7 @@ pub(crate) fn unix(t: std::time::SystemTime) -> f64 {
 mod tests {
     use super::*;
 
-    const ALL: [&Def; 20] = [
+    const ALL: [&Def; 24] = [
         &REQUESTS,
         &REQUEST_DURATION,
         &UPSTREAM_DURATION,
@@ -334,6 +395,10 @@ mod tests {
         &TLS_CERT_EXPIRY,
         &INTERCEPT_CERT_EXPIRY,
         &BUILD_INFO,
+        &IMPORT_BATCHES,
+        &IMPORT_RETRIES,
+        &UPDATE_STATUS,
+        &COORDINATION_ERRORS,
     ];
 
     #[test]
@@ -353,6 +418,10 @@ mod tests {
         m.secret_candidate.with_label_values(&["s"]).set(1);
         m.secret_verifications.with_label_values(&["s", "ok"]).inc();
         m.secret_fallbacks.with_label_values(&["s"]).inc();
+        m.import_batches.with_label_values(&["r", "created"]).inc();
+        m.import_retries.with_label_values(&["r"]).inc();
+        m.update_status.with_label_values(&["r", "cached"]).inc();
+        m.coordination_errors.with_label_values(&["read"]).inc();
         let text = m.render();
         for def in ALL {
             assert!(text.contains(&format!("# HELP {} {}\n", def.name, def.help)), "{}", def.name);

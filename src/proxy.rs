@@ -2,8 +2,6 @@
 //! request on or answering it. Each step says why it sits where it sits.
 
 use std::sync::Arc;
-use std::time::Instant;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,20 +9,20 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body as _, Incoming};
 
 use crate::access::Exchange;
-use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
+use crate::body::{self, Meter, Metered, ProxyBody};
 use crate::caller::Caller;
 use crate::config::Snapshot;
 use crate::conn::ConnInfo;
-use crate::error::{Refusal, Shape, UpstreamFailure};
+use crate::error::{Refusal, Shape};
 use crate::gateway::Gateway;
 use crate::intercept;
-use crate::rewrite;
 use crate::routes::{Credential, Kind, Route, Target, check_path, upsert};
 use crate::scrub;
 use crate::upstream::{self, Lease};
+use crate::{batch, forward, guard};
 
 /// How much of an answer replaced by a retry with the previous key is read (so its
 /// connection can be reused), and for how long; a longer or slower one closes it.
@@ -52,7 +50,7 @@ pub(crate) async fn handle(
             refusal.into_shaped_response(shape)
         }
     };
-    exchange.finish(gw, response, bytes_in, guard)
+    exchange.finish(response, bytes_in, guard)
 }
 
 /// The steps of one request, in order. The first that answers ends it.
@@ -97,10 +95,25 @@ async fn pipeline(
     // Only now is the request rewritten and its body read: strip, inject, body. The
     // caller's head stays, should the request be sent again with the previous key.
     let (caller, incoming) = request.into_parts();
-    let outgoing = build_request(snapshot, &route, &target, &caller, incoming, bytes_in).await?;
+    let outgoing = match build_request(snapshot, &route, &target, &caller, incoming, bytes_in).await? {
+        Built::One(outgoing) => outgoing,
+        // More records than the vendor takes in one upsert: sent as batches, and
+        // answered for all of them (src/batch.rs).
+        Built::Batches(plan) => {
+            let (response, status) = Box::pin(batch::send_all(gw, &route, &target, plan, bytes_in)).await;
+            exchange.upstream_status = status;
+            return Ok(response);
+        }
+    };
+    // The vendor allows one update-status call a minute per client id: answers are
+    // shared by every caller (src/guard).
+    if target.operation == "update_status" && !route.limits.update_status_ttl.is_zero() {
+        let request = outgoing.request;
+        return Box::pin(guard::serve(gw, snapshot, &route, &target, request, bytes_in, exchange)).await;
+    }
     let (response, lease) = send(gw, &route, &target, &caller, outgoing, bytes_in, exchange).await?;
     exchange.upstream_status = Some(response.status());
-    Ok(downstream(snapshot, &route, response, lease).await)
+    Ok(forward::downstream(snapshot, &route, response, lease).await)
 }
 
 /// Refuses a head that is too large or that can be read two ways: any framing but one
@@ -167,7 +180,7 @@ async fn send(
     exchange: &mut Exchange,
 ) -> Result<(Response<Incoming>, Lease), Refusal> {
     let Outgoing { request, resend } = outgoing;
-    let (response, lease) = send_once(gw, route, target, request, bytes_in).await?;
+    let (response, lease) = forward::send(gw, route, target, request, bytes_in).await?;
     if !matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         return Ok((response, lease));
     }
@@ -201,34 +214,7 @@ async fn fall_back(
     let request = assemble(&caller.method, head, body::full(body));
     gw.metrics.secret_fallbacks.with_label_values(&[&route.secret_name]).inc();
     exchange.key = Some("previous");
-    send_once(gw, route, target, request, bytes_in).await
-}
-
-/// Sends one request and times it. A `101` and every failure become refusals; a 401
-/// or 403 is counted, since it means the key or the egress address was refused.
-async fn send_once(
-    gw: &Gateway,
-    route: &Route,
-    target: &Target,
-    request: Request<ProxyBody>,
-    bytes_in: &Meter,
-) -> Result<(Response<Incoming>, Lease), Refusal> {
-    let started = Instant::now();
-    let result = route.upstream.send(request, route.response_timeout).await;
-    gw.metrics.upstream_took(route, target.operation, started.elapsed().as_secs_f64());
-    let (response, lease) = match result {
-        // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
-        // on would tell the caller a tunnel exists.
-        Ok((response, _)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            return Err(upstream_failure(gw, route, UpstreamFailure::Protocol, bytes_in));
-        }
-        Ok(answer) => answer,
-        Err(failure) => return Err(upstream_failure(gw, route, failure, bytes_in)),
-    };
-    if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-        gw.metrics.upstream_auth_failures.with_label_values(&[&route.name]).inc();
-    }
-    Ok((response, lease))
+    forward::send(gw, route, target, request, bytes_in).await
 }
 
 /// Counts and logs a request the route's `shadow_allow` would refuse; never decides.
@@ -283,6 +269,13 @@ struct Outgoing {
     resend: Option<Bytes>,
 }
 
+/// What the caller's request becomes upstream.
+enum Built {
+    One(Outgoing),
+    /// An import upsert of more than 100 records, re-batched.
+    Batches(batch::Plan),
+}
+
 /// Where the request goes and what it carries besides its body: the caller's headers
 /// and query with `credential`'s key in place of the caller's.
 struct Head {
@@ -298,12 +291,19 @@ async fn build_request(
     caller: &Parts,
     incoming: Incoming,
     bytes_in: &Arc<Meter>,
-) -> Result<Outgoing, Refusal> {
+) -> Result<Built, Refusal> {
     let head = upstream_head(route, target, caller, &route.credential)?;
     // Known before the body is read: a generic request can be sent again only when it
     // has no body to lose.
     let bodiless = incoming.is_end_stream();
-    let (body, buffered) = request_body(snapshot, route, target, caller, incoming, bytes_in).await?;
+    let (body, buffered) = match request_body(snapshot, route, target, caller, incoming, bytes_in).await? {
+        Body::One(body, buffered) => (body, buffered),
+        Body::Batches(batches) => {
+            let Head { headers, uri } = head;
+            let plan = batch::Plan { method: caller.method.clone(), uri, headers, batches };
+            return Ok(Built::Batches(plan));
+        }
+    };
     let resend = if route.fallback.is_none() || !target.credential {
         None
     } else {
@@ -316,7 +316,7 @@ async fn build_request(
             Kind::Generic { .. } => None,
         }
     };
-    Ok(Outgoing { request: assemble(&caller.method, head, body), resend })
+    Ok(Built::One(Outgoing { request: assemble(&caller.method, head, body), resend }))
 }
 
 /// The upstream's headers and target for the caller's head, carrying `credential`.
@@ -354,9 +354,18 @@ fn assemble(method: &Method, head: Head, body: ProxyBody) -> Request<ProxyBody> 
     out
 }
 
+/// A request body as it goes upstream.
+enum Body {
+    /// The body, and a second handle on a buffered upsert's bytes while a retry with
+    /// the previous key is possible.
+    One(ProxyBody, Option<Bytes>),
+    /// The records of an upsert too large for one, split in order.
+    Batches(Vec<upsert::Batch>),
+}
+
 /// The body sent upstream: a checked upsert whole (also returned, should the request be
-/// sent again), nothing for a BI `GET`, anything else streamed within the route's limit
-/// and the idle timeout.
+/// sent again; past 100 records, split), nothing for a BI `GET`, anything else streamed
+/// within the route's limit and the idle timeout.
 async fn request_body(
     snapshot: &Snapshot,
     route: &Route,
@@ -364,22 +373,31 @@ async fn request_body(
     parts: &Parts,
     incoming: Incoming,
     bytes_in: &Arc<Meter>,
-) -> Result<(ProxyBody, Option<Bytes>), Refusal> {
+) -> Result<Body, Refusal> {
     let limit = Some(route.max_body_bytes);
     let idle = Some(snapshot.server.idle_timeout);
     let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
     if target.validate_upsert {
         // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
-        let bytes = Box::pin(metered.collect()).await.map_err(|_| body_refusal(bytes_in))?.to_bytes();
+        let bytes =
+            Box::pin(metered.collect()).await.map_err(|_| forward::body_refusal(bytes_in))?.to_bytes();
         // The first problem is the answer (the sandbox, like the vendor, lists them all).
-        if let Err(problems) = upsert::check(&bytes) {
-            return Err(Refusal::InvalidBody(
-                problems.into_iter().next().map_or_else(String::new, |p| p.to_string()),
-            ));
-        }
-        // A second handle on the same bytes, kept only while a retry is possible.
-        let kept = route.fallback.is_some().then(|| bytes.clone());
-        return Ok((body::full(bytes), kept));
+        let first = |problems: Vec<upsert::Problem>| {
+            Refusal::InvalidBody(problems.into_iter().next().map_or_else(String::new, |p| p.to_string()))
+        };
+        return match upsert::check(&bytes) {
+            Ok(_) => {
+                // A second handle on the same bytes, kept only while a retry is possible.
+                let kept = route.fallback.is_some().then(|| bytes.clone());
+                Ok(Body::One(body::full(bytes), kept))
+            }
+            Err(problems) if upsert::only_too_many(&problems) => {
+                upsert::split(&bytes, upsert::MAX_RECORDS, upsert::MAX_BATCH_BYTES)
+                    .map(Body::Batches)
+                    .map_err(first)
+            }
+            Err(problems) => Err(first(problems)),
+        };
     }
     if matches!(route.kind, Kind::Preset { .. })
         && (parts.method == Method::GET || parts.method == Method::HEAD)
@@ -390,57 +408,9 @@ async fn request_body(
         {
             return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
         }
-        return Ok((body::empty(), None));
+        return Ok(Body::One(body::empty(), None));
     }
-    Ok((metered.boxed_unsync(), None))
-}
-
-fn body_refusal(bytes_in: &Meter) -> Refusal {
-    match bytes_in.failure() {
-        Some(BodyError::TooLarge) => Refusal::BodyTooLarge,
-        Some(BodyError::Idle) => Refusal::BadRequest("the request body stalled"),
-        Some(BodyError::Broken) | None => Refusal::BadRequest("the request body could not be read"),
-    }
-}
-
-/// Maps an upstream failure to keygate's answer and counts it. A request body that
-/// broke its own limits is the caller's fault, not the upstream's.
-fn upstream_failure(gw: &Gateway, route: &Route, failure: UpstreamFailure, bytes_in: &Meter) -> Refusal {
-    if bytes_in.failure().is_some() {
-        return body_refusal(bytes_in);
-    }
-    gw.metrics.upstream_errors.with_label_values(&[&route.name, failure.label()]).inc();
-    match failure {
-        UpstreamFailure::Timeout => Refusal::UpstreamTimeout,
-        kind => Refusal::UpstreamUnavailable(kind),
-    }
-}
-
-/// Cleans the upstream's answer: headers and trailers always; every non-2xx body read
-/// for secrets ([`scrub::body`]); 2xx bodies streamed untouched, with an idle timeout
-/// between chunks.
-async fn downstream(
-    snapshot: &Snapshot,
-    route: &Route,
-    response: Response<Incoming>,
-    mut lease: Lease,
-) -> Response<ProxyBody> {
-    let (mut parts, incoming) = response.into_parts();
-    rewrite::response_headers(&mut parts.headers, &snapshot.scrub, route.credential.location_query());
-    let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
-    // The upstream connection is reused only after this body has been read whole.
-    let meter = Arc::new(Meter::default());
-    lease.watch(&meter);
-    let metered = Metered::new(incoming, meter, None, idle).with_guard(Box::new(lease));
-    let streamed = scrub::body::Trailers::new(metered, snapshot.scrub.clone());
-
-    let body = if parts.status.is_success() {
-        streamed.boxed_unsync()
-    } else {
-        // Boxed, like every rare path, to keep each request's future small.
-        Box::pin(scrub::body::error_body(&snapshot.scrub, &route.name, streamed, &mut parts.headers)).await
-    };
-    Response::from_parts(parts, body)
+    Ok(Body::One(metered.boxed_unsync(), None))
 }
 
 #[cfg(test)]

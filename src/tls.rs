@@ -54,6 +54,21 @@ fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// A certificate chain (at least one certificate), its private key and the leaf's
+/// notAfter, from PEM bytes.
+fn pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, SystemTime), TlsProblem> {
+    let chain = certs(cert_pem).map_err(TlsProblem::Cert)?;
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|_| TlsProblem::Key("bad PEM".into()))?
+        .ok_or_else(|| TlsProblem::Key("holds no PEM private key".into()))?;
+    let leaf = chain.first().ok_or_else(|| TlsProblem::Cert("holds no PEM certificate".into()))?;
+    let not_after = not_after(leaf).map_err(TlsProblem::Cert)?;
+    Ok((chain, key, not_after))
+}
+
 /// Builds the server config from PEM bytes: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
 pub(crate) fn server_tls(
     cert_pem: &[u8],
@@ -61,11 +76,7 @@ pub(crate) fn server_tls(
     client_ca_pem: Option<&[u8]>,
 ) -> Result<ServerTls, TlsProblem> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certs(cert_pem).map_err(TlsProblem::Cert)?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|_| TlsProblem::Key("bad PEM".into()))?
-        .ok_or_else(|| TlsProblem::Key("holds no PEM private key".into()))?;
-    let not_after = not_after(&chain[0]).map_err(TlsProblem::Cert)?;
+    let (chain, key, not_after) = pair(cert_pem, key_pem)?;
 
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -117,11 +128,7 @@ pub(crate) fn intercept_tls(
     hosts: Vec<String>,
 ) -> Result<InterceptTls, TlsProblem> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certs(cert_pem).map_err(TlsProblem::Cert)?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|_| TlsProblem::Key("bad PEM".into()))?
-        .ok_or_else(|| TlsProblem::Key("holds no PEM private key".into()))?;
-    let not_after = not_after(&chain[0]).map_err(TlsProblem::Cert)?;
+    let (chain, key, not_after) = pair(cert_pem, key_pem)?;
     let signing =
         provider.key_provider.load_private_key(key).map_err(|e| TlsProblem::Key(format!("unusable: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);

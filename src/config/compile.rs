@@ -58,6 +58,7 @@ pub(crate) fn compile_with(
     };
 
     let routes = routes(&mut ctx, &f.routes, &groups, &secrets, clients);
+    let coordination = super::limits::coordination(&mut ctx, f.coordination.as_ref());
     let routes = RouteTable::new(routes);
     let intercept = match inputs.reading {
         Reading::Everything => f.server.intercept.as_ref().and_then(|i| intercept(&mut ctx, i, &routes)),
@@ -87,6 +88,7 @@ pub(crate) fn compile_with(
         secrets: secrets.into_values().collect(),
         scrub,
         routes,
+        coordination,
         tls,
         intercept,
         watched: inputs.named_files(),

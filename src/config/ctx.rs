@@ -67,3 +67,23 @@ pub(super) fn parse_net(text: &str) -> Result<IpNet, String> {
     }
     Ok(net)
 }
+
+/// `url` fit for an error message: user info, query and fragment become `***`, since
+/// any of them may hold a credential (`https://***@host/base?***#***`).
+pub(super) fn masked_url(url: &str) -> String {
+    let (url, fragment) = match url.split_once('#') {
+        Some((before, _)) => (before, "#***"),
+        None => (url, ""),
+    };
+    let (url, query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?***"),
+        None => (url, ""),
+    };
+    let (scheme, rest) = url.split_at(url.find("://").map_or(0, |i| i + 3));
+    // Everything before the last `@`, even past a `/`: a password may hold one.
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***{}", &rest[at..]),
+        None => rest.to_owned(),
+    };
+    format!("{scheme}{rest}{query}{fragment}")
+}

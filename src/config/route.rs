@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::Uri;
 use sha2::{Digest, Sha256};
 
-use super::ctx::{Ctx, parse_net, valid_name};
+use super::ctx::{Ctx, masked_url, parse_net, valid_name};
 use super::schema::RouteSpec;
 use super::{LoadedSecret, kind, proof};
 use crate::caller::{Allow, Group};
@@ -43,6 +43,7 @@ pub(super) fn route(
         ctx.duration(&location, "response_timeout", &spec.response_timeout, Duration::from_secs(60));
     let max_body_bytes = max_body_bytes(ctx, &location, spec);
     let upstream = upstream_client(ctx, &location, spec, preset, connect_timeout, clients);
+    let limits = super::limits::vendor_limits(ctx, &location, spec, preset);
     let keys = match (&kind, secret) {
         (Some(kind), Some(secret)) => keys(ctx, &location, &secret_name, kind, secret),
         _ => None,
@@ -74,6 +75,7 @@ pub(super) fn route(
         shadow_allow,
         max_body_bytes,
         response_timeout,
+        limits,
         series: Default::default(),
     })
 }
@@ -297,26 +299,6 @@ fn upstream(
     }
 }
 
-/// `url` fit for an error message: user info, query and fragment become `***`, since
-/// any of them may hold a credential (`https://***@host/base?***#***`).
-fn masked_url(url: &str) -> String {
-    let (url, fragment) = match url.split_once('#') {
-        Some((before, _)) => (before, "#***"),
-        None => (url, ""),
-    };
-    let (url, query) = match url.split_once('?') {
-        Some((before, _)) => (before, "?***"),
-        None => (url, ""),
-    };
-    let (scheme, rest) = url.split_at(url.find("://").map_or(0, |i| i + 3));
-    // Everything before the last `@`, even past a `/`: a password may hold one.
-    let rest = match rest.rfind('@') {
-        Some(at) => format!("***{}", &rest[at..]),
-        None => rest.to_owned(),
-    };
-    format!("{scheme}{rest}{query}{fragment}")
-}
-
 fn is_loopback_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<Uri>() else { return false };
     match uri.host() {
@@ -333,7 +315,8 @@ fn valid_prefix(prefix: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_host, masked_url};
+    use super::check_host;
+    use super::masked_url;
 
     #[test]
     fn hosts_are_dns_names_without_ports_or_wildcards() {

@@ -34,6 +34,23 @@ pub struct File {
     /// The routes, matched by longest prefix.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// What several keygate processes share (the update-status guard's answers).
+    pub coordination: Option<Coordination>,
+}
+
+/// `[coordination]`.
+#[derive(Deserialize, Default)]
+pub struct Coordination {
+    /// `redis://[user:password@]host[:port][/db]`: where sidecars of one client id share
+    /// update-status answers and the lock that lets one of them call upstream.
+    pub redis: Option<String>,
+}
+
+impl fmt::Debug for Coordination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("Coordination").field("redis", &self.redis.as_ref().map(|_| "[REDACTED]")).finish()
+    }
 }
 
 /// One socket address or a list of them.
@@ -223,6 +240,13 @@ pub struct RouteSpec {
     pub max_body_bytes: Option<u64>,
     /// Import preset: check upsert bodies locally. Default true.
     pub validate_body: Option<bool>,
+    /// Import preset: batches of a re-batched upsert in flight at once (1..=16). Default 1.
+    pub batch_concurrency: Option<u64>,
+    /// Import preset: retries of one batch answered 429, 5xx or not at all (0..=10). Default 3.
+    pub batch_retries: Option<u64>,
+    /// Export preset: how long an `update_status` answer is shared. Default `60s`; `0s` turns
+    /// the guard off.
+    pub update_status_ttl: Option<String>,
     /// Generic routes: how the key is carried.
     pub inject: Option<Inject>,
     /// Generic routes: methods forwarded.

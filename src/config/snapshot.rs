@@ -28,6 +28,8 @@ pub struct Snapshot {
     /// Every loaded secret, found and redacted in whatever goes back to callers.
     pub(crate) scrub: Arc<Scrubber>,
     pub routes: RouteTable,
+    /// `[coordination]`: where update-status answers are shared across processes.
+    pub(crate) coordination: Option<super::CoordinationSettings>,
     /// The compiled `[server.tls]`, when callers speak TLS to keygate.
     pub(crate) tls: Option<crate::tls::ServerTls>,
     /// The compiled `[server.intercept]`, when keygate accepts `CONNECT` for routed hosts.

@@ -8,8 +8,8 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::Problem;
 use super::schema::{
-    Admin, Callers, File, Group, Inject, Intercept, Log, Reload, RouteSpec, SecretSpec, Server, ServerTls,
-    Verify,
+    Admin, Callers, Coordination, File, Group, Inject, Intercept, Log, Reload, RouteSpec, SecretSpec, Server,
+    ServerTls, Verify,
 };
 
 /// One step of a key's path in the file.
@@ -105,6 +105,7 @@ fn section_keys(parent: &[Segment]) -> Option<&'static [&'static str]> {
         ["admin"] => keys_of::<Admin>(),
         ["log"] => keys_of::<Log>(),
         ["reload"] => keys_of::<Reload>(),
+        ["coordination"] => keys_of::<Coordination>(),
         ["callers"] => keys_of::<Callers>(),
         ["callers", "groups", _] => keys_of::<Group>(),
         ["secrets", _] => keys_of::<SecretSpec>(),
@@ -220,5 +221,23 @@ mod tests {
         let intercept = "[server.intercept]\ncert = \"c\"\nkey = \"k\"\n[[routes]]\nhost = \"a.example\"\n";
         assert!(unknown(intercept).is_empty());
         assert!(keys_of::<File>().contains(&"routes"));
+    }
+
+    #[test]
+    fn the_vendor_limit_keys_are_known_and_their_typos_reported() {
+        let known = "[coordination]\nredis = \"redis://127.0.0.1:1\"\n[[routes]]\nname = \"a\"\n\
+                     batch_concurrency = 2\nbatch_retries = 1\nupdate_status_ttl = \"5s\"\n";
+        assert!(unknown(known).is_empty(), "{:#?}", unknown(known));
+        let typos = "[coordination]\nredsi = \"x\"\n[[routes]]\nname = \"a\"\nbatch_concurency = 2\n";
+        let found = unknown(typos);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].starts_with("coordination|redsi|unknown key at line 2") && found[0].contains("redis")
+        );
+        assert!(
+            found[1].starts_with("routes[0] \"a\"|batch_concurency|unknown key at line 5")
+                && found[1].contains("batch_concurrency, batch_retries, update_status_ttl"),
+            "{found:#?}"
+        );
     }
 }

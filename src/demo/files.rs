@@ -1,11 +1,16 @@
 //! The demo's files: a private temporary directory (removed on drop) holding the
 //! gateway's config and the keys generated for this run, and the text of that config.
 
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::walkthrough::SHADOW_CALLER;
 use super::{CLIENT_ID, Ports};
+
+/// A caller the demo's routes refuse: on loopback, outside group `local`.
+pub const REFUSED_CALLER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+/// A caller the export route admits but its `shadow_allow` would not.
+pub const SHADOW_CALLER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
 
 /// The name of the import key's file in the demo's directory.
 pub(crate) const IMPORT_KEY_FILE: &str = "bi-import-key";

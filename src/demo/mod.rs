@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 use crate::app::App;
 use crate::config;
 use crate::sandbox::{self, Sandbox};
+pub use files::{REFUSED_CALLER, SHADOW_CALLER};
 pub use intercept::{CA_FILE, VENDOR_HOSTS};
-pub use walkthrough::{Command, Curl, REFUSED_CALLER, SHADOW_CALLER, Step, walkthrough};
+pub use walkthrough::{Command, Curl, Step, walkthrough};
 
 /// The client id the demo's sandbox and routes use.
 pub(crate) const CLIENT_ID: u64 = 12345;

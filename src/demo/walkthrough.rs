@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::files::IMPORT_KEY_FILE;
+use super::files::{IMPORT_KEY_FILE, REFUSED_CALLER, SHADOW_CALLER};
 use super::intercept::{CA_FILE, VENDOR_HOSTS};
 use super::{CLIENT_ID, Ports};
 
@@ -47,6 +47,8 @@ pub struct Curl {
     pub url: String,
     pub content_type: Option<&'static str>,
     pub body: Option<&'static str>,
+    /// A shell command whose output is the body, piped into curl (`--data-binary @-`).
+    pub body_command: Option<&'static str>,
     /// Save the response body to this file instead of printing it.
     pub output: Option<&'static str>,
     /// Pipe the output through `grep` with these arguments (a POSIX shell word list).
@@ -68,6 +70,7 @@ impl Curl {
             url,
             content_type: None,
             body: None,
+            body_command: None,
             output: None,
             grep: None,
             from: None,
@@ -79,7 +82,10 @@ impl Curl {
 
     /// The copy-paste `curl` command.
     pub fn line(&self) -> String {
-        let mut cmd = String::new();
+        let mut cmd = match self.body_command {
+            Some(command) => format!("{command} | "),
+            None => String::new(),
+        };
         if let Some(proxy) = &self.proxy {
             let _ = write!(cmd, "HTTPS_PROXY={proxy} ");
         }
@@ -98,6 +104,9 @@ impl Curl {
         }
         if let Some(body) = self.body {
             let _ = write!(cmd, " -d '{body}'");
+        }
+        if self.body_command.is_some() {
+            cmd.push_str(" --data-binary @-");
         }
         if let Some(out) = self.output {
             let _ = write!(cmd, " -o {out}");
@@ -120,11 +129,6 @@ impl From<Curl> for Command {
 const ROWS: &str =
     r#"[{"keys":["id"],"id":1,"item":"lamp","total":19.5},{"keys":["id"],"id":2,"item":"desk","total":120}]"#;
 
-/// A caller the demo's routes refuse: on loopback, outside group `local`.
-pub const REFUSED_CALLER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
-/// A caller the export route admits but its `shadow_allow` would not.
-pub const SHADOW_CALLER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
-
 /// The walkthrough, in order, for a demo serving on `ports` with its files in `dir`.
 pub fn walkthrough(ports: &Ports, dir: &Path) -> Vec<Step> {
     let urls = Urls { gw: format!("http://{}", ports.gateway), admin: format!("http://{}", ports.admin) };
@@ -137,8 +141,42 @@ pub fn walkthrough(ports: &Ports, dir: &Path) -> Vec<Step> {
         "What keygate counted: every request, by route, operation, caller group and code.",
         vec![urls.metrics("^keygate_requests_total").into()],
     ));
+    steps.extend(vendor_limits(&urls));
     steps.extend(proxy_steps(&urls, dir));
     steps
+}
+
+/// Prints 1,050 rows for table `events`: more than one upsert may carry.
+const BULK_ROWS: &str = r#"awk 'BEGIN { printf "["; for (i = 1; i <= 1050; i++) printf "%s{\"keys\":[\"id\"],\"id\":%d,\"kind\":\"click\"}", (i > 1 ? "," : ""), i; print "]" }'"#;
+
+/// The vendor's limits met by keygate: a push of 1,050 rows answered with its batches,
+/// and update-status calls (one a minute upstream) answered by the guard.
+fn vendor_limits(urls: &Urls) -> Vec<Step> {
+    let status =
+        || Curl { headers: true, ..urls.gw(&format!("/export/0.1/client/{CLIENT_ID}/fullupdatestatus")) };
+    let bulk = Curl {
+        method: "POST",
+        content_type: Some("application/json"),
+        body_command: Some(BULK_ROWS),
+        ..urls.gw(&format!("/import/v2/client/{CLIENT_ID}/table/events/data"))
+    };
+    vec![
+        step(
+            "bulk_push",
+            "Push 1,050 rows in one request. The vendor takes 100 per upsert: keygate sends 11 in order (retrying 429 and 5xx) and answers with the batches.",
+            vec![bulk.into()],
+        ),
+        step(
+            "update_status",
+            "Ask for the update-cycle status twice (the vendor allows one call a minute): the second answer comes from keygate's guard (see age and cache-control) instead of a 429.",
+            vec![status().into(), status().into()],
+        ),
+        step(
+            "vendor_metrics",
+            "What the batches and the guard did.",
+            vec![urls.metrics("-E '^keygate_(import_batches|update_status_answers)_total'").into()],
+        ),
+    ]
 }
 
 /// The gateway's and the admin listener's base URLs, and the requests steps share.

@@ -82,6 +82,25 @@ pub(crate) struct Fallback {
     pub until: Instant,
 }
 
+/// What a BI preset route does about the vendor's limits (docs/presets.md, "Vendor
+/// limits"): how an import upsert of more than 100 records is re-batched, and how long an
+/// export `update_status` answer is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VendorLimits {
+    /// Batches of one re-batched upsert in flight at once.
+    pub batch_concurrency: usize,
+    /// Retries of one batch after a 429, a 5xx or no answer.
+    pub batch_retries: u32,
+    /// How long an `update_status` answer is shared; zero turns the guard off.
+    pub update_status_ttl: Duration,
+}
+
+impl Default for VendorLimits {
+    fn default() -> Self {
+        VendorLimits { batch_concurrency: 1, batch_retries: 3, update_status_ttl: Duration::from_secs(60) }
+    }
+}
+
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
@@ -104,6 +123,8 @@ pub struct Route {
     pub(crate) shadow_allow: Option<Allow>,
     pub(crate) max_body_bytes: u64,
     pub(crate) response_timeout: Duration,
+    /// Re-batching and the update-status guard (BI presets).
+    pub(crate) limits: VendorLimits,
     /// This route's request series, kept once looked up.
     pub(crate) series: series::RouteSeries,
 }

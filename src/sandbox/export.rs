@@ -181,7 +181,27 @@ fn export_table(state: &State, table: &str) -> Resp {
     }
 }
 
+/// The vendor's rate limit on `fullupdatestatus`: at least this long between calls.
+const UPDATE_STATUS_EVERY: Duration = Duration::from_secs(60);
+
 fn update_status(state: &State) -> Resp {
+    {
+        let mut last = state.update_status_at.lock();
+        let now = std::time::Instant::now();
+        if let Some(wait) =
+            last.map(|at| UPDATE_STATUS_EVERY.saturating_sub(at.elapsed())).filter(|w| !w.is_zero())
+        {
+            let mut refused = respond::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                vec!["at most one update status call per minute per client".to_owned()],
+            );
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            refused.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+            return refused;
+        }
+        *last = Some(now);
+    }
     // One sample job that completed just before the sandbox started.
     let end = state.started;
     let start = end.checked_sub(Duration::from_secs(17 * 60 + 23)).unwrap_or(end);

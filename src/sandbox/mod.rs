@@ -125,6 +125,8 @@ pub(crate) struct State {
     store: Mutex<store::Store>,
     record: Mutex<VecDeque<RecordedRequest>>,
     started: SystemTime,
+    /// When `fullupdatestatus` last answered 200: the vendor allows one call a minute.
+    update_status_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl State {
@@ -182,6 +184,7 @@ impl Sandbox {
             store: Mutex::new(store::Store::default()),
             record: Mutex::new(VecDeque::new()),
             started: SystemTime::now(),
+            update_status_at: Mutex::new(None),
         });
         let (stop, stopped) = watch::channel(false);
         let task = runtime.spawn(server::accept_loop(listener, state.clone(), tls_config, stopped));

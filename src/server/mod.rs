@@ -9,8 +9,6 @@ mod serving;
 mod timeouts;
 mod tunnel;
 
-pub(crate) use tunnel::{Tunnel, TunnelSlot};
-
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -31,7 +29,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::body::{BoxError, ProxyBody};
 use crate::config::ServerSettings;
-use crate::conn::ConnInfo;
+use crate::conn::{ConnInfo, TunnelSlot};
 use crate::gateway::Gateway;
 use crate::proxy;
 use crate::tls::ServerTls;

@@ -1,5 +1,5 @@
 //! A `CONNECT` tunnel keygate accepted: the handler leaves it in the connection's
-//! [`TunnelSlot`] with the TLS settings it must use; once the `200 Connection
+//! [`crate::conn::TunnelSlot`] with the TLS settings it must use; once the `200 Connection
 //! established` has gone, the server completes TLS inside the tunnel (within the header
 //! timeout; the settings refuse a server name no route names) and serves the requests in
 //! it like those of any connection: the same handler, timeouts and drain, the outer
@@ -7,37 +7,11 @@
 
 use std::sync::Arc;
 
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::{Handler, Limits, Tunnels, serve_connection};
-use crate::conn::ConnInfo;
-
-/// An accepted `CONNECT`: the connection it takes over, and the TLS it speaks.
-pub(crate) struct Tunnel {
-    /// Resolves to the connection once the `200` has been written.
-    pub upgrade: OnUpgrade,
-    /// The `[server.intercept]` settings current when the tunnel was accepted.
-    pub tls: Arc<rustls::ServerConfig>,
-}
-
-/// Where a handler leaves the tunnel it accepts; the server puts one in the extensions
-/// of each `CONNECT` it may open a tunnel for (none inside a tunnel).
-#[derive(Clone, Default)]
-pub(crate) struct TunnelSlot(Arc<Mutex<Option<Tunnel>>>);
-
-impl TunnelSlot {
-    /// Hands the accepted tunnel to the server.
-    pub(crate) fn offer(&self, tunnel: Tunnel) {
-        *self.0.lock() = Some(tunnel);
-    }
-
-    pub(super) fn take(&self) -> Option<Tunnel> {
-        self.0.lock().take()
-    }
-}
+use crate::conn::{ConnInfo, Tunnel};
 
 /// Serves the tunnel: TLS within the header timeout, then its requests.
 pub(super) async fn serve<H: Handler>(

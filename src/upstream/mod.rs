@@ -344,3 +344,18 @@ fn classify(error: &hyper::Error) -> UpstreamFailure {
     }
     UpstreamFailure::Protocol
 }
+
+/// A `Retry-After` value as a wait from `now`: delay-seconds or an HTTP date, at most
+/// `cap`; `None` when it is neither.
+pub(crate) fn retry_after_delay(
+    value: &HeaderValue,
+    now: std::time::SystemTime,
+    cap: Duration,
+) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    let wait = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(text).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(cap))
+}

@@ -1,18 +1,18 @@
 //! The vendor's Python client from PyPI (`rjmetrics` 0.1.0), unmodified and with its
 //! default `API_BASE` (`https://connect.rjmetrics.com/v2`), reaching keygate through
-//! `HTTPS_PROXY` alone. The proxy variables are set in the child process only, with
-//! `NO_PROXY` empty: the client then never resolves or connects to the vendor's name
-//! itself (requests sends `CONNECT connect.rjmetrics.com:443` to the proxy), so nothing
-//! leaves loopback. The upstream is the sandbox, recording what arrived.
+//! `HTTPS_PROXY` alone. The client runs in a network namespace with only loopback, whose
+//! one way out leads to keygate (`support::netns`): whatever it did with the vendor's
+//! name, nothing could leave the machine. The upstream is the sandbox, recording what
+//! arrived.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
 use crate::support::client::IMPORT_JSON;
 use crate::support::inprocess::{GatewayBuilder, RouteSpec, TestGateway, sandbox};
 use crate::support::keys::{CID, IMPORT_KEY};
+use crate::support::netns;
 use crate::support::python::rjmetrics_python;
 use crate::support::tunnel::{IMPORT_HOST, Intercept, import_host_route};
 
@@ -40,15 +40,15 @@ except requests.exceptions.RequestException as e:
 print(json.dumps(out))
 "#;
 
-/// Runs [`SCRIPT`] for client `cid` with only the proxy and the CA in its environment.
+/// Runs [`SCRIPT`] for client `cid` with only the proxy and the CA in its environment,
+/// in a network namespace whose only way out leads to keygate.
 fn run_client(python: &Path, gw: &TestGateway, ca: &Path, cid: u64) -> Value {
-    let out = Command::new(python)
+    let out = netns::python(python, gw.dir(), SCRIPT, &[&cid.to_string()], gw.addr)
         .env_clear()
-        .env("HTTPS_PROXY", format!("http://{}", gw.addr))
+        .env("HTTPS_PROXY", "relay")
         .env("REQUESTS_CA_BUNDLE", ca)
         .env("NO_PROXY", "")
         .env("no_proxy", "")
-        .args(["-c", SCRIPT, &cid.to_string()])
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -71,9 +71,8 @@ fn import_error(status: u16, code: &str) -> impl Fn(&Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vendors_python_client_pushes_through_https_proxy_alone() {
-    let Some(python) = rjmetrics_python("the_vendors_python_client_pushes_through_https_proxy_alone") else {
-        return;
-    };
+    let test = "the_vendors_python_client_pushes_through_https_proxy_alone";
+    let Some(python) = rjmetrics_python(test).filter(|_| netns::available(test)) else { return };
     let sb = sandbox(false).await;
     let intercept = Intercept::new(&[IMPORT_HOST]);
     let gw =
@@ -107,9 +106,8 @@ async fn the_vendors_python_client_pushes_through_https_proxy_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vendors_python_client_reports_a_refused_caller() {
-    let Some(python) = rjmetrics_python("the_vendors_python_client_reports_a_refused_caller") else {
-        return;
-    };
+    let test = "the_vendors_python_client_reports_a_refused_caller";
+    let Some(python) = rjmetrics_python(test).filter(|_| netns::available(test)) else { return };
     let sb = sandbox(false).await;
     let intercept = Intercept::new(&[IMPORT_HOST]);
     // 127.0.0.1 may open a tunnel to the host (another route admits it) but not use

@@ -73,8 +73,12 @@ async fn send_curl(curl: &Curl) -> Shown {
     let authority = uri.authority().unwrap().as_str();
     let headers: Vec<(&str, &str)> = curl.content_type.iter().map(|ct| ("content-type", *ct)).collect();
     let method = Method::from_bytes(curl.method.as_bytes()).unwrap();
-    let mut req =
-        request(method, uri.path_and_query().unwrap().as_str(), &headers, curl.body.unwrap_or("").as_bytes());
+    // A body a shell command prints is exactly what it printed.
+    let body = match curl.body_command {
+        Some(command) => Process::new("sh").arg("-c").arg(command).output().unwrap().stdout,
+        None => curl.body.unwrap_or("").as_bytes().to_vec(),
+    };
+    let mut req = request(method, uri.path_and_query().unwrap().as_str(), &headers, &body);
     req.headers_mut().insert("host", HeaderValue::from_str(authority).unwrap());
     let reply = match (&curl.proxy, &curl.cacert) {
         (Some(proxy), Some(ca)) => {
@@ -169,6 +173,9 @@ async fn demo_walkthrough_runs_through_the_gateway() {
             "rotate",
             "restore",
             "metrics",
+            "bulk_push",
+            "update_status",
+            "vendor_metrics",
             "proxy_push",
             "proxy_tables",
             "proxy_refusal"
@@ -303,6 +310,7 @@ async fn run_step(step: &Step, process: &Keygate, dir: &Path, original: &str) {
             reply.assert_refusal(403, "client_mismatch");
             assert_eq!(reply.header("content-type").as_deref(), Some(IMPORT_JSON));
         }
+        "bulk_push" | "update_status" | "vendor_metrics" => vendor_limits(step).await,
         other => panic!("no assertions for step {other}: every printed step must be run"),
     }
 }
@@ -367,4 +375,39 @@ fn demo_refuses_a_busy_port_with_a_clear_message() {
     let out = run(&["demo", "--port", &port.to_string()]);
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("cannot listen on"), "{}", out.stderr);
+}
+
+/// The vendor's limits: 1,050 rows answered with 11 stored batches; a second
+/// update-status call answered by the guard (the sandbox would have answered 429).
+async fn vendor_limits(step: &Step) {
+    let c = &step.commands;
+    match step.id {
+        "bulk_push" => {
+            let shown = curl(&c[0]).await;
+            assert_eq!(shown.reply.status, 201, "bulk push: {}", shown.text);
+            assert_eq!(shown.reply.header("x-keygate-batches").as_deref(), Some("11"));
+            let bulk: serde_json::Value = serde_json::from_str(&shown.text).unwrap();
+            assert_eq!(bulk["batches"].as_array().map(Vec::len), Some(11), "{bulk}");
+        }
+        "update_status" => {
+            let (first, second) = (curl(&c[0]).await.reply, curl(&c[1]).await.reply);
+            assert_eq!((first.status, second.status), (200, 200), "{} / {}", first.text(), second.text());
+            assert_eq!(first.body, second.body);
+            let cache = second.header("cache-control");
+            assert!(
+                second.header("age").is_some() && cache.as_deref().is_some_and(|c| c.starts_with("max-age=")),
+                "{cache:?}"
+            );
+        }
+        _ => {
+            let shown = curl(&c[0]).await.text;
+            for line in [
+                "keygate_import_batches_total{result=\"created\",route=\"bi-import\"} 11",
+                "keygate_update_status_answers_total{route=\"bi-export\",source=\"cached\"} 1",
+                "keygate_update_status_answers_total{route=\"bi-export\",source=\"upstream\"} 1",
+            ] {
+                assert!(shown.lines().any(|l| l == line), "metrics lack {line}:\n{shown}");
+            }
+        }
+    }
 }

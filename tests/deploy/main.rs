@@ -62,6 +62,10 @@ const CONTRACT_METRICS: &[&str] = &[
     "keygate_tls_cert_expiry_timestamp_seconds",
     "keygate_intercept_cert_expiry_timestamp_seconds",
     "keygate_build_info",
+    "keygate_import_batches_total",
+    "keygate_import_retries_total",
+    "keygate_update_status_answers_total",
+    "keygate_coordination_errors_total",
 ];
 const CONTRACT_HISTOGRAMS: &[&str] =
     &["keygate_request_duration_seconds", "keygate_upstream_duration_seconds"];

@@ -84,12 +84,21 @@ async fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
             q(allow),
         )
     };
+    // The BI presets, for the re-batching and update-status guard series.
+    let presets = format!(
+        "[[routes]]\nname = \"bi-import\"\nprefix = \"/bi-import\"\npreset = \"rjmetrics-import\"\n\
+         client_id = 1\nsecret = \"test\"\nupstream = {0}\nallow = [\"127.0.0.0/8\"]\n\n\
+         [[routes]]\nname = \"bi-export\"\nprefix = \"/bi-export\"\npreset = \"rjmetrics-export\"\n\
+         client_id = 1\nsecret = \"test\"\nupstream = {0}\nallow = [\"127.0.0.0/8\"]\n",
+        q(&closed)
+    );
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\nworker_threads = 1\n\n\
          [server.tls]\ncert = {}\nkey = {}\n\n[server.intercept]\ncert = {}\nkey = {}\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\nallow = [\"127.0.0.0/8\"]\n\n\
          [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
-         [secrets.test]\nfile = {}\n\n{}{}{}",
+         [secrets.test]\nfile = {}\n\n\
+         [coordination]\nredis = \"redis://127.0.0.1:1/0\"\n\n{}{}{}{}",
         q(&cert),
         q(&key),
         q(&intercept_cert),
@@ -101,6 +110,7 @@ async fn every_metric_in_rules_and_dashboard_is_exported_by_keygate() {
         route("down", &closed, "127.0.0.0/8", ""),
         // Loopback callers are refused.
         route("private", &upstream, "10.0.0.0/8", ""),
+        presets,
     );
     let config_path = dir.path().join("keygate.toml");
     std::fs::write(&config_path, &config).expect("write config");

@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batches;
 mod bi;
 mod config;
 mod credentials;
@@ -17,6 +18,7 @@ mod query_prop;
 mod responses;
 mod routes_prop;
 mod smuggling;
+mod update_status;
 
 use keygate::sandbox::Sandbox;
 use support::inprocess::{GatewayBuilder, RouteSpec, TestGateway, sandbox};

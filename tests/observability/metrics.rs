@@ -267,3 +267,30 @@ async fn readyz_turns_503_at_once_on_shutdown_and_config_shows_fingerprints() {
     assert_eq!(answer.code(), (504, Some("upstream_timeout".into())));
     assert!(draining.await.unwrap(), "the drain completes once the request is done");
 }
+
+#[tokio::test]
+async fn a_caller_that_leaves_before_the_answer_is_recorded_and_leaves_nothing_in_flight() {
+    use crate::support::inprocess::{GatewayBuilder, RouteSpec};
+    use crate::support::keys::CID;
+    use crate::support::raw::Raw;
+    // `/gate` holds every request until released; the caller leaves while it is held.
+    let upstream = FakeUpstream::faults().await;
+    let gw =
+        GatewayBuilder::new().route(RouteSpec::import(&format!("{}/gate", upstream.url()))).start().await;
+    let mut caller = Raw::connect(gw.addr).await;
+    let head = format!("GET /import/v2/client/{CID}/authenticate HTTP/1.1\r\nhost: keygate\r\n\r\n");
+    caller.send(head.as_bytes()).await;
+    eventually("the request is held upstream", Duration::from_secs(5), || async {
+        upstream.recorded().len() == 1
+    })
+    .await;
+    assert_eq!(gw.metric("keygate_requests_in_flight", &[]), Some(1.0));
+    drop(caller);
+    eventually("the abandoned request leaves the in-flight gauge", Duration::from_secs(5), || async {
+        gw.metric("keygate_requests_in_flight", &[]) == Some(0.0)
+    })
+    .await;
+    let gone = [("route", "bi-import"), ("operation", "authenticate"), ("code", "499")];
+    assert_eq!(gw.metric("keygate_requests_total", &gone), Some(1.0), "{}", gw.metrics());
+    upstream.release();
+}

@@ -223,3 +223,15 @@ async fn fullupdatestatus_has_the_documented_shape() {
     }
     assert!(job["start"].as_str() < job["end"].as_str());
 }
+
+#[tokio::test]
+async fn fullupdatestatus_answers_429_within_a_minute_of_the_last_call() {
+    let sb = start().await;
+    let target = format!("/0.1/client/{CID}/fullupdatestatus");
+    assert_eq!(export_get(&sb, &target).await.status, 200);
+    let again = export_get(&sb, &target).await;
+    assert_eq!(again.status, 429, "{}", again.text());
+    let wait: u64 = again.header("retry-after").unwrap().parse().unwrap();
+    assert!((59..=60).contains(&wait), "{wait}");
+    assert_eq!(again.json()["code"], 429);
+}

@@ -14,7 +14,9 @@
 //! - [`files`]: writing files as editors and the kubelet do.
 //! - [`keys`]: sentinel keys and the leak scan; [`tools`]: optional external tools;
 //!   [`python`]: the vendor's Python client in a virtual environment; [`tunnel`]:
-//!   `CONNECT` tunnels through keygate, as a client behind `HTTPS_PROXY` opens them.
+//!   `CONNECT` tunnels through keygate, as a client behind `HTTPS_PROXY` opens them;
+//!   [`redis`]: a real redis-server; [`netns`]: a client that names the vendor's hosts,
+//!   run in a network namespace with only loopback.
 
 // Each test group uses a different part of this module.
 #![allow(dead_code)]
@@ -24,10 +26,12 @@ pub mod files;
 pub mod inprocess;
 pub mod keys;
 pub mod metrics;
+pub mod netns;
 pub mod poll;
 pub mod process;
 pub mod python;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod tools;
 pub mod tunnel;
