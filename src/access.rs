@@ -70,8 +70,10 @@ impl Exchange {
             peer: conn.peer,
             identities: conn.identities.clone(),
             method: request.method().clone(),
-            // A CONNECT's target is an authority, never a path with a query.
+            // Only the access log line shows it. A CONNECT's target is an authority,
+            // never a path with a query.
             path: match request.uri().authority() {
+                _ if !access => String::new(),
                 Some(authority) if request.method() == Method::CONNECT => authority.as_str().to_owned(),
                 _ => request.uri().path().to_owned(),
             },
@@ -153,14 +155,13 @@ impl Exchange {
         let e = &*self;
         let m = &e.gw.metrics;
         let elapsed = e.start.elapsed();
-        let route = e.route_name();
         let group = e.caller.as_ref().map_or("-", |g| g.name.as_str());
         m.in_flight.dec();
-        m.requests.with_label_values(&[route, e.operation, group, status.as_str()]).inc();
-        m.request_duration.with_label_values(&[route, e.operation]).observe(elapsed.as_secs_f64());
+        m.answered(e.route.as_deref(), e.operation, group, status, elapsed.as_secs_f64());
         if !e.access {
             return;
         }
+        let route = e.route_name();
         let upstream_status = e.upstream_status.map(|s| s.as_u16());
         tracing::info!(
             target: "keygate::access",

@@ -30,10 +30,7 @@ pub(crate) async fn send(
 ) -> Result<(Response<Incoming>, Lease), Refusal> {
     let started = Instant::now();
     let result = route.upstream.send(request, route.response_timeout).await;
-    gw.metrics
-        .upstream_duration
-        .with_label_values(&[&route.name, target.operation])
-        .observe(started.elapsed().as_secs_f64());
+    gw.metrics.upstream_took(route, target.operation, started.elapsed().as_secs_f64());
     let (response, lease) = match result {
         // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
         // on would tell the caller a tunnel exists.

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub(crate) import_retries: IntCounterVec,
     pub(crate) update_status: IntCounterVec,
     pub(crate) coordination_errors: IntCounterVec,
+    /// Tags the series a route keeps (see [`crate::routes::series`]).
+    pub(crate) id: u64,
 }
 
 /// One metric: its name, HELP text and labels.
@@ -251,6 +253,7 @@ impl Metrics {
             import_retries: counter(&r, &IMPORT_RETRIES),
             update_status: counter(&r, &UPDATE_STATUS),
             coordination_errors: counter(&r, &COORDINATION_ERRORS),
+            id: crate::routes::series::next_id(),
             registry: r,
         };
         for result in ["success", "failure"] {

@@ -76,6 +76,7 @@ pub(super) fn route(
         max_body_bytes,
         response_timeout,
         limits,
+        series: Default::default(),
     })
 }
 

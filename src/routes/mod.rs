@@ -7,6 +7,7 @@
 
 pub(crate) mod credential;
 pub(crate) mod preset;
+pub(crate) mod series;
 pub(crate) mod upsert;
 
 use std::collections::HashMap;
@@ -124,6 +125,8 @@ pub struct Route {
     pub(crate) response_timeout: Duration,
     /// Re-batching and the update-status guard (BI presets).
     pub(crate) limits: VendorLimits,
+    /// This route's request series, kept once looked up.
+    pub(crate) series: series::RouteSeries,
 }
 
 /// Where a matched request goes.

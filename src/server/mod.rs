@@ -5,31 +5,35 @@
 //! header and idle timeouts follow are in [`timeouts`]; a `CONNECT` the handler accepts
 //! is served as a connection of its own inside the tunnel ([`tunnel`]).
 
+mod serving;
 mod timeouts;
 mod tunnel;
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::config::ServerSettings;
 use crate::conn::{ConnInfo, TunnelSlot};
 use crate::gateway::Gateway;
 use crate::proxy;
 use crate::tls::ServerTls;
+use serving::Stream;
 use timeouts::{Expired, Phases};
 
 /// The raw answer to a connection over the listener's limit: it never reaches hyper.
@@ -292,7 +296,7 @@ async fn serve_connection<H: Handler, I>(
     shutdown: watch::Receiver<bool>,
     tunnels: Tunnels,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: Stream,
 {
     let slot = TunnelSlot::default();
     let offered = (tunnels == Tunnels::Open).then(|| slot.clone());
@@ -311,10 +315,25 @@ async fn serve_http<H: Handler, I>(
     mut shutdown: watch::Receiver<bool>,
     slot: Option<TunnelSlot>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: Stream,
 {
     let peer = info.peer;
     let phases = Phases::start();
+    let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
+    tokio::pin!(timeouts);
+    // Known HTTP/1 is served without hyper-util's version read (see `serving`).
+    let http1 = match stream.tcp() {
+        Some(tcp) => tokio::select! {
+            biased;
+            http1 = serving::speaks_http1(tcp) => http1,
+            _ = shutdown.changed() => return,
+            _ = &mut timeouts => {
+                tracing::debug!(peer = %peer, "request head not received in time; closing");
+                return;
+            }
+        },
+        None => false,
+    };
     let io = phases.watch(stream);
     let requests = phases.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
@@ -327,9 +346,13 @@ async fn serve_http<H: Handler, I>(
         }
         let guard = requests.request_started(request.version() == http::Version::HTTP_2);
         let response = handler.clone().handle(info.clone(), request, Box::new(guard));
+        // Boxed: hyper keeps one slot of this future's size for every connection, idle
+        // ones too.
+        let response: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> = Box::pin(response);
         async move { Ok::<_, Infallible>(response.await) }
     });
 
+    let max_buf_size = limits.max_header_bytes.max(8192) * 2;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -337,26 +360,45 @@ async fn serve_http<H: Handler, I>(
         // keygate times headers itself (see `timeouts`): hyper's timer would also
         // fire on idle keep-alive connections.
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
+        .max_buf_size(max_buf_size)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = if http1 {
+        // The same HTTP/1 settings, without the version read (see `serving`).
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(max_buf_size).keep_alive(true);
+        Either::Left(http1.serve_connection(TokioIo::new(io), service).with_upgrades())
+    } else {
+        Either::Right(builder.serve_connection_with_upgrades(TokioIo::new(io), service))
+    };
     tokio::pin!(connection);
+    // `graceful_shutdown` on whichever connection serves the stream.
+    macro_rules! drain {
+        ($connection:ident) => {
+            match $connection.as_mut().as_pin_mut() {
+                Either::Left(c) => c.graceful_shutdown(),
+                Either::Right(c) => c.graceful_shutdown(),
+            }
+        };
+    }
 
-    let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
-    tokio::pin!(timeouts);
     // A tunnel's connection may start after the drain began: it drains from the start.
     let mut draining = *shutdown.borrow_and_update();
     if draining {
-        connection.as_mut().graceful_shutdown();
+        drain!(connection);
     }
     loop {
         tokio::select! {
-            result = connection.as_mut() => {
+            // The watcher after the connection: it sees the phase the connection just set.
+            biased;
+            result = poll_fn(|cx| match connection.as_mut().as_pin_mut() {
+                Either::Left(c) => c.poll(cx).map_err(BoxError::from),
+                Either::Right(c) => c.poll(cx),
+            }) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
                 }
@@ -364,14 +406,17 @@ async fn serve_http<H: Handler, I>(
             }
             _ = shutdown.changed(), if !draining => {
                 draining = true;
-                connection.as_mut().graceful_shutdown();
+                drain!(connection);
             }
             expired = &mut timeouts => {
                 match expired {
                     // Nothing in flight: closing loses nothing.
                     Expired::Idle => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(1), connection.as_mut()).await;
+                        drain!(connection);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| match connection.as_mut().as_pin_mut() {
+                            Either::Left(c) => c.poll(cx).map(|_| ()),
+                            Either::Right(c) => c.poll(cx).map(|_| ()),
+                        })).await;
                     }
                     Expired::Head => tracing::debug!(peer = %peer, "request head not received in time; closing"),
                 }

@@ -1,19 +1,26 @@
 //! A connection's phases and the header and idle timeouts they set: waiting for a
 //! request head (from the connection's start, or from the first byte of the next
-//! request), busy, idle between requests, and HTTP/2 with nothing in flight. Every phase
-//! change wakes the watcher, since the new phase may have an earlier deadline.
+//! request), busy, idle between requests, and HTTP/2 with nothing in flight.
+//!
+//! The watcher ([`Phases::expired`]) reads the phase each time it is polled and keeps
+//! one timer armed at the deadline it sets. It is polled right after the connection, in
+//! the same task, so a phase change made while serving is seen without a wake-up (a
+//! wake-up of one's own task costs a whole extra poll of the connection). Only a change
+//! to an earlier deadline made from another task (a head starting on a socket read
+//! elsewhere) wakes it. While busy the timer re-checks at most `idle_timeout` apart, so
+//! the idle clock that starts when the last response ends is never missed.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Where a connection is in its life, for the header and idle timeouts.
 #[derive(Debug, Default)]
@@ -23,9 +30,8 @@ struct ConnState {
     /// When the current phase began, in ms since `epoch`.
     since_ms: AtomicU64,
     in_flight: AtomicU32,
-    /// Wakes the timeout watcher: a new phase may have an earlier deadline (a keep-alive
-    /// connection that starts a head, a connection found to speak HTTP/2).
-    changed: Notify,
+    /// The task the watcher was last polled in.
+    watcher: Mutex<Option<Waker>>,
 }
 
 /// Waiting for the head of a request (the first, or after bytes of the next arrived).
@@ -50,7 +56,15 @@ impl ConnState {
     fn set(&self, phase: u8, clock: &Clock) {
         self.since_ms.store(clock.now_ms(), Ordering::Relaxed);
         self.phase.store(phase, Ordering::Relaxed);
-        self.changed.notify_one();
+    }
+
+    /// Wakes the watcher unless it runs in the task of `current`, which polls it next.
+    fn wake_watcher(&self, current: &Waker) {
+        if let Some(watcher) = self.watcher.lock().as_ref() {
+            if !watcher.will_wake(current) {
+                watcher.wake_by_ref();
+            }
+        }
     }
 }
 
@@ -82,14 +96,19 @@ impl Phases {
         RequestGuard { state: self.state.clone(), clock: self.clock.clone(), h2 }
     }
 
-    /// Resolves when the connection has waited too long for a request head or been idle
-    /// too long between requests (see [`watch_timeouts`]).
-    pub(super) fn expired(
-        &self,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> impl Future<Output = Expired> + use<> {
-        watch_timeouts(self.state.clone(), self.clock.clone(), header_timeout, idle_timeout)
+    /// Resolves when the connection has waited too long for a request head (from the
+    /// connection's start or the first byte of the next request) or been idle too long
+    /// between requests. Poll it after the connection, in the same task.
+    pub(super) fn expired(&self, header_timeout: Duration, idle_timeout: Duration) -> Expiry {
+        let armed = self.clock.0 + header_timeout;
+        Expiry {
+            state: self.state.clone(),
+            clock: self.clock.clone(),
+            header_timeout,
+            idle_timeout,
+            timer: Box::pin(tokio::time::sleep_until(armed)),
+            armed,
+        }
     }
 }
 
@@ -102,6 +121,7 @@ pub(super) struct RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        // No wake-up: the new deadline is later than any the busy watcher has armed.
         if self.state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.state.set(if self.h2 { PHASE_H2 } else { PHASE_IDLE }, &self.clock);
         }
@@ -117,36 +137,72 @@ pub(super) enum Expired {
     Idle,
 }
 
-/// Resolves when the connection has spent too long waiting for a request head
-/// (`header_timeout`, from the connection's start or the first byte of the next
-/// request) or idle between requests (`idle_timeout`).
-async fn watch_timeouts(
+/// The header and idle timeouts of one connection (see [`Phases::expired`]).
+pub(super) struct Expiry {
     state: Arc<ConnState>,
     clock: Arc<Clock>,
     header_timeout: Duration,
     idle_timeout: Duration,
-) -> Expired {
-    loop {
-        let phase = state.phase.load(Ordering::Relaxed);
-        let since = state.since_ms.load(Ordering::Relaxed);
-        let (limit, kind) = match phase {
-            PHASE_HEAD => (header_timeout, Expired::Head),
-            PHASE_IDLE | PHASE_H2 => (idle_timeout, Expired::Idle),
-            // Busy: nothing is timed here until the phase changes.
-            _ => {
-                state.changed.notified().await;
-                continue;
+    timer: Pin<Box<Sleep>>,
+    /// The deadline `timer` is set to.
+    armed: Instant,
+}
+
+impl Expiry {
+    fn arm(&mut self, deadline: Instant) {
+        if deadline != self.armed {
+            self.armed = deadline;
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl Future for Expiry {
+    type Output = Expired;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expired> {
+        let this = self.get_mut();
+        {
+            let mut watcher = this.state.watcher.lock();
+            if !watcher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *watcher = Some(cx.waker().clone());
             }
-        };
-        let deadline = clock.0 + Duration::from_millis(since) + limit;
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {
-                // Expired only if nothing moved meanwhile.
-                if state.phase.load(Ordering::Relaxed) == phase && state.since_ms.load(Ordering::Relaxed) == since {
-                    return kind;
+        }
+        loop {
+            let phase = this.state.phase.load(Ordering::Relaxed);
+            let since = this.state.since_ms.load(Ordering::Relaxed);
+            let began = this.clock.0 + Duration::from_millis(since);
+            let kind = match phase {
+                PHASE_HEAD => {
+                    this.arm(began + this.header_timeout);
+                    Expired::Head
                 }
+                PHASE_IDLE | PHASE_H2 => {
+                    this.arm(began + this.idle_timeout);
+                    Expired::Idle
+                }
+                // Busy: nothing is timed, but the timer re-checks at most `idle_timeout`
+                // from now, so the idle deadline of the last response is not missed.
+                _ => {
+                    let latest = Instant::now() + this.idle_timeout;
+                    if this.timer.is_elapsed() || this.armed > latest {
+                        this.arm(latest);
+                    }
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    continue;
+                }
+            };
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            () = state.changed.notified() => {}
+            // Expired only if nothing moved meanwhile.
+            if this.state.phase.load(Ordering::Relaxed) == phase
+                && this.state.since_ms.load(Ordering::Relaxed) == since
+            {
+                return Poll::Ready(kind);
+            }
         }
     }
 }
@@ -181,6 +237,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             // connection open.
             if this.state.phase.load(Ordering::Relaxed) == PHASE_IDLE {
                 this.state.set(PHASE_HEAD, &this.clock);
+                // The head's deadline is earlier than the idle one the watcher armed.
+                this.state.wake_watcher(cx.waker());
             }
         }
         result
