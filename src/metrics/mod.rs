@@ -2,6 +2,8 @@
 //! labels only from config and closed sets. One explicit [`Registry`] per [`Metrics`],
 //! so tests each get their own.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -10,6 +12,8 @@ use prometheus::{
 
 use crate::config::Snapshot;
 use crate::error::UpstreamFailure;
+
+mod kept;
 
 /// Buckets from 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -54,6 +58,14 @@ struct Def {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
+}
+
+/// Distinguishes one [`Metrics`] from another (the tag of the series a route keeps).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new [`Metrics`]'s tag.
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The `result` labels of `keygate_import_batches_total` (src/batch.rs).
@@ -253,7 +265,7 @@ impl Metrics {
             import_retries: counter(&r, &IMPORT_RETRIES),
             update_status: counter(&r, &UPDATE_STATUS),
             coordination_errors: counter(&r, &COORDINATION_ERRORS),
-            id: crate::routes::series::next_id(),
+            id: next_id(),
             registry: r,
         };
         for result in ["success", "failure"] {
