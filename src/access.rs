@@ -74,7 +74,11 @@ impl Exchange {
             // never a path with a query.
             path: match request.uri().authority() {
                 _ if !access => String::new(),
-                Some(authority) if request.method() == Method::CONNECT => authority.as_str().to_owned(),
+                // Host and port only: user information in it could be a credential.
+                Some(authority) if request.method() == Method::CONNECT => match authority.port() {
+                    Some(port) => format!("{}:{port}", authority.host()),
+                    None => authority.host().to_owned(),
+                },
                 _ => request.uri().path().to_owned(),
             },
             route: None,

@@ -3,7 +3,7 @@
 //! pipeline, the access log and the admin endpoints read it. And the way back: the
 //! slot where a handler leaves a `CONNECT` tunnel it accepted, for the server to serve.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
@@ -16,6 +16,18 @@ pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     /// SAN URIs / DNS names of a verified client certificate (mTLS), else empty.
     pub identities: Arc<[String]>,
+    /// Inside a `CONNECT` tunnel: the caller's address as found on the `CONNECT` (behind
+    /// a trusted proxy, from its `X-Forwarded-For`). A proxy in front of keygate passes
+    /// the tunnel's bytes through unread, so it cannot add or clean `X-Forwarded-For` on
+    /// the requests inside: they are never read there. `None` outside a tunnel.
+    pub tunnel_caller: Option<TunnelCaller>,
+}
+
+/// Who a tunnel's requests come from: fixed when the tunnel was accepted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TunnelCaller {
+    /// `None` when the `CONNECT`'s forwarded address could not be read.
+    pub addr: Option<IpAddr>,
 }
 
 /// An accepted `CONNECT`: the connection it takes over, and the TLS it speaks.
@@ -24,6 +36,8 @@ pub(crate) struct Tunnel {
     pub upgrade: OnUpgrade,
     /// The `[server.intercept]` settings current when the tunnel was accepted.
     pub tls: Arc<rustls::ServerConfig>,
+    /// The caller the `CONNECT` was admitted for: the caller of every request inside.
+    pub caller: TunnelCaller,
 }
 
 /// Where a handler leaves the tunnel it accepts; the server puts one in the extensions

@@ -7,6 +7,8 @@
 //! certificate and runs every request in it through the pipeline again
 //! ([`crate::server`]).
 
+use std::net::IpAddr;
+
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
@@ -14,7 +16,7 @@ use hyper::ext::ReasonPhrase;
 use crate::access::Exchange;
 use crate::body::{self, ProxyBody};
 use crate::config::Snapshot;
-use crate::conn::{ConnInfo, Tunnel, TunnelSlot};
+use crate::conn::{ConnInfo, Tunnel, TunnelCaller, TunnelSlot};
 use crate::error::Refusal;
 
 /// The only port keygate intercepts: the callers' clients speak HTTPS to the vendor.
@@ -36,13 +38,14 @@ pub(crate) fn accept(
     let Some(intercept) = &snapshot.intercept else {
         return Err(Refusal::TunnelRefused("no [server.intercept] is configured"));
     };
-    admit(snapshot, conn, &request, exchange)?;
+    let caller = admit(snapshot, conn, &request, exchange)?;
     // The server offers a slot only where it can serve a tunnel (HTTP/1, not inside a
     // tunnel already).
     let Some(slot) = request.extensions_mut().remove::<TunnelSlot>() else {
         return Err(Refusal::TunnelRefused("CONNECT is served on HTTP/1.1 connections outside a tunnel"));
     };
-    slot.offer(Tunnel { upgrade: hyper::upgrade::on(&mut request), tls: intercept.config.clone() });
+    let caller = TunnelCaller { addr: caller };
+    slot.offer(Tunnel { upgrade: hyper::upgrade::on(&mut request), tls: intercept.config.clone(), caller });
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::OK;
     *response.version_mut() = Version::HTTP_11;
@@ -58,16 +61,24 @@ fn admit(
     conn: &ConnInfo,
     request: &Request<Incoming>,
     exchange: &mut Exchange,
-) -> Result<(), Refusal> {
+) -> Result<Option<IpAddr>, Refusal> {
     let host = tunnel_host(request)?;
     let mut routes = snapshot.routes.routes_for_host(host).peekable();
     if routes.peek().is_none() {
         return Err(Refusal::TunnelRefused("no route names this host"));
     }
-    let caller = snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone());
+    let caller = match conn.tunnel_caller {
+        // Inside a tunnel the caller is the one its `CONNECT` was admitted for.
+        Some(tunnel) => snapshot.callers.identified(tunnel.addr, conn.identities.clone()),
+        None => snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone()),
+    };
     exchange.caller = caller.group.clone();
     exchange.caller_addr = caller.addr;
-    if routes.any(|route| route.allow.permits(&caller)) { Ok(()) } else { Err(Refusal::CallerNotAllowed) }
+    if routes.any(|route| route.allow.permits(&caller)) {
+        Ok(caller.addr)
+    } else {
+        Err(Refusal::CallerNotAllowed)
+    }
 }
 
 /// The host of a `CONNECT` target keygate may intercept: `name:443`, a DNS name.
@@ -75,6 +86,11 @@ fn tunnel_host(request: &Request<Incoming>) -> Result<&str, Refusal> {
     let authority = request.uri().authority().ok_or(Refusal::TunnelRefused("the target is not host:port"))?;
     if authority.port_u16() != Some(PORT) {
         return Err(Refusal::TunnelRefused("only port 443 is intercepted"));
+    }
+    // `user:password@host:443` is no target keygate opens: it would be a credential
+    // the caller still holds, and the access log writes the target.
+    if authority.as_str().contains('@') {
+        return Err(Refusal::TunnelRefused("the target carries user information"));
     }
     let host = authority.host();
     if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {

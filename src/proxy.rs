@@ -160,7 +160,11 @@ fn admit(
     request: &Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<(), Refusal> {
-    let caller = snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone());
+    let caller = match conn.tunnel_caller {
+        // Inside a tunnel the caller is the one its `CONNECT` was admitted for.
+        Some(tunnel) => snapshot.callers.identified(tunnel.addr, conn.identities.clone()),
+        None => snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone()),
+    };
     exchange.caller = caller.group.clone();
     exchange.caller_addr = caller.addr;
     shadow_check(gw, route, &caller);

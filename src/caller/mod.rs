@@ -41,6 +41,12 @@ impl Callers {
     /// `X-Forwarded-For`. `addr` is `None` when a forwarded entry cannot be parsed.
     pub(crate) fn identify(&self, peer: IpAddr, headers: &HeaderMap, identities: Arc<[String]>) -> Caller {
         let addr = forwarded_caller(peer.to_canonical(), headers, &self.trusted_proxies);
+        self.identified(addr, identities)
+    }
+
+    /// The caller at an address already worked out (a tunnel's, found on its
+    /// `CONNECT`): no header is read.
+    pub(crate) fn identified(&self, addr: Option<IpAddr>, identities: Arc<[String]>) -> Caller {
         let mut caller = Caller { addr, identities, group: None };
         caller.group = self.groups.iter().find(|g| g.admits(&caller)).cloned();
         caller

@@ -229,7 +229,7 @@ async fn accept_loop<H: Handler>(
             let _ = stream.set_nodelay(true);
             match tls {
                 None => {
-                    let info = ConnInfo { peer, identities: Arc::from(Vec::new()) };
+                    let info = ConnInfo { peer, identities: Arc::from(Vec::new()), tunnel_caller: None };
                     serve_connection(handler, stream, info, limits, shutdown, Tunnels::Open).await;
                 }
                 // Boxed: a TLS session's state is large, and would otherwise make every
@@ -265,7 +265,7 @@ async fn serve_tls<H: Handler>(
                 .and_then(|chain| chain.first())
                 .map(crate::tls::identities)
                 .unwrap_or_default();
-            let info = ConnInfo { peer, identities: Arc::from(identities) };
+            let info = ConnInfo { peer, identities: Arc::from(identities), tunnel_caller: None };
             serve_connection(handler, stream, info, limits, shutdown, Tunnels::Open).await;
         }
         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),

@@ -22,6 +22,7 @@ pub(super) async fn serve<H: Handler>(
     shutdown: watch::Receiver<bool>,
 ) {
     let peer = info.peer;
+    let info = ConnInfo { tunnel_caller: Some(tunnel.caller), ..info };
     let handshake = async {
         let upgraded = tunnel.upgrade.await.map_err(|e| format!("the tunnel did not open: {e}"))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tunnel.tls);

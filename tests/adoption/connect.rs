@@ -200,3 +200,51 @@ async fn a_tunnel_keeps_its_connection_until_it_closes_and_drains_on_shutdown() 
     // An idle tunnel is closed by the drain; shutdown then completes within the grace.
     assert!(gw.shutdown().await, "the idle tunnel was not drained");
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_a_tunnels_caller_is_the_one_its_connect_named() {
+    let upstream = FakeUpstream::start(ok()).await;
+    let intercept = Intercept::new(&[IMPORT_HOST]);
+    // 127.0.0.1 is a trusted proxy: the CONNECT's X-Forwarded-For names the caller,
+    // 10.9.9.9, whom the host's generic route admits. The import route admits only
+    // 10.0.0.5, which the requests inside the tunnel claim to be.
+    let import = import_host_route(&upstream.url()).set("allow", "[\"10.0.0.5/32\"]");
+    let generic = RouteSpec::generic(&upstream.url())
+        .set("host", &format!("{IMPORT_HOST:?}"))
+        .set("allow", "[\"10.9.9.9/32\"]");
+    let gw = intercept
+        .configure(GatewayBuilder::new())
+        .extra("[callers]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .route(import)
+        .route(generic)
+        .start()
+        .await;
+    let connected = connect(gw.addr, &format!("{IMPORT_HOST}:443"), &["X-Forwarded-For: 10.9.9.9"]).await;
+    assert_eq!(connected.status_line(), "HTTP/1.1 200 Connection established", "{}", connected.head);
+    let stream = tls(connected, &intercept.ca.pem(), name(IMPORT_HOST), &[b"http/1.1"]).await.unwrap();
+    let mut conn = Conn::over(stream).await.unwrap();
+    let claimed = [("x-forwarded-for", "10.0.0.5")];
+    let reply = conn.send(tunnelled(Method::GET, &authenticate_path(), false, &claimed)).await.unwrap();
+    reply.assert_refusal(403, "caller_not_allowed");
+    let reply = conn.send(tunnelled(Method::GET, "/generic/x", false, &claimed)).await.unwrap();
+    assert_eq!(reply.status, 200, "the tunnel's caller, 10.9.9.9, is still admitted: {}", reply.text());
+    let recorded = upstream.recorded();
+    assert_eq!(
+        recorded.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["/x"],
+        "no key went upstream for 10.0.0.5"
+    );
+}
+
+#[tokio::test]
+async fn a_connect_target_with_user_information_is_refused() {
+    let upstream = FakeUpstream::start(ok()).await;
+    let intercept = Intercept::new(&[IMPORT_HOST]);
+    let gw = gateway(&intercept, vec![import_host_route(&upstream.url())]).await;
+    let mut refused = connect(gw.addr, &format!("apikey:SENTINELSECRET@{IMPORT_HOST}:443"), &[]).await;
+    assert_eq!(refused.status_line(), "HTTP/1.1 403 Forbidden", "{}", refused.head);
+    assert_eq!(refused.header("x-keygate-error").as_deref(), Some("no_route"));
+    let body = rest(&mut refused).await;
+    assert!(!body.contains("SENTINELSECRET"), "{body}");
+    assert_eq!(upstream.accepted(), 0);
+}
