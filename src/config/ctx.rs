@@ -69,21 +69,22 @@ pub(super) fn parse_net(text: &str) -> Result<IpNet, String> {
 }
 
 /// `url` fit for an error message: user info, query and fragment become `***`, since
-/// any of them may hold a credential (`https://***@host/base?***#***`).
+/// any of them may hold a credential (`https://***@host/base?***#***`). The user info
+/// goes first, up to the last `@` wherever it stands: a password may hold `/`, `?`, `#`
+/// or `@` itself (an `@` in a query then hides the host too, never the other way).
 pub(super) fn masked_url(url: &str) -> String {
-    let (url, fragment) = match url.split_once('#') {
-        Some((before, _)) => (before, "#***"),
-        None => (url, ""),
-    };
-    let (url, query) = match url.split_once('?') {
-        Some((before, _)) => (before, "?***"),
-        None => (url, ""),
-    };
     let (scheme, rest) = url.split_at(url.find("://").map_or(0, |i| i + 3));
-    // Everything before the last `@`, even past a `/`: a password may hold one.
-    let rest = match rest.rfind('@') {
-        Some(at) => format!("***{}", &rest[at..]),
-        None => rest.to_owned(),
+    let (user, rest) = match rest.rfind('@') {
+        Some(at) => ("***", &rest[at..]),
+        None => ("", rest),
     };
-    format!("{scheme}{rest}{query}{fragment}")
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((before, _)) => (before, "#***"),
+        None => (rest, ""),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((before, _)) => (before, "?***"),
+        None => (rest, ""),
+    };
+    format!("{scheme}{user}{rest}{query}{fragment}")
 }

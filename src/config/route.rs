@@ -353,6 +353,10 @@ mod tests {
             ("https://api.example/v1?k=s#f", "https://api.example/v1?***#***"),
             ("https://api.example/#f?k=s", "https://api.example/#***"),
             ("u:p@api.example?x", "***@api.example?***"),
+            // A password holding `#`, `?` or `@` is hidden whole.
+            ("redis://:Pa55#word@redis:6379/0", "redis://***@redis:6379/0"),
+            ("redis://user:s3cr?et@h", "redis://***@h"),
+            ("https://u:a@b#c?d@api.example/v1?k=s", "https://***@api.example/v1?***"),
         ] {
             assert_eq!(masked_url(url), masked, "{url}");
         }
