@@ -49,8 +49,14 @@ pub(super) enum Verdict {
 /// Judges an upstream answer: 429 and 5xx are retried, the rest are final.
 pub(super) fn judge_answer<B>(response: &Response<B>) -> Verdict {
     let status = response.status();
-    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-    let wait = retry_after.as_ref().and_then(|v| retry_after_delay(v, SystemTime::now(), RETRY_AFTER_CAP));
+    let wait = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| retry_after_delay(v, SystemTime::now(), RETRY_AFTER_CAP));
+    // The caller is told the wait in keygate's own words (seconds), never the
+    // upstream's bytes, and only for a 429.
+    let retry_after =
+        wait.filter(|_| status == StatusCode::TOO_MANY_REQUESTS).map(|w| HeaderValue::from(w.as_secs()));
     let ended = Ended { status, error: None, retry_after };
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         Verdict::Again(ended, wait)

@@ -338,3 +338,21 @@ async fn a_caller_that_goes_away_stops_the_batches() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(upstream.recorded().len(), 1, "no batch starts after the caller left");
 }
+
+#[tokio::test]
+async fn a_batch_answer_never_carries_the_upstreams_retry_after_bytes() {
+    // A hostile upstream puts the key it was sent into Retry-After: on a 503 (which
+    // keygate does not pass a wait for) and on a 429 (where the value is no wait).
+    for status in [503, 429] {
+        let upstream = FakeUpstream::start(numbered(move |n| {
+            if n == 0 { (201, vec![]) } else { (status, vec![("retry-after", IMPORT_KEY)]) }
+        }))
+        .await;
+        let gw = gateway(&upstream, &[("batch_retries", "0")]).await;
+        let reply = push(&gw, &records(150)).await;
+        assert_eq!(reply.status, status, "{}", reply.text());
+        assert_eq!(reply.header("retry-after"), None, "{status}");
+        let head = format!("{:?}", reply.headers);
+        assert!(!head.contains(IMPORT_KEY) && !reply.text().contains(IMPORT_KEY), "{status}: {head}");
+    }
+}
