@@ -115,7 +115,8 @@ impl Stored {
     }
 
     /// Reads the Redis form back (`None` for anything else), with its `extra`. Its age
-    /// is taken from `at_ms` against this host's clock, never below zero.
+    /// is taken from `at_ms` against this host's clock, never below zero; `None` when it
+    /// is older than this host's monotonic clock reaches back.
     pub(super) fn decode(bytes: &[u8]) -> Option<(Stored, Value)> {
         let split = bytes.iter().position(|&b| b == b'\n')?;
         let head: Value = serde_json::from_slice(&bytes[..split]).ok()?;
@@ -127,8 +128,9 @@ impl Stored {
             headers.append(name, HeaderValue::from_str(pair[1].as_str()?).ok()?);
         }
         let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(at_ms));
-        let now = Instant::now();
-        let at = now.checked_sub(age).unwrap_or(now);
+        // An answer older than this host's monotonic clock (a host up for less time
+        // than its age) cannot be placed on it: it is taken as unknown, never as new.
+        let at = Instant::now().checked_sub(age)?;
         let body = Bytes::copy_from_slice(&bytes[split + 1..]);
         Some((Stored { status, headers, body, at, at_ms }, head["extra"].clone()))
     }
@@ -153,6 +155,22 @@ mod tests {
         assert_eq!(back.headers.len(), 1, "{:?}", back.headers);
         assert_eq!(extra["until_ms"], 5);
         assert!(Stored::decode(b"not json\nbody").is_none());
+    }
+
+    #[test]
+    fn an_answer_older_than_this_hosts_clock_reaches_is_unknown_not_new() {
+        let stored = Stored::now(StatusCode::OK, &HeaderMap::new(), Bytes::from_static(b"{}"));
+        let line = String::from_utf8(stored.encode(json!({}))).unwrap();
+        let ancient = line.replacen(&format!("\"at_ms\":{}", stored.at_ms), "\"at_ms\":1000", 1);
+        assert_ne!(ancient, line, "the encoded form holds at_ms");
+        // Known with its age, or unknown: never new.
+        if let Some((back, _)) = Stored::decode(ancient.as_bytes()) {
+            assert!(
+                back.age() > Duration::from_secs(365 * 86400),
+                "a 1970 answer read back as {:?} old",
+                back.age()
+            );
+        }
     }
 
     #[test]
