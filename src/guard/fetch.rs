@@ -49,7 +49,18 @@ pub(super) async fn fetch(
     }
     let (parts, mut body) = response.into_parts();
     let mut data = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    // The body is read whole within the route's response timeout, like the head: every
+    // caller of this client id waits on this one call.
+    let deadline = tokio::time::Instant::now() + route.response_timeout;
+    loop {
+        let Ok(next) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            gw.metrics
+                .upstream_errors
+                .with_label_values(&[&route.name, UpstreamFailure::Timeout.label()])
+                .inc();
+            return Err(Refusal::UpstreamTimeout);
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|_| Refusal::UpstreamUnavailable(UpstreamFailure::Protocol))?;
         let Ok(chunk) = frame.into_data() else { continue };
         data.extend_from_slice(&chunk);

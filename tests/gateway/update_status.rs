@@ -257,3 +257,21 @@ async fn a_redis_that_never_answers_costs_a_bounded_wait_and_is_counted() {
     assert_eq!(get(gw.addr, &status_path(), &[]).await.status, 200);
     assert_eq!(calls.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn an_answer_dripped_slower_than_response_timeout_ends_the_shared_call() {
+    // 100 body bytes, one every 200 ms (20 s in all), under a 1 s response timeout:
+    // every caller of the client id waits on this one call, so it must end.
+    let upstream = FakeUpstream::faults().await;
+    let route =
+        RouteSpec::export(&format!("{}/trickle/100/200", upstream.url())).set("response_timeout", "\"1s\"");
+    let gw = GatewayBuilder::new().route(route).start().await;
+    let started = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(10), get(gw.addr, &status_path(), &[]))
+        .await
+        .expect("the guard's call ends within the response timeout, not after the whole drip");
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.header("x-keygate-error").as_deref(), Some("upstream_timeout"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(gw.upstream_errors("bi-export", "timeout"), 1.0);
+}
