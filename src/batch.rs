@@ -28,6 +28,8 @@ use retry::Verdict;
 /// Most of an upstream answer to a batch that is read (and thrown away) so that its
 /// connection can be reused; a longer answer costs the connection instead.
 const DRAIN_LIMIT: u64 = 64 * 1024;
+/// The longest that reading such an answer away may take.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// A re-batched upsert: the upstream request's head, and its batches in order.
 pub(crate) struct Plan {
@@ -114,10 +116,7 @@ impl Run<'_> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let verdict = match tokio::time::timeout_at(self.deadline, self.attempt(batch)).await {
-                Ok(verdict) => verdict,
-                Err(_) => Verdict::Final(Refusal::UpstreamTimeout.into()),
-            };
+            let verdict = self.attempt(batch).await;
             let (failure, wait) = match verdict {
                 Verdict::Final(failure) => return failure.outcome(attempts),
                 Verdict::Again(failure, wait) => (failure, wait),
@@ -138,13 +137,19 @@ impl Run<'_> {
         *request.uri_mut() = self.plan.uri.clone();
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = self.plan.headers.clone();
-        match crate::forward::send(self.gw, self.route, self.target, request, self.bytes_in).await {
-            Ok((response, lease)) => {
+        // The deadline covers the send up to the answer's head, which decides: an answer
+        // that came in time stands, however long its body then takes.
+        let sent = crate::forward::send(self.gw, self.route, self.target, request, self.bytes_in);
+        match tokio::time::timeout_at(self.deadline, sent).await {
+            Ok(Ok((response, lease))) => {
                 let verdict = retry::judge_answer(&response);
-                drain(response, lease, self.route.response_timeout).await;
+                // Read away only to reuse the connection; a slow body costs the connection.
+                let _ = tokio::time::timeout(DRAIN_TIME, drain(response, lease, self.route.response_timeout))
+                    .await;
                 verdict
             }
-            Err(refusal) => retry::judge_failure(refusal),
+            Ok(Err(refusal)) => retry::judge_failure(refusal),
+            Err(_) => Verdict::Final(Refusal::UpstreamTimeout.into()),
         }
     }
 }

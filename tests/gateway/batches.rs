@@ -356,3 +356,17 @@ async fn a_batch_answer_never_carries_the_upstreams_retry_after_bytes() {
         assert!(!head.contains(IMPORT_KEY) && !reply.text().contains(IMPORT_KEY), "{status}: {head}");
     }
 }
+
+#[tokio::test]
+async fn a_batch_answered_in_time_stands_however_slow_its_body() {
+    // The upstream's head comes at once; its 60-byte body takes 3 s, past the push's
+    // 1 s deadline. The first batch was answered in time: it is stored, not a timeout.
+    let upstream = FakeUpstream::faults().await;
+    let route =
+        RouteSpec::import(&format!("{}/trickle/60/50", upstream.url())).set("response_timeout", "\"1s\"");
+    let gw = GatewayBuilder::new().route(route).start().await;
+    let reply = push(&gw, &records(150)).await;
+    let batches = reply.json()["batches"].clone();
+    assert_eq!(batches[0]["status"], 200, "{batches}");
+    assert_eq!(batches[0]["sent"], true, "{batches}");
+}
