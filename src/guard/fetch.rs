@@ -1,5 +1,5 @@
 //! The one upstream call the guard makes for everyone: sent by the pipeline's send step,
-//! cleaned by its downstream step, then read whole (at most [`KEEP_LIMIT`]) and, for a
+//! cleaned by its downstream step, then read whole (at most `KEEP_LIMIT`) and, for a
 //! 2xx answer too, scrubbed of every secret, since it is kept and shared.
 
 use bytes::{Bytes, BytesMut};
@@ -9,16 +9,13 @@ use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 
-use super::stored::Stored;
+use super::stored::{KEEP_LIMIT, Stored};
 use crate::access::Exchange;
 use crate::body::{BoxError, Meter, ProxyBody};
 use crate::config::Snapshot;
 use crate::error::{Refusal, UpstreamFailure};
 use crate::gateway::Gateway;
 use crate::routes::{Route, Target};
-
-/// The largest answer the guard keeps; a larger one is passed to its caller only.
-pub(super) const KEEP_LIMIT: usize = 64 * 1024;
 
 /// What the call brought back.
 pub(super) enum Fetched {

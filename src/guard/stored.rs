@@ -15,6 +15,16 @@ use crate::body::{self, ProxyBody};
 
 /// Headers never repeated from a kept answer: ours replace them, or they belong to one
 /// caller (`Set-Cookie`), or the body keygate sends frames itself.
+/// Headers an answer read back from Redis never brings: they frame a connection.
+const FRAMING: [HeaderName; 5] =
+    [header::CONNECTION, header::TRANSFER_ENCODING, header::TRAILER, header::UPGRADE, header::TE];
+
+/// The largest answer the guard keeps; a larger one is passed to its caller only.
+pub(super) const KEEP_LIMIT: usize = 64 * 1024;
+
+/// The most header text an answer read back from Redis may hold besides its body.
+const HEAD_LIMIT: usize = 16 * 1024;
+
 const NOT_KEPT: [HeaderName; 6] = [
     header::AGE,
     header::CACHE_CONTROL,
@@ -118,6 +128,10 @@ impl Stored {
     /// is taken from `at_ms` against this host's clock, never below zero; `None` when it
     /// is older than this host's monotonic clock reaches back.
     pub(super) fn decode(bytes: &[u8]) -> Option<(Stored, Value)> {
+        // Only what this process would have written: a kept body and its headers.
+        if bytes.len() > KEEP_LIMIT + HEAD_LIMIT {
+            return None;
+        }
         let split = bytes.iter().position(|&b| b == b'\n')?;
         let head: Value = serde_json::from_slice(&bytes[..split]).ok()?;
         let status = StatusCode::from_u16(u16::try_from(head["status"].as_u64()?).ok()?).ok()?;
@@ -126,6 +140,10 @@ impl Stored {
         for pair in head["headers"].as_array()? {
             let name = HeaderName::from_bytes(pair[0].as_str()?.as_bytes()).ok()?;
             headers.append(name, HeaderValue::from_str(pair[1].as_str()?).ok()?);
+        }
+        // As when kept, and no framing of another connection.
+        for name in NOT_KEPT.iter().chain(&FRAMING) {
+            headers.remove(name);
         }
         let age = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(at_ms));
         // An answer older than this host's monotonic clock (a host up for less time
@@ -155,6 +173,17 @@ mod tests {
         assert_eq!(back.headers.len(), 1, "{:?}", back.headers);
         assert_eq!(extra["until_ms"], 5);
         assert!(Stored::decode(b"not json\nbody").is_none());
+    }
+
+    #[test]
+    fn what_redis_gives_back_is_bounded_and_frames_nothing() {
+        let head = json!({"at_ms": unix_ms(SystemTime::now()), "status": 200, "extra": {},
+            "headers": [["transfer-encoding", "chunked"], ["connection", "close"], ["set-cookie", "s=1"],
+                        ["content-type", "application/json"]]});
+        let (back, _) = Stored::decode(format!("{head}\n{{}}").as_bytes()).unwrap();
+        assert_eq!(back.headers.len(), 1, "{:?}", back.headers);
+        let huge = format!("{head}\n{}", "x".repeat(super::KEEP_LIMIT + HEAD_LIMIT));
+        assert!(Stored::decode(huge.as_bytes()).is_none());
     }
 
     #[test]
