@@ -321,7 +321,8 @@ async fn serve_http<H: Handler, I>(
     let phases = Phases::start();
     let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
     tokio::pin!(timeouts);
-    // Known HTTP/1 is served without hyper-util's version read (see `serving`).
+    // Known HTTP/1 (peeked at, or chosen by ALPN) is served without hyper-util's
+    // version read (see `serving`).
     let http1 = match stream.tcp() {
         Some(tcp) => tokio::select! {
             biased;
@@ -332,7 +333,7 @@ async fn serve_http<H: Handler, I>(
                 return;
             }
         },
-        None => false,
+        None => stream.negotiated_http1(),
     };
     let io = phases.watch(stream);
     let requests = phases.clone();

@@ -4,7 +4,9 @@
 //! buffer free and grows its read buffer to 16 KiB, which every idle keep-alive
 //! connection keeps. A plain TCP stream is peeked at instead (the bytes stay in the
 //! socket): when they cannot begin the HTTP/2 preface, hyper's HTTP/1 server reads
-//! them itself, and its 8 KiB buffer stays 8 KiB. A TLS stream is not peeked at.
+//! them itself, and its 8 KiB buffer stays 8 KiB. A TLS stream is not peeked at: one
+//! whose handshake chose HTTP/1.1 by ALPN is served by the HTTP/1 server directly; one
+//! that chose h2, or nothing, takes the version read.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -13,6 +15,12 @@ use tokio::net::TcpStream;
 pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The TCP stream to peek at, when the bytes on it are the caller's own.
     fn tcp(&self) -> Option<&TcpStream>;
+
+    /// True when the TLS handshake settled on HTTP/1.1 (ALPN `http/1.1`): nothing is
+    /// left to read to choose the protocol.
+    fn negotiated_http1(&self) -> bool {
+        false
+    }
 }
 
 impl Stream for TcpStream {
@@ -24,6 +32,10 @@ impl Stream for TcpStream {
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for tokio_rustls::server::TlsStream<I> {
     fn tcp(&self) -> Option<&TcpStream> {
         None
+    }
+
+    fn negotiated_http1(&self) -> bool {
+        self.get_ref().1.alpn_protocol() == Some(b"http/1.1")
     }
 }
 
