@@ -92,9 +92,9 @@ impl Exchange {
     }
 
     /// Notes that keygate answered itself, and counts the denial.
-    pub(crate) fn refused(&mut self, gw: &Gateway, refusal: &Refusal) {
+    pub(crate) fn refused(&mut self, refusal: &Refusal) {
         self.error = Some(refusal.code());
-        gw.metrics.denied.with_label_values(&[self.route_name(), refusal.code()]).inc();
+        self.gw.metrics.denied.with_label_values(&[self.route_name(), refusal.code()]).inc();
     }
 
     fn route_name(&self) -> &str {

@@ -8,21 +8,18 @@
 
 mod retry;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::body::{self, Meter, Metered, ProxyBody};
+use crate::body::{self, Meter, ProxyBody};
 use crate::error::{self, Refusal};
 use crate::gateway::Gateway;
 use crate::routes::upsert::Batch;
 use crate::routes::{Route, Target};
-use crate::upstream::Lease;
 use retry::Verdict;
 
 /// Most of an upstream answer to a batch that is read (and thrown away) so that its
@@ -144,23 +141,14 @@ impl Run<'_> {
             Ok(Ok((response, lease))) => {
                 let verdict = retry::judge_answer(&response);
                 // Read away only to reuse the connection; a slow body costs the connection.
-                let _ = tokio::time::timeout(DRAIN_TIME, drain(response, lease, self.route.response_timeout))
-                    .await;
+                let idle = Some(self.route.response_timeout);
+                crate::upstream::discard(response, lease, DRAIN_LIMIT, idle, DRAIN_TIME).await;
                 verdict
             }
             Ok(Err(refusal)) => retry::judge_failure(refusal),
             Err(_) => Verdict::Final(Refusal::UpstreamTimeout.into()),
         }
     }
-}
-
-/// Reads an answer to its end (within [`DRAIN_LIMIT`] and an idle bound) so that its
-/// connection goes back to the pool; its body is not passed on.
-async fn drain(response: Response<hyper::body::Incoming>, mut lease: Lease, idle: Duration) {
-    let meter = Arc::new(Meter::default());
-    lease.watch(&meter);
-    let body = Metered::new(response.into_body(), meter, Some(DRAIN_LIMIT), Some(idle));
-    let _ = body.collect().await;
 }
 
 /// The caller's answer: 201 when every batch was stored, else the first failing

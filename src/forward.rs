@@ -57,7 +57,12 @@ pub(crate) fn body_refusal(bytes_in: &Meter) -> Refusal {
 
 /// Maps an upstream failure to keygate's answer and counts it. A request body that
 /// broke its own limits is the caller's fault, not the upstream's.
-fn upstream_failure(gw: &Gateway, route: &Route, failure: UpstreamFailure, bytes_in: &Meter) -> Refusal {
+pub(crate) fn upstream_failure(
+    gw: &Gateway,
+    route: &Route,
+    failure: UpstreamFailure,
+    bytes_in: &Meter,
+) -> Refusal {
     if bytes_in.failure().is_some() {
         return body_refusal(bytes_in);
     }

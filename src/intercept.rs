@@ -67,11 +67,7 @@ fn admit(
     if routes.peek().is_none() {
         return Err(Refusal::TunnelRefused("no route names this host"));
     }
-    let caller = match conn.tunnel_caller {
-        // Inside a tunnel the caller is the one its `CONNECT` was admitted for.
-        Some(tunnel) => snapshot.callers.identified(tunnel.addr, conn.identities.clone()),
-        None => snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone()),
-    };
+    let caller = snapshot.callers.of(conn, request.headers());
     exchange.caller = caller.group.clone();
     exchange.caller_addr = caller.addr;
     if routes.any(|route| route.allow.permits(&caller)) {

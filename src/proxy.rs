@@ -45,7 +45,7 @@ pub(crate) async fn handle(
     let response = match pipeline(&gw, &snapshot, &conn, request, &bytes_in, &mut exchange).await {
         Ok(response) => response,
         Err(refusal) => {
-            exchange.refused(&gw, &refusal);
+            exchange.refused(&refusal);
             let shape = exchange.route.as_ref().map_or(Shape::Keygate, |r| r.refusal_shape());
             refusal.into_shaped_response(shape)
         }
@@ -160,11 +160,7 @@ fn admit(
     request: &Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<(), Refusal> {
-    let caller = match conn.tunnel_caller {
-        // Inside a tunnel the caller is the one its `CONNECT` was admitted for.
-        Some(tunnel) => snapshot.callers.identified(tunnel.addr, conn.identities.clone()),
-        None => snapshot.callers.identify(conn.peer.ip(), request.headers(), conn.identities.clone()),
-    };
+    let caller = snapshot.callers.of(conn, request.headers());
     exchange.caller = caller.group.clone();
     exchange.caller_addr = caller.addr;
     shadow_check(gw, route, &caller);
@@ -213,7 +209,7 @@ async fn fall_back(
     exchange: &mut Exchange,
 ) -> Result<(Response<Incoming>, Lease), Refusal> {
     let (response, lease) = refused;
-    upstream::discard(response, lease, REPLACED_BODY_LIMIT, REPLACED_BODY_TIME).await;
+    upstream::discard(response, lease, REPLACED_BODY_LIMIT, None, REPLACED_BODY_TIME).await;
     let head = upstream_head(route, target, caller, previous)?;
     let request = assemble(&caller.method, head, body::full(body));
     gw.metrics.secret_fallbacks.with_label_values(&[&route.secret_name]).inc();

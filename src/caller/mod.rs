@@ -11,6 +11,8 @@ use std::sync::Arc;
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use crate::conn::ConnInfo;
+
 pub use addr_set::AddrSet;
 
 /// A named group of callers from `[callers.groups.NAME]`.
@@ -44,9 +46,17 @@ impl Callers {
         self.identified(addr, identities)
     }
 
-    /// The caller at an address already worked out (a tunnel's, found on its
-    /// `CONNECT`): no header is read.
-    pub(crate) fn identified(&self, addr: Option<IpAddr>, identities: Arc<[String]>) -> Caller {
+    /// Who sent a request that came on `conn` with `headers`. Inside a tunnel, the
+    /// caller its `CONNECT` was admitted for: no header of the requests inside is read.
+    pub(crate) fn of(&self, conn: &ConnInfo, headers: &HeaderMap) -> Caller {
+        match conn.tunnel_caller {
+            Some(tunnel) => self.identified(tunnel.addr, conn.identities.clone()),
+            None => self.identify(conn.peer.ip(), headers, conn.identities.clone()),
+        }
+    }
+
+    /// The caller at an address already worked out.
+    fn identified(&self, addr: Option<IpAddr>, identities: Arc<[String]>) -> Caller {
         let mut caller = Caller { addr, identities, group: None };
         caller.group = self.groups.iter().find(|g| g.admits(&caller)).cloned();
         caller

@@ -51,11 +51,7 @@ pub(super) async fn fetch(
     let deadline = tokio::time::Instant::now() + route.response_timeout;
     loop {
         let Ok(next) = tokio::time::timeout_at(deadline, body.frame()).await else {
-            gw.metrics
-                .upstream_errors
-                .with_label_values(&[&route.name, UpstreamFailure::Timeout.label()])
-                .inc();
-            return Err(Refusal::UpstreamTimeout);
+            return Err(crate::forward::upstream_failure(gw, route, UpstreamFailure::Timeout, bytes_in));
         };
         let Some(frame) = next else { break };
         let frame = frame.map_err(|_| Refusal::UpstreamUnavailable(UpstreamFailure::Protocol))?;

@@ -101,7 +101,7 @@ pub(crate) async fn call(route: &Route, candidate: &Secret) -> Answer {
         Err(failure) => Answer::Failed(format!("{} failure", failure.label())),
         Ok((response, lease)) => {
             let status = response.status();
-            upstream::discard(response, lease, BODY_LIMIT, BODY_TIME).await;
+            upstream::discard(response, lease, BODY_LIMIT, None, BODY_TIME).await;
             judge(status, &proof.expect)
         }
     }

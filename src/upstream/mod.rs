@@ -43,15 +43,22 @@ use pool::Pool;
 pub(crate) type Lease = pool::Lease<http1::SendRequest<ProxyBody>>;
 
 /// Reads and drops a response body nobody will see (a proof call's answer, an answer
-/// replaced by a retry), so that its HTTP/1.1 connection can go back to the pool. A body
-/// longer than `limit` bytes, or not over within `within`, is dropped unread instead,
-/// which closes the connection: nothing of it is left on a pooled one.
-pub(crate) async fn discard(response: Response<Incoming>, mut lease: Lease, limit: u64, within: Duration) {
+/// replaced by a retry, a batch's answer), so that its HTTP/1.1 connection can go back to
+/// the pool. A body longer than `limit` bytes, pausing longer than `idle` between chunks,
+/// or not over within `within`, is dropped unread instead, which closes the connection:
+/// nothing of it is left on a pooled one.
+pub(crate) async fn discard(
+    response: Response<Incoming>,
+    mut lease: Lease,
+    limit: u64,
+    idle: Option<Duration>,
+    within: Duration,
+) {
     use http_body_util::BodyExt;
     let meter = Arc::new(crate::body::Meter::default());
     lease.watch(&meter);
     let mut body =
-        crate::body::Metered::new(response.into_body(), meter, Some(limit), None).with_guard(Box::new(lease));
+        crate::body::Metered::new(response.into_body(), meter, Some(limit), idle).with_guard(Box::new(lease));
     let drain = async { while let Some(Ok(_)) = body.frame().await {} };
     let _ = tokio::time::timeout(within, drain).await;
 }
