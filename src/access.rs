@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::body::{Meter, Metered, ProxyBody};
 use crate::caller::Group;
 use crate::conn::ConnInfo;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
+use crate::request_body::RequestBody;
 use crate::routes::Route;
 
 /// The status recorded for a request whose caller went away before keygate answered
@@ -58,7 +58,7 @@ impl Exchange {
     pub(crate) fn begin(
         gw: &Arc<Gateway>,
         conn: &ConnInfo,
-        request: &Request<Incoming>,
+        request: &Request<RequestBody>,
         access: bool,
     ) -> Exchange {
         gw.metrics.in_flight.inc();

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -19,6 +18,7 @@ use crate::conn::ConnInfo;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
 use crate::metrics::unix;
+use crate::request_body::RequestBody;
 use crate::server::{Handler, Listening, Server};
 
 /// Open admin connections beyond this are answered 503 `overloaded`. Probes and
@@ -35,7 +35,7 @@ impl Handler for Admin {
     fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         guard: Box<dyn Send>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         let response = handle(&self.gw, conn.peer, request);
@@ -60,7 +60,7 @@ pub(crate) fn start(gw: Arc<Gateway>, listener: TcpListener, settings: &ServerSe
     Server::start(Arc::new(Admin { gw }), vec![listener], listening, None)
 }
 
-fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
+fn handle(gw: &Gateway, peer: SocketAddr, request: Request<RequestBody>) -> Response<ProxyBody> {
     let snapshot = gw.snapshot();
     let guarded = matches!(request.uri().path(), "/metrics" | "/config");
     if guarded {

@@ -10,7 +10,6 @@
 use std::net::IpAddr;
 
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
 
 use crate::access::Exchange;
@@ -18,6 +17,7 @@ use crate::body::{self, ProxyBody};
 use crate::config::Snapshot;
 use crate::conn::{ConnInfo, Tunnel, TunnelCaller, TunnelSlot};
 use crate::error::Refusal;
+use crate::request_body::RequestBody;
 
 /// The only port keygate intercepts: the callers' clients speak HTTPS to the vendor.
 const PORT: u16 = 443;
@@ -31,7 +31,7 @@ const ESTABLISHED: ReasonPhrase = ReasonPhrase::from_static(b"Connection establi
 pub(crate) fn accept(
     snapshot: &Snapshot,
     conn: &ConnInfo,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Refusal> {
     exchange.operation = "connect";
@@ -59,7 +59,7 @@ pub(crate) fn accept(
 fn admit(
     snapshot: &Snapshot,
     conn: &ConnInfo,
-    request: &Request<Incoming>,
+    request: &Request<RequestBody>,
     exchange: &mut Exchange,
 ) -> Result<Option<IpAddr>, Refusal> {
     let host = tunnel_host(request)?;
@@ -78,7 +78,7 @@ fn admit(
 }
 
 /// The host of a `CONNECT` target keygate may intercept: `name:443`, a DNS name.
-fn tunnel_host(request: &Request<Incoming>) -> Result<&str, Refusal> {
+fn tunnel_host(request: &Request<RequestBody>) -> Result<&str, Refusal> {
     let authority = request.uri().authority().ok_or(Refusal::TunnelRefused("the target is not host:port"))?;
     if authority.port_u16() != Some(PORT) {
         return Err(Refusal::TunnelRefused("only port 443 is intercepted"));

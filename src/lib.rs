@@ -37,6 +37,7 @@ mod intercept;
 pub mod metrics;
 mod proxy;
 mod reload;
+mod request_body;
 pub mod rewrite;
 mod rotation;
 pub mod routes;

@@ -19,6 +19,7 @@ use crate::conn::ConnInfo;
 use crate::error::{Refusal, Shape};
 use crate::gateway::Gateway;
 use crate::intercept;
+use crate::request_body::RequestBody;
 use crate::routes::{Credential, Kind, Route, Target, check_path, upsert};
 use crate::scrub;
 use crate::upstream::{self, Lease};
@@ -35,7 +36,7 @@ const REPLACED_BODY_TIME: Duration = Duration::from_secs(1);
 pub(crate) async fn handle(
     gw: Arc<Gateway>,
     conn: ConnInfo,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     guard: Box<dyn Send>,
 ) -> Response<ProxyBody> {
     // One snapshot for the whole request, so a reload never mixes two configs.
@@ -58,7 +59,7 @@ async fn pipeline(
     gw: &Gateway,
     snapshot: &Snapshot,
     conn: &ConnInfo,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     bytes_in: &Arc<Meter>,
     exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -118,7 +119,7 @@ async fn pipeline(
 
 /// Refuses a head that is too large or that can be read two ways: any framing but one
 /// plain `chunked`, and anything but exactly one `Host` line on HTTP/1.1.
-fn check_head(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<(), Refusal> {
+fn check_head(snapshot: &Snapshot, request: &Request<RequestBody>) -> Result<(), Refusal> {
     if head_size(request) > snapshot.server.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
     }
@@ -157,7 +158,7 @@ fn admit(
     snapshot: &Snapshot,
     conn: &ConnInfo,
     route: &Route,
-    request: &Request<Incoming>,
+    request: &Request<RequestBody>,
     exchange: &mut Exchange,
 ) -> Result<(), Refusal> {
     let caller = snapshot.callers.of(conn, request.headers());
@@ -233,7 +234,7 @@ fn shadow_check(gw: &Gateway, route: &Route, caller: &Caller) {
     }
 }
 
-fn head_size(request: &Request<Incoming>) -> usize {
+fn head_size(request: &Request<RequestBody>) -> usize {
     let line = request.method().as_str().len() + uri_len(request.uri()) + 12;
     request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
 }
@@ -289,7 +290,7 @@ async fn build_request(
     route: &Route,
     target: &Target,
     caller: &Parts,
-    incoming: Incoming,
+    incoming: RequestBody,
     bytes_in: &Arc<Meter>,
 ) -> Result<Built, Refusal> {
     let head = upstream_head(route, target, caller, &route.credential)?;
@@ -371,7 +372,7 @@ async fn request_body(
     route: &Route,
     target: &Target,
     parts: &Parts,
-    incoming: Incoming,
+    incoming: RequestBody,
     bytes_in: &Arc<Meter>,
 ) -> Result<Body, Refusal> {
     let limit = Some(route.max_body_bytes);

@@ -1,10 +1,13 @@
 //! Listeners and connections, for the gateway and the admin endpoints alike: accept
 //! with a connection limit and EMFILE back-off, serve HTTP/1.1 and HTTP/2 (prior
 //! knowledge) on each connection, enforce the header and idle timeouts, and drain on
-//! shutdown. What each request gets is the listener's [`Handler`]; the phases that the
-//! header and idle timeouts follow are in [`timeouts`]; a `CONNECT` the handler accepts
-//! is served as a connection of its own inside the tunnel ([`tunnel`]).
+//! shutdown. What each request gets is the listener's [`Handler`]. Plain TCP connections
+//! are read by keygate's own HTTP/1.1 server ([`h1`]) until a head it hands to hyper;
+//! TLS connections by hyper ([`serving`]). The phases that hyper's connections' header
+//! and idle timeouts follow are in [`timeouts`]; a `CONNECT` the handler accepts is
+//! served as a connection of its own inside the tunnel ([`tunnel`]).
 
+mod h1;
 mod serving;
 mod timeouts;
 mod tunnel;
@@ -32,8 +35,9 @@ use crate::config::ServerSettings;
 use crate::conn::{ConnInfo, TunnelSlot};
 use crate::gateway::Gateway;
 use crate::proxy;
+use crate::request_body::RequestBody;
 use crate::tls::ServerTls;
-use serving::Stream;
+use serving::{Prefixed, Stream};
 use timeouts::{Expired, Phases};
 
 /// The raw answer to a connection over the listener's limit: it never reaches hyper.
@@ -47,7 +51,7 @@ pub(crate) trait Handler: Send + Sync + 'static {
     fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         guard: Box<dyn Send>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static;
 
@@ -63,7 +67,7 @@ impl Handler for Gateway {
     fn handle(
         self: Arc<Self>,
         conn: ConnInfo,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         guard: Box<dyn Send>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         proxy::handle(self, conn, request, guard)
@@ -300,44 +304,59 @@ async fn serve_connection<H: Handler, I>(
 {
     let slot = TunnelSlot::default();
     let offered = (tunnels == Tunnels::Open).then(|| slot.clone());
-    serve_http(handler.clone(), stream, info.clone(), limits, shutdown.clone(), offered).await;
+    let connection = Connection {
+        handler: handler.clone(),
+        info: info.clone(),
+        limits,
+        shutdown: shutdown.clone(),
+        slot: offered,
+    };
+    // Boxed, either way: hyper's connection state would otherwise make every plain
+    // connection's task as large.
+    match stream.into_tcp() {
+        Ok(tcp) => match h1::serve(handler.clone(), tcp, info.clone(), limits, shutdown.clone()).await {
+            // keygate's HTTP/1.1 server opens no tunnel: a CONNECT is handed over.
+            h1::Served::Closed => return,
+            h1::Served::HandOver(tcp, read) => {
+                Box::pin(serve_http(connection, Prefixed::new(tcp, read), false)).await
+            }
+        },
+        Err(stream) => {
+            let http1 = stream.negotiated_http1();
+            Box::pin(serve_http(connection, stream, http1)).await;
+        }
+    }
     if let Some(tunnel) = slot.take() {
         // Boxed: a tunnel's connection is served by this same function.
         Box::pin(tunnel::serve(handler, tunnel, info, limits, shutdown)).await;
     }
 }
 
-async fn serve_http<H: Handler, I>(
+/// What hyper serves a connection with.
+struct Connection<H> {
     handler: Arc<H>,
-    stream: I,
     info: ConnInfo,
     limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    /// Where a `CONNECT` the handler accepts is left, when the connection may open one.
     slot: Option<TunnelSlot>,
-) where
+}
+
+/// Serves `stream` with hyper: HTTP/1 when `http1` (known already), else HTTP/1 or
+/// HTTP/2 by its first bytes.
+async fn serve_http<H: Handler, I>(connection: Connection<H>, stream: I, http1: bool)
+where
     I: Stream,
 {
+    let Connection { handler, info, limits, mut shutdown, slot } = connection;
     let peer = info.peer;
     let phases = Phases::start();
     let timeouts = phases.expired(limits.header_timeout, limits.idle_timeout);
     tokio::pin!(timeouts);
-    // Known HTTP/1 (peeked at, or chosen by ALPN) is served without hyper-util's
-    // version read (see `serving`).
-    let http1 = match stream.tcp() {
-        Some(tcp) => tokio::select! {
-            biased;
-            http1 = serving::speaks_http1(tcp) => http1,
-            _ = shutdown.changed() => return,
-            _ = &mut timeouts => {
-                tracing::debug!(peer = %peer, "request head not received in time; closing");
-                return;
-            }
-        },
-        None => stream.negotiated_http1(),
-    };
     let io = phases.watch(stream);
     let requests = phases.clone();
-    let service = service_fn(move |mut request: Request<Incoming>| {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let mut request = request.map(RequestBody::Hyper);
         // Where the handler leaves a CONNECT it accepts (HTTP/1 only: an HTTP/2 CONNECT
         // would be a stream, and keygate tunnels whole connections).
         if let Some(slot) = &slot {
@@ -369,7 +388,7 @@ async fn serve_http<H: Handler, I>(
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256);
     let connection = if http1 {
-        // The same HTTP/1 settings, without the version read (see `serving`).
+        // The same HTTP/1 settings, without the version read.
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1.timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(max_buf_size).keep_alive(true);
         Either::Left(http1.serve_connection(TokioIo::new(io), service).with_upgrades())

@@ -1,20 +1,24 @@
-//! Which hyper connection serves a caller's stream. hyper-util's auto builder reads
-//! the first 24 bytes to tell HTTP/2 (prior knowledge) from HTTP/1, and hands them to
-//! hyper's HTTP/1 server as a first read of their own; hyper then finds less than a full
-//! buffer free and grows its read buffer to 16 KiB, which every idle keep-alive
-//! connection keeps. A plain TCP stream is peeked at instead (the bytes stay in the
-//! socket): when they cannot begin the HTTP/2 preface, hyper's HTTP/1 server reads
-//! them itself, and its 8 KiB buffer stays 8 KiB. A TLS stream is not peeked at: one
-//! whose handshake chose HTTP/1.1 by ALPN is served by the HTTP/1 server directly; one
-//! that chose h2, or nothing, takes the version read.
+//! Which server reads a caller's stream. A plain TCP stream goes to keygate's own
+//! HTTP/1.1 server (`h1`) first, which hands it to hyper — with the bytes it read — at
+//! the first head it does not serve itself ([`Prefixed`]). A TLS stream whose handshake
+//! chose HTTP/1.1 by ALPN goes to hyper's HTTP/1 server directly; one that chose h2, or
+//! nothing, and a handed-over stream go to hyper-util's auto builder, which reads the
+//! first 24 bytes to tell HTTP/2 (prior knowledge) from HTTP/1.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A caller's stream, as far as choosing the protocol goes.
+/// A caller's stream, as far as choosing the server goes.
 pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The TCP stream to peek at, when the bytes on it are the caller's own.
-    fn tcp(&self) -> Option<&TcpStream>;
+    /// The plain TCP stream, for keygate's HTTP/1.1 server; else the stream back.
+    fn into_tcp(self) -> Result<TcpStream, Self>
+    where
+        Self: Sized;
 
     /// True when the TLS handshake settled on HTTP/1.1 (ALPN `http/1.1`): nothing is
     /// left to read to choose the protocol.
@@ -24,14 +28,14 @@ pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Stream for TcpStream {
-    fn tcp(&self) -> Option<&TcpStream> {
-        Some(self)
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
     }
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for tokio_rustls::server::TlsStream<I> {
-    fn tcp(&self) -> Option<&TcpStream> {
-        None
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Err(self)
     }
 
     fn negotiated_http1(&self) -> bool {
@@ -39,15 +43,63 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for tokio_rustls
     }
 }
 
-/// True once the caller's first bytes (peeked, left in the socket) cannot begin the
-/// HTTP/2 preface; false when they might (HTTP/2, or too few bytes to tell), at end of
-/// stream or on an error, which the auto builder then handles as before.
-pub(super) async fn speaks_http1(tcp: &TcpStream) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut first = [0u8; PREFACE.len()];
-    match tcp.peek(&mut first).await {
-        Ok(n) if n > 0 => !PREFACE.starts_with(&first[..n]),
-        _ => false,
+/// A stream keygate's HTTP/1.1 server handed over: the bytes it had read, then the rest.
+pub(super) struct Prefixed {
+    read: Bytes,
+    stream: TcpStream,
+}
+
+impl Prefixed {
+    pub(super) fn new(stream: TcpStream, read: Bytes) -> Prefixed {
+        Prefixed { read, stream }
+    }
+}
+
+impl Stream for Prefixed {
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Err(self)
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -56,28 +108,20 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    /// What `speaks_http1` says of a connection whose caller sent `first`, and whether
-    /// the bytes were left for hyper to read.
-    async fn sniffed(first: &[u8]) -> bool {
+    #[tokio::test]
+    async fn a_handed_over_stream_reads_what_was_read_then_the_socket() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut caller = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        caller.write_all(first).await.unwrap();
-        let (mut accepted, _) = listener.accept().await.unwrap();
-        let http1 = super::speaks_http1(&accepted).await;
-        let mut read = vec![0u8; first.len()];
-        accepted.read_exact(&mut read).await.unwrap();
-        assert_eq!(read, first, "peeking consumed nothing");
-        http1
-    }
-
-    #[tokio::test]
-    async fn only_bytes_that_cannot_begin_the_http2_preface_are_taken_for_http1() {
-        assert!(sniffed(b"GET /export/0.1/export HTTP/1.1\r\nHost: h\r\n\r\n").await);
-        assert!(sniffed(b"POST /x HTTP/1.1\r\n").await);
-        assert!(sniffed(b"PRI /not-a-preface HTTP/1.1\r\n").await);
-        assert!(!sniffed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await);
-        // Too few bytes to tell: the version-sniffing path decides.
-        assert!(!sniffed(b"PRI * HT").await);
-        assert!(!sniffed(b"P").await);
+        let (accepted, _) = listener.accept().await.unwrap();
+        caller.write_all(b" world").await.unwrap();
+        caller.shutdown().await.unwrap();
+        let mut prefixed = super::Prefixed::new(accepted, bytes::Bytes::from_static(b"hello"));
+        let mut read = String::new();
+        prefixed.read_to_string(&mut read).await.unwrap();
+        assert_eq!(read, "hello world");
+        prefixed.write_all(b"back").await.unwrap();
+        let mut back = [0u8; 4];
+        caller.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
     }
 }

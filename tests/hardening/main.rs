@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod http1;
 mod lifecycle;
 mod limits;
 mod parsing;

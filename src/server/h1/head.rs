@@ -1,0 +1,281 @@
+//! Reading a request head for keygate's HTTP/1.1 server: httparse (the parser hyper
+//! uses, with the same settings), then only the heads whose meaning is plain. Anything
+//! else — HTTP/1.0, `Transfer-Encoding`, `Expect`, `Upgrade`, `CONNECT`, a target that
+//! is not a path, a `Content-Length` that is not one run of digits, a header hyper would
+//! refuse, a head too large or with too many lines — is [`Head::HandOver`]: the
+//! connection goes to hyper with the bytes read so far, and hyper decides (answers,
+//! refuses) exactly as it does for every other connection.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
+
+/// As many header lines as hyper's HTTP/1 server takes by default.
+const MAX_HEADERS: usize = 100;
+
+/// What the bytes read so far hold.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request head, moved once; a box would be an allocation each"
+)]
+pub(super) enum Head {
+    /// Not a whole head yet.
+    Partial,
+    /// A head keygate's server serves; its bytes have been taken from the buffer.
+    Plain(Parsed),
+    /// A head (or bytes) for hyper to read.
+    HandOver,
+}
+
+/// A plain HTTP/1.1 request head.
+#[derive(Debug)]
+pub(super) struct Parsed {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// The `Content-Length`; 0 without one.
+    pub length: u64,
+    /// The caller asked for the connection to close after this request.
+    pub close: bool,
+}
+
+/// Reads the head at the start of `buf`. On [`Head::Plain`], the head's bytes are split
+/// off `buf` (what follows, body or next request, stays).
+pub(super) fn read(buf: &mut BytesMut) -> Head {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut lines);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::HandOver,
+    };
+    let (Some(method), Some(path), Some(1)) = (request.method, request.path, request.version) else {
+        return Head::HandOver;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Head::HandOver };
+    if method == Method::CONNECT || !path.starts_with('/') {
+        return Head::HandOver;
+    }
+    // Positions, not slices: the head's bytes become one shared `Bytes` that the
+    // target and every header value point into, as hyper does.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let path_at = at(path.as_bytes());
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = request.headers.len();
+    for (span, line) in spans.iter_mut().zip(request.headers.iter()) {
+        let name = at(line.name.as_bytes());
+        let value = at(line.value);
+        *span = (name.0, name.1, value.0, value.1);
+    }
+    let head = buf.split_to(len).freeze();
+    match build(&head, method, path_at, &spans[..count]) {
+        Some(parsed) => Head::Plain(parsed),
+        None => {
+            // Put the head back in front of what followed it: hyper reads it all.
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            Head::HandOver
+        }
+    }
+}
+
+/// The request head in `head`, or `None` when hyper should read it.
+fn build(
+    head: &Bytes,
+    method: Method,
+    path_at: (usize, usize),
+    spans: &[(usize, usize, usize, usize)],
+) -> Option<Parsed> {
+    let slice = |(start, len): (usize, usize)| head.slice(start..start + len);
+    let uri = Uri::from_maybe_shared(slice(path_at)).ok()?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut length = None;
+    let mut close = false;
+    for &(name_start, name_len, value_start, value_len) in spans {
+        let name = HeaderName::from_bytes(&head[name_start..name_start + name_len]).ok()?;
+        let value = HeaderValue::from_maybe_shared(slice((value_start, value_len))).ok()?;
+        match name {
+            header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => return None,
+            header::CONTENT_LENGTH => {
+                if length.is_some() {
+                    return None;
+                }
+                length = Some(digits(value.as_bytes())?);
+            }
+            header::CONNECTION => {
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        return None;
+                    }
+                }
+            }
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    Some(Parsed { method, uri, headers, length: length.unwrap_or(0), close })
+}
+
+/// A `Content-Length` value that is one run of ASCII digits and fits in 63 bits.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(text: &str) -> (Head, BytesMut) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        (read(&mut buf), buf)
+    }
+
+    fn plain(text: &str) -> (Parsed, BytesMut) {
+        match read_all(text) {
+            (Head::Plain(parsed), rest) => (parsed, rest),
+            (other, _) => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    /// True when `text` goes to hyper, every byte of it left in the buffer.
+    fn handed_over(text: &str) -> bool {
+        let (head, rest) = read_all(text);
+        assert_eq!(&rest[..], text.as_bytes(), "a handed-over head keeps its bytes");
+        matches!(head, Head::HandOver)
+    }
+
+    #[test]
+    fn a_plain_head_is_read_and_split_off() {
+        let (parsed, rest) = plain(
+            "POST /import/v2/client/7/table/t/data?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nX-A: 1\r\nX-A: 2\r\n\r\n{}GET",
+        );
+        assert_eq!(parsed.method, Method::POST);
+        assert_eq!(parsed.uri, "/import/v2/client/7/table/t/data?x=1");
+        assert_eq!(parsed.length, 2);
+        assert!(!parsed.close);
+        assert_eq!(parsed.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(parsed.headers.len(), 4);
+        assert_eq!(&rest[..], b"{}GET");
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        for text in ["", "GET", "GET / HTTP/1.1\r\nHost: h\r\n", "GET / HTTP/1.1\r\nHost: h\r\n\r"] {
+            assert!(matches!(read_all(text).0, Head::Partial), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn connection_close_is_noted_among_other_tokens() {
+        assert!(plain("GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\n\r\n").0.close);
+        assert!(!plain("GET / HTTP/1.1\r\nHost: h\r\nConnection: closed\r\n\r\n").0.close);
+    }
+
+    #[test]
+    fn heads_whose_meaning_is_not_plain_go_to_hyper() {
+        for text in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2, 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n",
+            "CONNECT connect.rjmetrics.com:443 HTTP/1.1\r\nHost: connect.rjmetrics.com:443\r\n\r\n",
+            "GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHo st: h\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert!(handed_over(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_header_lines_go_to_hyper() {
+        let mut text = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            text.push_str(&format!("x-{i}: v\r\n"));
+        }
+        text.push_str("\r\n");
+        assert!(handed_over(&text));
+    }
+
+    #[test]
+    fn content_length_digits() {
+        assert_eq!(digits(b"0"), Some(0));
+        assert_eq!(digits(b"007"), Some(7));
+        assert_eq!(digits(b"123456789012345678"), Some(123_456_789_012_345_678));
+        for bad in [&b""[..], b"-1", b" 1", b"1 ", b"0x10", b"1234567890123456789"] {
+            assert_eq!(digits(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Heads built from pieces that matter to framing and parsing, in any order.
+    fn piece() -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "host: h\r\n",
+            "content-length: 3\r\n",
+            "content-length: 0\r\n",
+            "content-length: x\r\n",
+            "transfer-encoding: chunked\r\n",
+            "connection: close\r\n",
+            "connection: upgrade\r\n",
+            "expect: 100-continue\r\n",
+            "x-a: \u{e9}\r\n",
+            "x-b:\tv \r\n",
+            " folded\r\n",
+            "bad header\r\n",
+            "x-c: a\rb\r\n",
+            "\r\n",
+            "abc",
+        ])
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes: no panic; a head served here is split off exactly and
+        /// the rest left; a head for hyper leaves every byte for hyper.
+        #[test]
+        fn every_head_is_served_whole_or_handed_over_untouched(
+            line in proptest::sample::select(vec!["GET / HTTP/1.1\r\n", "POST /x?y HTTP/1.1\r\n", "GET / HTTP/1.0\r\n", "G\u{e9}T / HTTP/1.1\r\n", "GET  / HTTP/1.1\r\n"]),
+            pieces in proptest::collection::vec(piece(), 0..8),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..16),
+        ) {
+            let mut input = line.as_bytes().to_vec();
+            for p in &pieces {
+                input.extend_from_slice(p.as_bytes());
+            }
+            input.extend_from_slice(&tail);
+            let mut buf = BytesMut::from(&input[..]);
+            match read(&mut buf) {
+                Head::HandOver | Head::Partial => proptest::prop_assert_eq!(&buf[..], &input[..]),
+                Head::Plain(parsed) => {
+                    proptest::prop_assert!(input.ends_with(&buf), "the rest is what followed the head");
+                    let head = &input[..input.len() - buf.len()];
+                    proptest::prop_assert!(head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n"));
+                    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+                    proptest::prop_assert!(!text.contains("transfer-encoding") && !text.contains("expect:"));
+                    proptest::prop_assert_eq!(parsed.close, text.contains("connection: close"));
+                    let lengths = text.matches("content-length: ").count();
+                    proptest::prop_assert!(lengths <= 1);
+                    proptest::prop_assert_eq!(parsed.length, if text.contains("content-length: 3") { 3 } else { 0 });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! keygate's own HTTP/1.1 server for plain TCP connections, in front of hyper's.
+//!
+//! Why: hyper's HTTP/1 server keeps an 8 KiB read buffer and an 8 KiB write buffer for
+//! every connection, idle ones too, and its dispatch is a large share of keygate's CPU
+//! per request (BENCHMARKS.md, "Round 4"). This server holds no buffer while a
+//! connection waits, reads a head with httparse into one buffer that becomes the
+//! request's header bytes, and writes the answer's head and a ready body in one write.
+//!
+//! What it serves: HTTP/1.1 heads whose meaning is plain (see [`head`]) with no body or
+//! a `Content-Length` body, read from the socket as the pipeline asks for it
+//! ([`crate::request_body::SocketBody`]). Every other head — and every byte after it —
+//! goes to hyper on the same connection ([`Served::HandOver`]), which answers it as it
+//! answers every TLS or HTTP/2 connection; so malformed, ambiguous or unusual requests
+//! meet one implementation, hyper's.
+//!
+//! It keeps the connection rules of the hyper path: the header timeout from the
+//! connection's start (first request) or from the first byte of a request, the idle
+//! timeout between requests, the drain on shutdown (in-flight answers finish with
+//! `connection: close`), a request dropped when its caller goes away while waiting for
+//! it (recorded as 499), and a connection closed after a body the pipeline left unread.
+
+mod head;
+mod write;
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::{Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Handler, Limits};
+use crate::body::ProxyBody;
+use crate::conn::ConnInfo;
+use crate::request_body::{Home, RequestBody, SocketBody};
+use head::Head;
+use write::Framing;
+
+/// A head is read into a buffer of this much, grown for a larger head.
+const FIRST_READ: usize = 4096;
+
+/// How a connection left keygate's HTTP/1.1 server.
+pub(super) enum Served {
+    /// Closed (or to be closed): nothing more to serve.
+    Closed,
+    /// A head to be read by hyper: the stream, and the bytes already read from it.
+    HandOver(TcpStream, Bytes),
+}
+
+/// What a running connection remembers between requests.
+struct Conn<H> {
+    handler: Arc<H>,
+    info: ConnInfo,
+    limits: Limits,
+    /// The socket's read side; lent to a request's body while it reads (see
+    /// [`SocketBody`]), `None` until the body gives it back.
+    read: Option<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+    /// Where a body gives the read side back.
+    home: Arc<Home>,
+    /// Bytes read and not yet part of a request: empty, and holding no memory, while
+    /// the connection waits.
+    buf: BytesMut,
+    draining: bool,
+}
+
+/// The answer the handler is working on.
+type Answer = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
+
+/// Serves `stream` until it closes or a head needs hyper.
+pub(super) async fn serve<H: Handler>(
+    handler: Arc<H>,
+    stream: TcpStream,
+    info: ConnInfo,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> Served {
+    let draining = *shutdown.borrow_and_update();
+    let (read, write) = stream.into_split();
+    let home = Arc::new(Home::default());
+    let mut conn =
+        Conn { handler, info, limits, read: Some(read), write, home, buf: BytesMut::new(), draining };
+    // The first head is timed from the connection's start; later ones from their first
+    // byte, after up to `idle_timeout` of waiting for it.
+    let mut wait_until = Instant::now() + limits.header_timeout;
+    let mut head_until = Some(wait_until);
+    loop {
+        let parsed = match conn.next_head(&mut shutdown, wait_until, head_until).await {
+            Ok(Some(parsed)) => parsed,
+            // Dropping the write side shuts it down: the caller reads the last answer
+            // to its end rather than a reset.
+            Ok(None) => return Served::Closed,
+            Err(HandOver) => return conn.hand_over(),
+        };
+        if !conn.exchange(parsed, &mut shutdown).await || conn.draining {
+            return Served::Closed;
+        }
+        wait_until = Instant::now() + limits.idle_timeout;
+        head_until = None;
+    }
+}
+
+/// A head hyper has to read.
+struct HandOver;
+
+/// What a read from the caller's socket found.
+#[derive(PartialEq, Eq)]
+enum Read {
+    Some,
+    /// The end of the stream, or an error.
+    Closed,
+}
+
+impl<H: Handler> Conn<H> {
+    /// The most a head may take, as hyper's read buffer is sized on the hyper path.
+    fn max_head(&self) -> usize {
+        self.limits.max_header_bytes.max(8192) * 2
+    }
+
+    /// Waits for the next request head: `Ok(None)` when the connection should close
+    /// (the caller left, a timeout ran out, the server drains while nothing is in
+    /// flight).
+    async fn next_head(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        wait_until: Instant,
+        mut head_until: Option<Instant>,
+    ) -> Result<Option<head::Parsed>, HandOver> {
+        let max = self.max_head();
+        loop {
+            if !self.buf.is_empty() {
+                match head::read(&mut self.buf) {
+                    Head::Plain(parsed) => return Ok(Some(parsed)),
+                    Head::HandOver => return Err(HandOver),
+                    Head::Partial if self.buf.len() >= max => return Err(HandOver),
+                    Head::Partial => {}
+                }
+                // A request has begun: its head has the header timeout from here.
+                head_until.get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
+            }
+            let Some(read) = self.read.as_ref() else { return Ok(None) };
+            let deadline = head_until.unwrap_or(wait_until);
+            // Readiness first, so that a waiting connection holds no buffer.
+            tokio::select! {
+                biased;
+                _ = shutdown.changed(), if !self.draining => {
+                    self.draining = true;
+                    // Nothing in flight: closing loses nothing.
+                    return Ok(None);
+                }
+                readable = read.readable() => {
+                    if readable.is_err() {
+                        return Ok(None);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if head_until.is_some() {
+                        tracing::debug!(peer = %self.info.peer, "request head not received in time; closing");
+                    }
+                    return Ok(None);
+                }
+            }
+            match poll_fn(|cx| Poll::Ready(self.poll_read_some(cx, max))).await {
+                Poll::Ready(Read::Closed) => return Ok(None),
+                Poll::Ready(Read::Some) | Poll::Pending => {}
+            }
+        }
+    }
+
+    /// Reads what the socket has into the buffer.
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Read> {
+        let Some(read) = self.read.as_mut() else { return Poll::Pending };
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(FIRST_READ.max(self.buf.len()).min(max));
+        }
+        match pin!(read.read_buf(&mut self.buf)).poll(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Read::Closed),
+            Poll::Ready(Ok(_)) => Poll::Ready(Read::Some),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Serves one request: runs the handler, writes its answer. Returns whether the
+    /// connection may carry another request.
+    async fn exchange(&mut self, parsed: head::Parsed, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let head::Parsed { method, uri, headers, length, close } = parsed;
+        let body = match self.read.take() {
+            Some(read) if length > 0 => {
+                let have = (self.buf.len() as u64).min(length) as usize;
+                let buffered = self.buf.split_to(have).freeze();
+                RequestBody::Socket(SocketBody::new(self.home.clone(), read, buffered, length))
+            }
+            read => {
+                self.read = read;
+                RequestBody::Empty
+            }
+        };
+        if self.buf.is_empty() {
+            // Whatever it still holds belongs to the request just read.
+            self.buf = BytesMut::new();
+        }
+        let mut request = Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        // Boxed, as on the hyper path: the connection's own future stays small.
+        let answer: Answer = Box::pin(self.handler.clone().handle(self.info.clone(), request, Box::new(())));
+        let Some(response) = self.await_answer(answer, shutdown).await else {
+            return false;
+        };
+        let (parts, body) = response.into_parts();
+        self.reclaim();
+        // A body the pipeline left unread cannot be skipped safely: the connection
+        // closes after this answer, and says so when it knows.
+        let body_left = self.home.unread() > 0 || self.read.is_none();
+        let close = close || self.draining || body_left || write::asks_close(&parts.headers);
+        let mut out = Vec::with_capacity(512);
+        let framing = write::head(&mut out, &parts, &method, body.size_hint().exact(), close);
+        let sent = self.send(out, framing, body).await;
+        sent && !close
+    }
+
+    /// Takes the read side back from a body that has given it back.
+    fn reclaim(&mut self) {
+        if self.read.is_none() {
+            self.read = self.home.take();
+        }
+    }
+
+    /// Runs the handler's future while watching the caller: `None` when the caller
+    /// closed the connection before the answer (the future is dropped, as hyper drops
+    /// it, and the exchange is recorded as the caller's going).
+    async fn await_answer(
+        &mut self,
+        mut answer: Answer,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Response<ProxyBody>> {
+        let max = self.max_head();
+        loop {
+            let draining = self.draining;
+            let answered = poll_fn(|cx| {
+                if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                    return Poll::Ready(Some(response));
+                }
+                // Read only once the request's body has given the socket back, and no
+                // more than a head's worth of what comes next. Checked at every poll:
+                // the body may end at any of them.
+                self.reclaim();
+                while self.read.is_some() && self.home.unread() == 0 && self.buf.len() < max {
+                    match self.poll_read_some(cx, max) {
+                        Poll::Ready(Read::Some) => {}
+                        Poll::Pending => break,
+                        Poll::Ready(Read::Closed) => {
+                            tracing::debug!(peer = %self.info.peer, "caller closed the connection before the answer");
+                            return Poll::Ready(None);
+                        }
+                    }
+                }
+                Poll::Pending
+            });
+            tokio::select! {
+                biased;
+                answered = answered => return answered,
+                _ = shutdown.changed(), if !draining => {}
+            }
+            self.draining = true;
+        }
+    }
+
+    /// Writes the head in `out` and the body framed by `framing`. False when the
+    /// answer could not be sent whole (the connection must close). The body is dropped
+    /// as soon as it has ended, before its last bytes are written, as hyper does: the
+    /// exchange's record is complete by the time the caller has the answer.
+    async fn send(&mut self, mut out: Vec<u8>, framing: Framing, body: ProxyBody) -> bool {
+        let stream = &self.write;
+        let peer = self.info.peer;
+        let chunked = framing == Framing::Chunked;
+        let mut left = if let Framing::Length(n) = framing { n } else { 0 };
+        let mut body = (framing != Framing::None && !body.is_end_stream()).then_some(body);
+        while let Some(open) = body.as_mut() {
+            // Whatever the body has ready goes with what is waiting to be written.
+            let frame = match open.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    if !out.is_empty() {
+                        if write::all(stream, &out, None, false).await.is_err() {
+                            return false;
+                        }
+                        out.clear();
+                    }
+                    open.frame().await
+                }
+            };
+            let mut data = match frame {
+                None => break,
+                Some(Err(e)) => {
+                    drop(body);
+                    tracing::debug!(peer = %peer, error = %e, "answer body failed; closing");
+                    let _ = write::all(stream, &out, None, false).await;
+                    return false;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers: HTTP/1.1 callers get none (docs/reliability.md).
+                    Err(_) => continue,
+                },
+            };
+            if open.is_end_stream() {
+                body = None;
+            }
+            if !chunked {
+                if data.len() as u64 > left {
+                    drop(body);
+                    tracing::debug!(peer = %peer, "answer body longer than its length; cut and closing");
+                    data.truncate(left as usize);
+                    let _ = write::all(stream, &out, Some(&data), false).await;
+                    return false;
+                }
+                left -= data.len() as u64;
+            }
+            if let Some(rest) = write::frame(&mut out, framing, data) {
+                if write::all(stream, &out, Some(&rest), chunked).await.is_err() {
+                    return false;
+                }
+                out.clear();
+            }
+        }
+        drop(body);
+        if chunked {
+            out.extend_from_slice(write::LAST_CHUNK);
+        } else if left != 0 {
+            tracing::debug!(peer = %peer, "answer body shorter than its length; closing");
+        }
+        let written = out.is_empty() || write::all(stream, &out, None, false).await.is_ok();
+        written && left == 0
+    }
+
+    /// Hands the connection to hyper with what was read of the next head.
+    fn hand_over(self) -> Served {
+        let Conn { read, write, buf, .. } = self;
+        match read.map(|read| read.reunite(write)) {
+            Some(Ok(stream)) => Served::HandOver(stream, buf.freeze()),
+            _ => Served::Closed,
+        }
+    }
+}
