@@ -101,7 +101,9 @@ pub(super) async fn serve<H: Handler>(
             Ok(None) => return Served::Closed,
             Err(HandOver) => return conn.hand_over(),
         };
-        if !conn.exchange(parsed, &mut shutdown).await || conn.draining {
+        // Boxed: an idle connection's task then keeps only what waiting for a head
+        // needs (0.5 KB, not the 1.6 KB of an exchange in flight).
+        if !Box::pin(conn.exchange(parsed, &mut shutdown)).await || conn.draining {
             return Served::Closed;
         }
         wait_until = Instant::now() + limits.idle_timeout;
