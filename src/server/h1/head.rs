@@ -42,38 +42,48 @@ pub(super) struct Parsed {
     pub close: bool,
 }
 
-/// Reads the head at the start of `buf`. On [`Head::Plain`], the head's bytes are split
+/// Reads the head at the start of `buf`. On [`Head::Plain`], the head's bytes are taken
 /// off `buf` (what follows, body or next request, stays).
 pub(super) fn read(buf: &mut BytesMut) -> Head {
     // Uninitialised lines: zeroing a hundred of them would cost more than the parse.
     let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
-    let len = match request.parse_with_uninit_headers(buf, &mut lines) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Head::Partial,
-        Err(_) => return Head::HandOver,
+    if !ends_a_head(buf) {
+        // Not whole yet; httparse still says whether what came can begin a request.
+        return match request.parse_with_uninit_headers(buf, &mut lines) {
+            Ok(httparse::Status::Partial) => Head::Partial,
+            _ => Head::HandOver,
+        };
+    }
+    // The bytes become one shared `Bytes` before the one parse, so the target and every
+    // header value point into them, as hyper does.
+    let whole = std::mem::take(buf).freeze();
+    let parsed = match request.parse_with_uninit_headers(&whole, &mut lines) {
+        Ok(httparse::Status::Complete(len)) => build(&whole, &request).map(|parsed| (parsed, len)),
+        Ok(httparse::Status::Partial) => {
+            *buf = BytesMut::from(&whole[..]);
+            return Head::Partial;
+        }
+        Err(_) => None,
     };
-    // The head's bytes become one shared `Bytes` that the target and every header
-    // value point into, as hyper does; parsed again there (a whole head parses the
-    // same way twice), which is cheaper than keeping positions from the first pass.
-    let head = buf.split_to(len).freeze();
-    let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut []);
-    let built = match request.parse_with_uninit_headers(&head, &mut lines) {
-        Ok(httparse::Status::Complete(n)) if n == len => build(&head, &request),
-        _ => None,
-    };
-    match built {
-        Some(parsed) => Head::Plain(parsed),
+    match parsed {
+        Some((parsed, len)) => {
+            if whole.len() > len {
+                *buf = BytesMut::from(&whole[len..]);
+            }
+            Head::Plain(parsed)
+        }
         None => {
-            // Put the head back in front of what followed it: hyper reads it all.
-            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
-            whole.extend_from_slice(&head);
-            whole.extend_from_slice(buf);
-            *buf = whole;
+            // Every byte goes back: hyper reads it all.
+            *buf = BytesMut::from(&whole[..]);
             Head::HandOver
         }
     }
+}
+
+/// True when `buf` holds an empty line (`\n\n` or `\n\r\n`), which ends a head.
+fn ends_a_head(buf: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', buf).any(|at| matches!(&buf[at + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// The request head `request` parsed from `head`, or `None` when hyper should read it.
@@ -166,6 +176,24 @@ mod tests {
     fn partial_heads_wait_for_more() {
         for text in ["", "GET", "GET / HTTP/1.1\r\nHost: h\r\n", "GET / HTTP/1.1\r\nHost: h\r\n\r"] {
             assert!(matches!(read_all(text).0, Head::Partial), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_cut_anywhere_waits_then_reads_the_same() {
+        for text in [
+            "POST /x?y=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+            "GET / HTTP/1.1\nHost: h\n\n",
+            "GET / HTTP/1.1\r\nHost: h\n\r\n",
+        ] {
+            let end =
+                text.find("\n\r\n").map(|i| i + 3).or_else(|| text.find("\n\n").map(|i| i + 2)).unwrap();
+            for cut in 0..end {
+                assert!(matches!(read_all(&text[..cut]).0, Head::Partial), "{text:?} cut at {cut}");
+            }
+            let (parsed, rest) = plain(text);
+            assert_eq!(parsed.headers.get("host").unwrap(), "h", "{text:?}");
+            assert_eq!(&rest[..], &text.as_bytes()[end..], "{text:?}");
         }
     }
 
