@@ -38,11 +38,13 @@ pub(crate) enum RequestBody {
 }
 
 /// Where the read side of a caller's socket goes back to keygate's HTTP/1 server once
-/// the body that took it is done with it, and how much of that body was left unread.
+/// the body that took it is done with it, and how much of that body is still in the
+/// socket (what came with the head is off the wire already: a connection whose body
+/// arrived whole can carry the next request even if nobody read the body).
 #[derive(Debug, Default)]
 pub(crate) struct Home {
     read: Mutex<Option<OwnedReadHalf>>,
-    /// Bytes of the current request's body not yet read (0 between requests).
+    /// Bytes of the current request's body still in the socket (0 between requests).
     unread: AtomicU64,
 }
 
@@ -74,7 +76,7 @@ impl SocketBody {
     /// read from `read`.
     pub(crate) fn new(home: Arc<Home>, read: OwnedReadHalf, buffered: Bytes, length: u64) -> SocketBody {
         let remaining = length - buffered.len() as u64;
-        home.unread.store(length, Ordering::Relaxed);
+        home.unread.store(remaining, Ordering::Relaxed);
         let mut body = SocketBody { home, read: Some(read), buffered, remaining };
         if remaining == 0 {
             body.go_home();
@@ -110,7 +112,6 @@ impl Body for SocketBody {
         let this = &mut *self;
         if !this.buffered.is_empty() {
             let data = std::mem::take(&mut this.buffered);
-            this.taken(data.len() as u64);
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if this.remaining == 0 {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::client::Reply;
-use crate::support::inprocess::{TestGateway, faults_config, faults_route};
+use crate::support::inprocess::{GatewayBuilder, RouteSpec, TestGateway, faults_config, faults_route};
 use crate::support::raw::Raw;
-use crate::support::upstream::FakeUpstream;
+use crate::support::upstream::{FakeUpstream, ok};
 
 const QUIET: Duration = Duration::from_secs(1);
 
@@ -139,6 +139,20 @@ async fn a_body_the_pipeline_never_reads_closes_the_connection_and_says_so() {
 }
 
 #[tokio::test]
+async fn a_refused_request_whose_body_came_whole_keeps_the_connection() {
+    let (stub, kg) = setup().await;
+    let mut raw = Raw::connect(kg.addr).await;
+    // The body arrived with the head: nothing of it is left in the socket, so the next
+    // request can follow on the same connection though nobody read the body.
+    raw.send([post("/nowhere", "content-length: 5\r\n", "hello"), get("/f/a")].concat().as_bytes()).await;
+    let refused = raw.response().await.expect("the refusal");
+    assert_eq!((refused.status, refused.header("connection")), (404, None), "{}", refused.dump());
+    expect_ok(&mut raw, "ok", "the request after it").await;
+    let paths: Vec<_> = stub.recorded().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/a"]);
+}
+
+#[tokio::test]
 async fn answers_without_a_body_carry_no_body_framing() {
     let (_stub, kg) = setup().await;
     let mut raw = Raw::connect(kg.addr).await;
@@ -163,4 +177,22 @@ async fn a_connection_close_request_gets_its_answer_then_the_end() {
     assert_eq!(replies.iter().map(|r| r.status).collect::<Vec<_>>(), [200]);
     assert_eq!(replies[0].header("connection").as_deref(), Some("close"));
     assert_eq!(stub.recorded().len(), 1, "nothing after the close is served");
+}
+
+#[tokio::test]
+async fn answers_without_a_body_give_their_upstream_connection_back() {
+    let stub = FakeUpstream::start(ok()).await;
+    let kg = GatewayBuilder::new().route(RouteSpec::generic(&stub.url())).start().await;
+    // One after another, so each finds the last one's upstream connection idle.
+    for _ in 0..3 {
+        let mut raw = Raw::connect(kg.addr).await;
+        raw.send(b"HEAD /generic/a HTTP/1.1\r\nhost: k\r\nconnection: close\r\n\r\n").await;
+        let received = raw.read_until_close(Duration::from_secs(5)).await;
+        assert!(received.closed && received.text().starts_with("HTTP/1.1 200 OK\r\n"), "{}", received.text());
+    }
+    let mut raw = Raw::connect(kg.addr).await;
+    raw.send(get("/generic/b").as_bytes()).await;
+    assert_eq!(raw.response().await.expect("the GET").status, 200);
+    assert_eq!(stub.recorded().len(), 4);
+    assert_eq!(stub.accepted(), 1, "every request went over one pooled upstream connection");
 }

@@ -288,7 +288,10 @@ impl<H: Handler> Conn<H> {
         let peer = self.info.peer;
         let chunked = framing == Framing::Chunked;
         let mut left = if let Framing::Length(n) = framing { n } else { 0 };
-        let mut body = (framing != Framing::None && !body.is_end_stream()).then_some(body);
+        // Asked first, whatever the framing: an empty body that says it has ended lets
+        // the upstream connection it came on go back to the pool (a HEAD, a 204).
+        let ended = body.is_end_stream();
+        let mut body = (framing != Framing::None && !ended).then_some(body);
         while let Some(open) = body.as_mut() {
             // Whatever the body has ready goes with what is waiting to be written.
             let frame = match open.frame().now_or_never() {
