@@ -317,8 +317,10 @@ async fn serve_connection<H: Handler, I>(
         Ok(tcp) => match h1::serve(handler.clone(), tcp, info.clone(), limits, shutdown.clone()).await {
             // keygate's HTTP/1.1 server opens no tunnel: a CONNECT is handed over.
             h1::Served::Closed => return,
-            h1::Served::HandOver(tcp, read) => {
-                Box::pin(serve_http(connection, Prefixed::new(tcp, read), false)).await
+            // After a request keygate answered, the connection is HTTP/1.1 to its end.
+            h1::Served::HandOver(tcp, read, served) => {
+                let http1 = served == h1::Spoken::Http1;
+                Box::pin(serve_http(connection, Prefixed::new(tcp, read), http1)).await
             }
         },
         Err(stream) => {

@@ -196,3 +196,37 @@ async fn answers_without_a_body_give_their_upstream_connection_back() {
     assert_eq!(stub.recorded().len(), 4);
     assert_eq!(stub.accepted(), 1, "every request went over one pooled upstream connection");
 }
+
+#[tokio::test]
+async fn after_an_http1_request_the_http2_preface_is_not_taken_up() {
+    let (stub, kg) = setup().await;
+    let mut raw = Raw::connect(kg.addr).await;
+    // An HTTP/1.1 request, then the HTTP/2 preface and a SETTINGS frame on the same
+    // connection: it stays HTTP/1.1, so the preface is a bad request line, not a switch.
+    let mut bytes = get("/f/a").into_bytes();
+    bytes.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    raw.send(&bytes).await;
+    let received = raw.read_until_close(Duration::from_secs(5)).await;
+    assert!(received.closed, "the connection must close: {:?}", received.text());
+    assert_eq!(received.statuses().first(), Some(&200), "{:?}", received.text());
+    let after = &received.bytes[received.text().find("\r\n\r\nok").unwrap() + 6..];
+    assert!(after.is_empty() || after.starts_with(b"HTTP/1.1 "), "no HTTP/2 frame follows: {after:?}");
+    assert_eq!(stub.recorded().len(), 1);
+}
+
+#[tokio::test]
+async fn a_pipelined_request_is_answered_though_the_caller_then_closed_its_side() {
+    let (stub, kg) = setup().await;
+    let mut raw = Raw::connect(kg.addr).await;
+    raw.send([get("/f/1"), get("/f/2")].concat().as_bytes()).await;
+    raw.stream.shutdown().await.unwrap();
+    let received = raw.read_until_close(Duration::from_secs(5)).await;
+    assert!(received.closed);
+    // As hyper does: the end of the caller's stream is not looked for while the next
+    // request is buffered, so the first is answered; the last is the one the end
+    // arrives behind, and a caller that closes its side is taken to have left.
+    let statuses = received.statuses();
+    assert_eq!(statuses.first(), Some(&200), "{}", received.text());
+    assert!(statuses.len() <= 2, "{statuses:?}");
+    assert_eq!(stub.recorded().first().map(|r| r.path.as_str()), Some("/1"));
+}

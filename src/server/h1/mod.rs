@@ -52,8 +52,19 @@ const FIRST_READ: usize = 4096;
 pub(super) enum Served {
     /// Closed (or to be closed): nothing more to serve.
     Closed,
-    /// A head to be read by hyper: the stream, and the bytes already read from it.
-    HandOver(TcpStream, Bytes),
+    /// A head to be read by hyper: the stream, the bytes already read from it, and
+    /// whether requests were served on it already (then it speaks HTTP/1.1 to the end:
+    /// no HTTP/2 preface is looked for).
+    HandOver(TcpStream, Bytes, Spoken),
+}
+
+/// Whether keygate's server answered requests on a connection before handing it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spoken {
+    /// Nothing yet: the first bytes may be anything, HTTP/2 prior knowledge included.
+    Nothing,
+    /// At least one request: the connection is HTTP/1.1.
+    Http1,
 }
 
 /// What a running connection remembers between requests.
@@ -93,19 +104,21 @@ pub(super) async fn serve<H: Handler>(
     // byte, after up to `idle_timeout` of waiting for it.
     let mut wait_until = Instant::now() + limits.header_timeout;
     let mut head_until = Some(wait_until);
+    let mut served = Spoken::Nothing;
     loop {
         let parsed = match conn.next_head(&mut shutdown, wait_until, head_until).await {
             Ok(Some(parsed)) => parsed,
             // Dropping the write side shuts it down: the caller reads the last answer
             // to its end rather than a reset.
             Ok(None) => return Served::Closed,
-            Err(HandOver) => return conn.hand_over(),
+            Err(HandOver) => return conn.hand_over(served),
         };
         // Boxed: an idle connection's task then keeps only what waiting for a head
         // needs (0.5 KB, not the 1.6 KB of an exchange in flight).
         if !Box::pin(conn.exchange(parsed, &mut shutdown)).await || conn.draining {
             return Served::Closed;
         }
+        served = Spoken::Http1;
         wait_until = Instant::now() + limits.idle_timeout;
         head_until = None;
     }
@@ -254,11 +267,12 @@ impl<H: Handler> Conn<H> {
                 if let Poll::Ready(response) = answer.as_mut().poll(cx) {
                     return Poll::Ready(Some(response));
                 }
-                // Read only once the request's body has given the socket back, and no
-                // more than a head's worth of what comes next. Checked at every poll:
-                // the body may end at any of them.
+                // Read only once the request's body is off the wire, and only while
+                // nothing of the next request is buffered (as hyper does): a caller
+                // that pipelined requests and then closed its side gets its answers.
+                // Checked at every poll: the body may end at any of them.
                 self.reclaim();
-                while self.read.is_some() && self.home.unread() == 0 && self.buf.len() < max {
+                while self.read.is_some() && self.home.unread() == 0 && self.buf.is_empty() {
                     match self.poll_read_some(cx, max) {
                         Poll::Ready(Read::Some) => {}
                         Poll::Pending => break,
@@ -351,10 +365,10 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Hands the connection to hyper with what was read of the next head.
-    fn hand_over(self) -> Served {
+    fn hand_over(self, served: Spoken) -> Served {
         let Conn { read, write, buf, .. } = self;
         match read.map(|read| read.reunite(write)) {
-            Some(Ok(stream)) => Served::HandOver(stream, buf.freeze()),
+            Some(Ok(stream)) => Served::HandOver(stream, buf.freeze(), served),
             _ => Served::Closed,
         }
     }
