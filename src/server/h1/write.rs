@@ -86,9 +86,10 @@ pub(super) fn head(
 
 /// True when the answer's own headers ask for the connection to close.
 pub(super) fn asks_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| super::head::tokens(value).any(|t| t.eq_ignore_ascii_case(b"close")))
 }
 
 /// The answer's `Content-Length`, when it has exactly one that reads as a number.
