@@ -34,15 +34,8 @@ def main():
     ap.add_argument("--idle", type=int, default=1000, help="idle keep-alive connections held")
     ap.add_argument("--peers", action="store_true", help="also run nginx and HAProxy")
     a = ap.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        sys.exit("needs two CPUs")
-    work = os.path.join(d.ROOT, "target", "bench", "ab-" + time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(f"{work}/tmp", exist_ok=True)
-    d.ARGS = argparse.Namespace(work=work, gen_cpu=cpus[0], proxy_cpu=cpus[1], connections=32, wrk_connections=64)
+    work = d.side_by_side("ab")
     d.CIDRS = d.cidr_list(10_000)
-    d.write(f"{work}/export.key", d.KEY + "\n")
-    os.chmod(f"{work}/export.key", 0o600)
     base = d.keygate_config(work, d.CIDRS)
     d.write(f"{work}/stub.conf", d.stub_config(work))
     d.write(f"{work}/allow.geo", d.geo_text(d.CIDRS))
@@ -63,19 +56,19 @@ def main():
         results.setdefault((cand, metric), []).append(value)
 
     try:
-        stub = d.start("stub", ["nginx", "-c", f"{work}/stub.conf", "-p", work, "-e", f"{work}/stub.err"], cpus[0])
+        stub = d.start("stub", ["nginx", "-c", f"{work}/stub.conf", "-p", work, "-e", f"{work}/stub.err"], d.ARGS.gen_cpu)
         d.check_answer("direct")
         for rnd in range(a.rounds):
             procs = {}
-            d.pin(stub.pid, cpus[0])
+            d.pin(stub.pid, d.ARGS.gen_cpu)
             for name, binary, admin in builds:
-                procs[name] = d.start(name, [binary, "run", "-c", f"{work}/{name}.toml"], cpus[1])
+                procs[name] = d.start(name, [binary, "run", "-c", f"{work}/{name}.toml"], d.ARGS.proxy_cpu)
                 d.wait_http(admin, "/readyz", timeout=60)
                 d.check_answer(name)
             cands = [name for name, _, _ in builds]
             if a.peers:
                 for peer in ["nginx", "haproxy"]:
-                    procs[peer] = d.start_proxy(peer, cpus[1])
+                    procs[peer] = d.start_proxy(peer, d.ARGS.proxy_cpu)
                     cands.append(peer)
             time.sleep(1)
             for c in d.rotate(cands, rnd):
@@ -96,7 +89,7 @@ def main():
                 rec(c, "p50_ms", r["p50_ms"])
                 rec(c, "p99_ms", r["p99_ms"])
                 rec(c, "failed", r["failed"])
-            d.pin(stub.pid, cpus[1])
+            d.pin(stub.pid, d.ARGS.proxy_cpu)
             for c in d.rotate(cands, rnd):
                 r = d.wrk(c, a.seconds)
                 rec(c, "rps", r["rps"])

@@ -303,6 +303,22 @@ def check_answer(cand):
         raise RuntimeError(f"{cand}: the benchmark request answered {status}, not 200")
 
 
+
+def side_by_side(prefix):
+    """A fresh work directory target/bench/PREFIX-<time> for a side-by-side script (ab.py,
+    paths.py), ARGS for the generator on the first CPU and the proxy on the second, and
+    the export key in place. Returns the work directory."""
+    global ARGS
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit("needs two CPUs")
+    work = os.path.join(ROOT, "target", "bench", f"{prefix}-" + time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(f"{work}/tmp", exist_ok=True)
+    ARGS = argparse.Namespace(work=work, gen_cpu=cpus[0], proxy_cpu=cpus[1], connections=32, wrk_connections=64)
+    write(f"{work}/export.key", KEY + "\n")
+    os.chmod(f"{work}/export.key", 0o600)
+    return work
+
 # ---------------------------------------------------------------- load generators
 
 

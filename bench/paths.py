@@ -21,7 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import driver as d  # noqa: E402
@@ -54,15 +53,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rate", type=int, default=2000)
     a = ap.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        sys.exit("needs two CPUs")
-    work = os.path.join(d.ROOT, "target", "bench", "paths-" + time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(f"{work}/tmp", exist_ok=True)
-    d.ARGS = argparse.Namespace(work=work, gen_cpu=cpus[0], proxy_cpu=cpus[1], connections=32, wrk_connections=64)
+    work = d.side_by_side("paths")
     cidrs = d.cidr_list(10_000)
-    d.write(f"{work}/export.key", d.KEY + "\n")
-    os.chmod(f"{work}/export.key", 0o600)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", f"{work}/tls.key", "-out", f"{work}/tls.crt", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
@@ -81,11 +73,11 @@ def main():
             runs.append((f"k{i}", os.path.abspath(binary), f"{work}/{name}.toml", port, admin, tls))
     results = {}
     try:
-        stub = d.start("stub", ["nginx", "-c", f"{work}/stub.conf", "-p", work, "-e", f"{work}/stub.err"], cpus[0])
+        stub = d.start("stub", ["nginx", "-c", f"{work}/stub.conf", "-p", work, "-e", f"{work}/stub.err"], d.ARGS.gen_cpu)
         d.check_answer("direct")
         for rnd in range(a.rounds):
             for build, binary, config, port, admin, tls in d.rotate(runs, rnd):
-                p = d.start(build, [binary, "run", "-c", config], cpus[1])
+                p = d.start(build, [binary, "run", "-c", config], d.ARGS.proxy_cpu)
                 d.wait_http(admin, "/readyz", timeout=60)
                 for h2 in (False, True):
                     path = ("tls_" if tls else "") + ("h2" if h2 else "h1")
