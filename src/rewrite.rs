@@ -60,12 +60,12 @@ pub(crate) fn frames_request(name: &HeaderName) -> bool {
 /// presets, the caller's credentials, cookies and the headers that steer a server's
 /// routing: [`crate::routes::credential`]).
 pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
-    let named_by_connection = connection_tokens(caller);
+    let connection = caller.get_all(header::CONNECTION);
     let mut out = HeaderMap::with_capacity(caller.len());
     for (name, value) in caller {
         let n = name.as_str();
         let strip = frames_request(name)
-            || named_by_connection.iter().any(|t| t == n)
+            || connection.iter().flat_map(connection_tokens).any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
             || FORWARDING.contains(&n)
             || n.contains('_')
             || drop.contains(name);
@@ -80,10 +80,19 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
 /// `query_names` (the route's credential's) in `Location`, then every header whose name
 /// or value holds a secret.
 pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[S]) {
-    for name in connection_tokens(headers) {
-        headers.remove(name.as_str());
-    }
-    for name in &HOP_BY_HOP_NAMES {
+    // Collected first, as the map changes below; the hop-by-hop names (`keep-alive`, the
+    // usual one) and `close` go anyway, so most answers collect nothing.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(connection_tokens)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case(b"close")
+                && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP_NAMES) {
         headers.remove(name);
     }
     // Only keygate may mark an answer as its own refusal.
@@ -97,16 +106,10 @@ pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &S
     scrub.headers(headers);
 }
 
-/// Lowercased header names listed in every `Connection` header.
-fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+/// The tokens of one `Connection` value (RFC 9110 §7.6.1), trimmed, in any letter case;
+/// empty ones included. Requests, answers and keygate's HTTP/1.1 server read them here.
+pub(crate) fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// What a raw query parameter name is to a route that strips the credential name `N`.
@@ -442,7 +445,7 @@ mod tests {
         h.insert("x-echo", HeaderValue::from_static("key=topsecret"));
         h.insert("x-other", HeaderValue::from_static("apikey=0THER-ROUTE-KEY"));
         h.insert("x-0ther-route-key", HeaderValue::from_static("1"));
-        h.insert("connection", HeaderValue::from_static("x-hop"));
+        h.insert("connection", HeaderValue::from_static("close, X-Hop ,keep-alive,"));
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-keygate-error", HeaderValue::from_static("no_route"));

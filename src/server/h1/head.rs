@@ -111,7 +111,7 @@ fn build(head: &Bytes, request: &httparse::Request<'_, '_>) -> Option<Parsed> {
                 length = Some(digits(value.as_bytes())?);
             }
             header::CONNECTION => {
-                for token in tokens(&value) {
+                for token in crate::rewrite::connection_tokens(&value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"upgrade") {
@@ -124,11 +124,6 @@ fn build(head: &Bytes, request: &httparse::Request<'_, '_>) -> Option<Parsed> {
         headers.append(name, value);
     }
     Some(Parsed { method, uri, headers, length: length.unwrap_or(0), close })
-}
-
-/// The comma-separated tokens of a header value such as `Connection`, trimmed.
-pub(super) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// A `Content-Length` value that is one run of ASCII digits and fits in 63 bits.

@@ -89,7 +89,7 @@ pub(super) fn asks_close(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .any(|value| super::head::tokens(value).any(|t| t.eq_ignore_ascii_case(b"close")))
+        .any(|value| crate::rewrite::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(b"close")))
 }
 
 /// The answer's `Content-Length`, when it has exactly one that reads as a number.
