@@ -109,8 +109,9 @@ async fn pipeline(
     // The vendor allows one update-status call a minute per client id: answers are
     // shared by every caller (src/guard).
     if target.operation == "update_status" && !route.limits.update_status_ttl.is_zero() {
-        let request = outgoing.request;
-        return Box::pin(guard::serve(gw, snapshot, &route, &target, request, bytes_in, exchange)).await;
+        let (route, target, request) = (&route, &target, outgoing.request);
+        let call = guard::Call { gw, snapshot, route, target, request, bytes_in, exchange };
+        return Box::pin(guard::serve(call)).await;
     }
     let (response, lease) = send(gw, &route, &target, &caller, outgoing, bytes_in, exchange).await?;
     exchange.upstream_status = Some(response.status());

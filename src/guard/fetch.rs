@@ -4,18 +4,14 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use http::Response;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 
 use super::stored::{KEEP_LIMIT, Stored};
-use crate::access::Exchange;
-use crate::body::{BoxError, Meter, ProxyBody};
-use crate::config::Snapshot;
+use crate::body::{BoxError, ProxyBody};
 use crate::error::{Refusal, UpstreamFailure};
-use crate::gateway::Gateway;
-use crate::routes::{Route, Target};
 
 /// What the call brought back.
 pub(super) enum Fetched {
@@ -27,15 +23,8 @@ pub(super) enum Fetched {
 
 /// Calls upstream with `request` (asking for no content coding, so a kept body is
 /// plain and can be scrubbed), as the pipeline would.
-pub(super) async fn fetch(
-    gw: &Gateway,
-    snapshot: &Snapshot,
-    route: &Route,
-    target: &Target,
-    mut request: Request<ProxyBody>,
-    bytes_in: &Meter,
-    exchange: &mut Exchange,
-) -> Result<Fetched, Refusal> {
+pub(super) async fn fetch(call: super::Call<'_>) -> Result<Fetched, Refusal> {
+    let super::Call { gw, snapshot, route, target, mut request, bytes_in, exchange } = call;
     request.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     let (response, lease) = crate::forward::send(gw, route, target, request, bytes_in).await?;
     exchange.upstream_status = Some(response.status());

@@ -30,40 +30,34 @@ use fleet::View;
 use registry::Entry;
 use state::{Served, Shared};
 
-/// Answers an `update_status` request through the guard. `request` is the upstream
-/// request built for this caller; it is sent only if this caller makes the call.
-pub(crate) async fn serve(
-    gw: &Gateway,
-    snapshot: &Snapshot,
-    route: &Route,
-    target: &Target,
-    request: Request<ProxyBody>,
-    bytes_in: &Meter,
-    exchange: &mut Exchange,
-) -> Result<Response<ProxyBody>, Refusal> {
+/// One caller's `update_status` request as the pipeline hands it over: its state, and
+/// the upstream request built for this caller, sent only if this caller makes the call.
+pub(crate) struct Call<'a> {
+    pub gw: &'a Gateway,
+    pub snapshot: &'a Snapshot,
+    pub route: &'a Route,
+    pub target: &'a Target,
+    pub request: Request<ProxyBody>,
+    pub bytes_in: &'a Meter,
+    pub exchange: &'a mut Exchange,
+}
+
+/// Answers an `update_status` request through the guard.
+pub(crate) async fn serve(call: Call<'_>) -> Result<Response<ProxyBody>, Refusal> {
+    let (gw, route) = (call.gw, call.route);
     let client_id = match &route.kind {
         Kind::Preset { client_id, .. } => client_id.as_str(),
         Kind::Generic { .. } => "",
     };
     let key = format!("{}|{client_id}", route.upstream.url());
-    let (answer, source) =
-        Box::pin(guarded(gw, snapshot, route, target, request, bytes_in, exchange, &key)).await;
+    let (answer, source) = Box::pin(guarded(call, &key)).await;
     gw.metrics.update_status.with_label_values(&[&route.name, source]).inc();
     answer
 }
 
-#[expect(clippy::too_many_arguments, reason = "the pipeline's own request state, passed on")]
-async fn guarded(
-    gw: &Gateway,
-    snapshot: &Snapshot,
-    route: &Route,
-    target: &Target,
-    request: Request<ProxyBody>,
-    bytes_in: &Meter,
-    exchange: &mut Exchange,
-    key: &str,
-) -> Served {
-    let ttl = route.limits.update_status_ttl;
+async fn guarded(call: Call<'_>, key: &str) -> Served {
+    let gw = call.gw;
+    let ttl = call.route.limits.update_status_ttl;
     let entry = gw.guard.entry(key);
     let seen = {
         let state = entry.state.lock();
@@ -86,23 +80,13 @@ async fn guarded(
             }
         }
     }
-    lead(gw, snapshot, route, target, request, bytes_in, exchange, key, &entry).await
+    lead(call, key, &entry).await
 }
 
 /// What the one caller that asks for everyone does: Redis first, when the fleet shares
 /// answers, then upstream; what it learns is kept for the others.
-#[expect(clippy::too_many_arguments, reason = "the pipeline's own request state, passed on")]
-async fn lead(
-    gw: &Gateway,
-    snapshot: &Snapshot,
-    route: &Route,
-    target: &Target,
-    request: Request<ProxyBody>,
-    bytes_in: &Meter,
-    exchange: &mut Exchange,
-    key: &str,
-    entry: &Entry,
-) -> Served {
+async fn lead(call: Call<'_>, key: &str, entry: &Entry) -> Served {
+    let (gw, snapshot, route) = (call.gw, call.snapshot, call.route);
     let ttl = route.limits.update_status_ttl;
     let fleet = gw.guard.fleet.get(&gw.metrics, snapshot);
     let lock = match &fleet {
@@ -122,7 +106,7 @@ async fn lead(
         },
         None => None,
     };
-    let fetched = fetch::fetch(gw, snapshot, route, target, request, bytes_in, exchange).await;
+    let fetched = fetch::fetch(call).await;
     let mut state = entry.state.lock();
     state.generation += 1;
     let answer = match fetched {
