@@ -2,12 +2,13 @@
 """Side-by-side comparison of keygate builds (see BENCHMARKS.md, "Comparing builds").
 
     python3 bench/ab.py OLD_BINARY NEW_BINARY [...] [--rounds 3] [--seconds 5] [--peers]
+                        [--floor target/release/examples/floor]
 
 Every binary serves the job of bench/driver.py (prefix route, 10k-CIDR allowlist matched
 last, X-RJM-API-Key injected over the caller's copy, keep-alive upstream) on its own port,
 against the same nginx stub; rounds interleave the candidates (order rotated). Per round:
-RSS idle and per idle keep-alive connection, CPU µs/request under oha at a fixed rate
-(proxy alone on its core), and wrk capacity (proxy + stub on one core). Prints medians.
+RSS idle and per idle keep-alive connection, CPU µs/request (and its user and kernel
+parts) under oha at a fixed rate (proxy alone on its core), and wrk capacity (proxy + stub on one core). Prints medians.
 All traffic is loopback; every load run is bounded by --seconds; every daemon is a child
 stopped on exit. Needs the tools of bench/run.sh.
 """
@@ -22,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import driver as d  # noqa: E402
 
-METRICS = ["cpu_us", "rps", "p50_ms", "p99_ms", "idle_kib", "per_conn_kib", "failed"]
+METRICS = ["cpu_us", "user_us", "sys_us", "rps", "p50_ms", "p99_ms", "idle_kib", "per_conn_kib", "failed"]
 
 
 def main():
@@ -33,6 +34,8 @@ def main():
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--idle", type=int, default=1000, help="idle keep-alive connections held")
     ap.add_argument("--peers", action="store_true", help="also run nginx and HAProxy")
+    ap.add_argument("--floor", metavar="BINARY",
+                    help="also run examples/floor.rs (cargo build --release --example floor)")
     a = ap.parse_args()
     work = d.side_by_side("ab")
     d.CIDRS = d.cidr_list(10_000)
@@ -70,6 +73,12 @@ def main():
                 for peer in ["nginx", "haproxy"]:
                     procs[peer] = d.start_proxy(peer, d.ARGS.proxy_cpu)
                     cands.append(peer)
+            if a.floor:
+                d.PORTS["floor"] = 18130
+                argv = [os.path.abspath(a.floor), "18130", str(d.PORTS["stub"]), f"{work}/export.key"]
+                procs["floor"] = d.start("floor", argv, d.ARGS.proxy_cpu)
+                d.check_answer("floor")
+                cands.append("floor")
             time.sleep(1)
             for c in d.rotate(cands, rnd):
                 pid = procs[c].pid
@@ -82,10 +91,13 @@ def main():
                     s.close()
             for c in d.rotate(cands, rnd):
                 pid = procs[c].pid
-                t0 = d.cpu_ticks(pid)
+                u0, s0 = d.cpu_split(pid)
                 r = d.oha(c, a.rate, a.seconds)
-                t1 = d.cpu_ticks(pid)
-                rec(c, "cpu_us", (t1 - t0) * 1e6 / d.CLK_TCK / max(r["ok"], 1))
+                u1, s1 = d.cpu_split(pid)
+                per = 1e6 / d.CLK_TCK / max(r["ok"], 1)
+                rec(c, "cpu_us", (u1 - u0 + s1 - s0) * per)
+                rec(c, "user_us", (u1 - u0) * per)
+                rec(c, "sys_us", (s1 - s0) * per)
                 rec(c, "p50_ms", r["p50_ms"])
                 rec(c, "p99_ms", r["p99_ms"])
                 rec(c, "failed", r["failed"])

@@ -252,14 +252,20 @@ def pin(pid, cpu):
 
 
 def cpu_ticks(pid):
-    total = 0
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid):
+    """(utime, stime) in clock ticks, summed over pid and its descendants."""
+    user = system = 0
     for p in tree(pid):
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total
+        user += int(fields[11])
+        system += int(fields[12])
+    return user, system
 
 
 def rss_kib(pid):
