@@ -439,14 +439,18 @@ def main_round(rnd, stub):
     for rate in ARGS.rates:
         for cand in rotate(CANDIDATES, rnd):
             pid = procs[cand].pid if cand in procs else None
-            t0 = cpu_ticks(pid) if pid else 0
+            u0, s0 = cpu_split(pid) if pid else (0, 0)
             r = oha(cand, rate, T)
-            t1 = cpu_ticks(pid) if pid else 0
+            u1, s1 = cpu_split(pid) if pid else (0, 0)
+            t0, t1 = u0 + s0, u1 + s1
             test = f"latency_{rate}"
             for k, v in r.items():
                 record(rnd, test, cand, k, v)
             if pid and r["ok"]:
-                record(rnd, test, cand, "cpu_us_per_req", (t1 - t0) * 1e6 / CLK_TCK / r["ok"])
+                per = 1e6 / CLK_TCK / r["ok"]
+                record(rnd, test, cand, "cpu_us_per_req", (t1 - t0) * per)
+                record(rnd, test, cand, "user_us_per_req", (u1 - u0) * per)
+                record(rnd, test, cand, "sys_us_per_req", (s1 - s0) * per)
             log(f"round {rnd} {test:>13} {cand:>8}: p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms "
                 f"ok {r['ok']} failed {r['failed']}"
                 + (f" cpu {(t1 - t0) * 1e6 / CLK_TCK / max(r['ok'], 1):.1f} us/req" if pid else ""))
@@ -586,8 +590,8 @@ def summary():
     L = [f"## Results ({rounds} round(s), {ARGS.seconds}s per run, medians over rounds)", ""]
     L += ["### Open-loop latency (oha --latency-correction) and CPU per request (proxy alone on cpu "
           f"{ARGS.proxy_cpu}; generator + stub on cpu {ARGS.gen_cpu})", ""]
-    L += ["| rate | candidate | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | CPU µs/req | failed |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    L += ["| rate | candidate | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | CPU µs/req | user | kernel | failed |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rate in ARGS.rates:
         t = f"latency_{rate}"
         for c in CANDIDATES:
@@ -596,8 +600,9 @@ def summary():
             L.append(f"| {rate} | {c} | {fmt(med(t, c, 'p50_ms'), 3)} | {fmt(med(t, c, 'p99_ms'), 3)} | "
                      f"{fmt(med(t, c, 'p999_ms'), 3)} | {fmt(add50, 3) if add50 is not None else '–'} | "
                      f"{fmt(add99, 3) if add99 is not None else '–'} | "
-                     f"{fmt(med(t, c, 'cpu_us_per_req')) if c != 'direct' else '–'} | "
-                     f"{fmt(med(t, c, 'failed'), 0)} |")
+                     + "".join(f"{fmt(med(t, c, m)) if c != 'direct' else '–'} | "
+                               for m in ("cpu_us_per_req", "user_us_per_req", "sys_us_per_req"))
+                     + f"{fmt(med(t, c, 'failed'), 0)} |")
     L += ["", "CPU per request, keygate ÷ the better peer, per round then median:", ""]
     for rate in ARGS.rates:
         t = f"latency_{rate}"
