@@ -91,13 +91,11 @@ def main():
                     s.close()
             for c in d.rotate(cands, rnd):
                 pid = procs[c].pid
-                u0, s0 = d.cpu_split(pid)
+                before = d.cpu_split(pid)
                 r = d.oha(c, a.rate, a.seconds)
-                u1, s1 = d.cpu_split(pid)
-                per = 1e6 / d.CLK_TCK / max(r["ok"], 1)
-                rec(c, "cpu_us", (u1 - u0 + s1 - s0) * per)
-                rec(c, "user_us", (u1 - u0) * per)
-                rec(c, "sys_us", (s1 - s0) * per)
+                for metric, value in zip(("cpu_us", "user_us", "sys_us"),
+                                         d.cpu_per_request(before, d.cpu_split(pid), r["ok"])):
+                    rec(c, metric, value)
                 rec(c, "p50_ms", r["p50_ms"])
                 rec(c, "p99_ms", r["p99_ms"])
                 rec(c, "failed", r["failed"])

@@ -251,10 +251,6 @@ def pin(pid, cpu):
                        stderr=subprocess.DEVNULL, check=False)
 
 
-def cpu_ticks(pid):
-    return sum(cpu_split(pid))
-
-
 def cpu_split(pid):
     """(utime, stime) in clock ticks, summed over pid and its descendants."""
     user = system = 0
@@ -266,6 +262,13 @@ def cpu_split(pid):
         user += int(fields[11])
         system += int(fields[12])
     return user, system
+
+
+def cpu_per_request(before, after, ok):
+    """CPU µs per answered request between two cpu_split readings: (total, user, kernel)."""
+    per = 1e6 / CLK_TCK / max(ok, 1)
+    user, system = (after[0] - before[0]) * per, (after[1] - before[1]) * per
+    return user + system, user, system
 
 
 def rss_kib(pid):
@@ -439,21 +442,18 @@ def main_round(rnd, stub):
     for rate in ARGS.rates:
         for cand in rotate(CANDIDATES, rnd):
             pid = procs[cand].pid if cand in procs else None
-            u0, s0 = cpu_split(pid) if pid else (0, 0)
+            before = cpu_split(pid) if pid else (0, 0)
             r = oha(cand, rate, T)
-            u1, s1 = cpu_split(pid) if pid else (0, 0)
-            t0, t1 = u0 + s0, u1 + s1
+            cpu = cpu_per_request(before, cpu_split(pid), r["ok"]) if pid else None
             test = f"latency_{rate}"
             for k, v in r.items():
                 record(rnd, test, cand, k, v)
-            if pid and r["ok"]:
-                per = 1e6 / CLK_TCK / r["ok"]
-                record(rnd, test, cand, "cpu_us_per_req", (t1 - t0) * per)
-                record(rnd, test, cand, "user_us_per_req", (u1 - u0) * per)
-                record(rnd, test, cand, "sys_us_per_req", (s1 - s0) * per)
+            if cpu and r["ok"]:
+                for metric, value in zip(("cpu_us_per_req", "user_us_per_req", "sys_us_per_req"), cpu):
+                    record(rnd, test, cand, metric, value)
             log(f"round {rnd} {test:>13} {cand:>8}: p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms "
                 f"ok {r['ok']} failed {r['failed']}"
-                + (f" cpu {(t1 - t0) * 1e6 / CLK_TCK / max(r['ok'], 1):.1f} us/req" if pid else ""))
+                + (f" cpu {cpu[0]:.1f} us/req" if cpu else ""))
 
     # Capacity: generator on its core; proxy and stub together on the other.
     pin(stub.pid, ARGS.proxy_cpu)
@@ -479,10 +479,9 @@ def scaling_round(rnd, stub):
         t = time.time()
         p = start_proxy("keygate", ARGS.proxy_cpu, path)
         ready = time.time() - t
-        t0 = cpu_ticks(p.pid)
+        before = cpu_split(p.pid)
         r = oha("keygate", ARGS.scaling_rate, ARGS.seconds)
-        t1 = cpu_ticks(p.pid)
-        cpu = (t1 - t0) * 1e6 / CLK_TCK / max(r["ok"], 1)
+        cpu = cpu_per_request(before, cpu_split(p.pid), r["ok"])[0]
         test = f"scaling_{ARGS.scaling_rate}"
         record(rnd, test, name, "cpu_us_per_req", cpu)
         record(rnd, test, name, "p50_ms", r["p50_ms"])

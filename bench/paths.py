@@ -83,10 +83,9 @@ def main():
                     path = ("tls_" if tls else "") + ("h2" if h2 else "h1")
                     path = "h2c" if path == "h2" else path
                     oha(port, tls, h2, a.rate, 1)  # warm-up: connections, pool, TLS sessions
-                    t0 = d.cpu_ticks(p.pid)
+                    before = d.cpu_split(p.pid)
                     ok, failed = oha(port, tls, h2, a.rate, a.seconds)
-                    t1 = d.cpu_ticks(p.pid)
-                    us = (t1 - t0) * 1e6 / d.CLK_TCK / max(ok, 1)
+                    us = d.cpu_per_request(before, d.cpu_split(p.pid), ok)[0]
                     results.setdefault((path, build), []).append(us)
                     d.log(f"round {rnd} {path:7} {build}: {us:.1f} µs/request, ok {ok}, failed {failed}")
                     if failed:
