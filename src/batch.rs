@@ -138,11 +138,11 @@ impl Run<'_> {
         // that came in time stands, however long its body then takes.
         let sent = crate::forward::send(self.gw, self.route, self.target, request, self.bytes_in);
         match tokio::time::timeout_at(self.deadline, sent).await {
-            Ok(Ok((response, lease))) => {
+            Ok(Ok(response)) => {
                 let verdict = retry::judge_answer(&response);
                 // Read away only to reuse the connection; a slow body costs the connection.
                 let idle = Some(self.route.response_timeout);
-                crate::upstream::discard(response, lease, DRAIN_LIMIT, idle, DRAIN_TIME).await;
+                crate::upstream::discard(response, DRAIN_LIMIT, idle, DRAIN_TIME).await;
                 verdict
             }
             Ok(Err(refusal)) => retry::judge_failure(refusal),

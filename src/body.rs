@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -50,8 +50,6 @@ pub(crate) struct Meter {
     bytes: AtomicU64,
     /// 0 = fine, 1 = too large, 2 = idle, 3 = broken.
     failure: AtomicU64,
-    /// The body was read to its end.
-    ended: AtomicBool,
 }
 
 impl Meter {
@@ -68,11 +66,6 @@ impl Meter {
             3 => Some(BodyError::Broken),
             _ => None,
         }
-    }
-
-    /// True once the body has been read to its end (without a failure).
-    pub(crate) fn ended(&self) -> bool {
-        self.ended.load(Ordering::Relaxed)
     }
 
     fn fail(&self, error: BodyError) -> BoxError {
@@ -148,10 +141,7 @@ where
                 this.meter.note(BodyError::Broken);
                 Poll::Ready(Some(Err(error.into())))
             }
-            Poll::Ready(None) => {
-                this.meter.ended.store(true, Ordering::Relaxed);
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let Some(idle) = this.idle else { return Poll::Pending };
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
@@ -164,11 +154,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = self.inner.is_end_stream();
-        if end {
-            self.meter.ended.store(true, Ordering::Relaxed);
-        }
-        end
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::body::{BodyError, Meter, Metered, ProxyBody};
 use crate::config::Snapshot;
@@ -17,7 +16,7 @@ use crate::gateway::Gateway;
 use crate::rewrite;
 use crate::routes::{Route, Target};
 use crate::scrub;
-use crate::upstream::Lease;
+use crate::upstream;
 
 /// Sends one request and times it. A `101` and every failure become refusals; a 401
 /// or 403 is counted, since it means the key or the egress address was refused.
@@ -27,14 +26,14 @@ pub(crate) async fn send(
     target: &Target,
     request: Request<ProxyBody>,
     bytes_in: &Meter,
-) -> Result<(Response<Incoming>, Lease), Refusal> {
+) -> Result<Response<upstream::Body>, Refusal> {
     let started = Instant::now();
     let result = route.upstream.send(request, route.response_timeout).await;
     gw.metrics.upstream_took(route, target.operation, started.elapsed().as_secs_f64());
-    let (response, lease) = match result {
+    let response = match result {
         // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it
         // on would tell the caller a tunnel exists.
-        Ok((response, _)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             return Err(upstream_failure(gw, route, UpstreamFailure::Protocol, bytes_in));
         }
         Ok(answer) => answer,
@@ -43,7 +42,7 @@ pub(crate) async fn send(
     if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         gw.metrics.upstream_auth_failures.with_label_values(&[&route.name]).inc();
     }
-    Ok((response, lease))
+    Ok(response)
 }
 
 /// keygate's answer when the caller's request body broke one of its limits.
@@ -79,16 +78,13 @@ pub(crate) fn upstream_failure(
 pub(crate) async fn downstream(
     snapshot: &Snapshot,
     route: &Route,
-    response: Response<Incoming>,
-    mut lease: Lease,
+    response: Response<upstream::Body>,
 ) -> Response<ProxyBody> {
     let (mut parts, incoming) = response.into_parts();
     rewrite::response_headers(&mut parts.headers, &snapshot.scrub, route.credential.location_query());
     let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
     // The upstream connection is reused only after this body has been read whole.
-    let meter = Arc::new(Meter::default());
-    lease.watch(&meter);
-    let metered = Metered::new(incoming, meter, None, idle).with_guard(Box::new(lease));
+    let metered = Metered::new(incoming, Arc::new(Meter::default()), None, idle);
     let streamed = scrub::body::Trailers::new(metered, snapshot.scrub.clone());
 
     let body = if parts.status.is_success() {

@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 
 use crate::access::Exchange;
 use crate::body::{self, Meter, Metered, ProxyBody};
@@ -22,7 +22,7 @@ use crate::intercept;
 use crate::request_body::RequestBody;
 use crate::routes::{Credential, Kind, Route, Target, check_path, upsert};
 use crate::scrub;
-use crate::upstream::{self, Lease};
+use crate::upstream;
 use crate::{batch, forward, guard};
 
 /// How much of an answer replaced by a retry with the previous key is read (so its
@@ -113,9 +113,9 @@ async fn pipeline(
         let call = guard::Call { gw, snapshot, route, target, request, bytes_in, exchange };
         return Box::pin(guard::serve(call)).await;
     }
-    let (response, lease) = send(gw, &route, &target, &caller, outgoing, bytes_in, exchange).await?;
+    let response = send(gw, &route, &target, &caller, outgoing, bytes_in, exchange).await?;
     exchange.upstream_status = Some(response.status());
-    Ok(forward::downstream(snapshot, &route, response, lease).await)
+    Ok(forward::downstream(snapshot, &route, response).await)
 }
 
 /// Refuses a head that is too large or that can be read two ways: any framing but one
@@ -180,19 +180,18 @@ async fn send(
     outgoing: Outgoing,
     bytes_in: &Meter,
     exchange: &mut Exchange,
-) -> Result<(Response<Incoming>, Lease), Refusal> {
+) -> Result<Response<upstream::Body>, Refusal> {
     let Outgoing { request, resend } = outgoing;
-    let (response, lease) = forward::send(gw, route, target, request, bytes_in).await?;
+    let response = forward::send(gw, route, target, request, bytes_in).await?;
     if !matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-        return Ok((response, lease));
+        return Ok(response);
     }
     match (resend, route.fallback()) {
         // Boxed, like every rare path, to keep each request's future small.
         (Some(body), Some(previous)) => {
-            let refused = (response, lease);
-            Box::pin(fall_back(gw, route, target, caller, previous, body, refused, bytes_in, exchange)).await
+            Box::pin(fall_back(gw, route, target, caller, previous, body, response, bytes_in, exchange)).await
         }
-        _ => Ok((response, lease)),
+        _ => Ok(response),
     }
 }
 
@@ -206,12 +205,11 @@ async fn fall_back(
     caller: &Parts,
     previous: &Credential,
     body: Bytes,
-    refused: (Response<Incoming>, Lease),
+    refused: Response<upstream::Body>,
     bytes_in: &Meter,
     exchange: &mut Exchange,
-) -> Result<(Response<Incoming>, Lease), Refusal> {
-    let (response, lease) = refused;
-    upstream::discard(response, lease, REPLACED_BODY_LIMIT, None, REPLACED_BODY_TIME).await;
+) -> Result<Response<upstream::Body>, Refusal> {
+    upstream::discard(refused, REPLACED_BODY_LIMIT, None, REPLACED_BODY_TIME).await;
     let head = upstream_head(route, target, caller, previous)?;
     let request = assemble(&caller.method, head, body::full(body));
     gw.metrics.secret_fallbacks.with_label_values(&[&route.secret_name]).inc();

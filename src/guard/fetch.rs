@@ -26,9 +26,9 @@ pub(super) enum Fetched {
 pub(super) async fn fetch(call: super::Call<'_>) -> Result<Fetched, Refusal> {
     let super::Call { gw, snapshot, route, target, mut request, bytes_in, exchange } = call;
     request.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    let (response, lease) = crate::forward::send(gw, route, target, request, bytes_in).await?;
+    let response = crate::forward::send(gw, route, target, request, bytes_in).await?;
     exchange.upstream_status = Some(response.status());
-    let response = crate::forward::downstream(snapshot, route, response, lease).await;
+    let response = crate::forward::downstream(snapshot, route, response).await;
     let coded = response.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity");
     if coded {
         return Ok(Fetched::Streamed(response));

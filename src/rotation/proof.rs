@@ -99,9 +99,9 @@ pub(crate) async fn call(route: &Route, candidate: &Secret) -> Answer {
     let timeout = route.response_timeout.min(CALL_TIMEOUT);
     match route.upstream.send(request, timeout).await {
         Err(failure) => Answer::Failed(format!("{} failure", failure.label())),
-        Ok((response, lease)) => {
+        Ok(response) => {
             let status = response.status();
-            upstream::discard(response, lease, BODY_LIMIT, None, BODY_TIME).await;
+            upstream::discard(response, BODY_LIMIT, None, BODY_TIME).await;
             judge(status, &proof.expect)
         }
     }

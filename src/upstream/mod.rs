@@ -3,10 +3,13 @@
 //! connect and response timeouts, and the classification of failures into the kinds
 //! keygate reports.
 //!
-//! HTTP/1.1 connections are driven by hyper's `client::conn` API and kept in a small
-//! LIFO pool ([`pool`]): a connection goes back only once its response body has been
-//! read to the end (see [`Lease`]), so an answer that was cut, refused or looked like
-//! smuggling never shares a connection with the next request. An HTTP/2 connection
+//! HTTP/1.1 requests whose body is in hand (none, or a known length up to
+//! [`h1::INLINE_BODY`]) go through keygate's own client ([`h1`]), in the request's
+//! task; its connections are kept in a small LIFO pool ([`pool`]) and go back only from
+//! the body of the answer they carried, once it was read to its end, so an answer that
+//! was cut, refused or looked like smuggling never shares a connection with the next
+//! request. A longer or unknown-length body goes through hyper's client on a connection
+//! of the same pool, which then closes after its one exchange. An HTTP/2 connection
 //! (when the upstream's ALPN picks `h2`) is shared by every request. Clients outlive
 //! snapshots through the gateway's [`Cache`].
 //!
@@ -15,50 +18,79 @@
 //! follows redirects.
 
 mod cache;
+mod h1;
 mod pool;
 
 use std::fmt;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::HOST;
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::error::UpstreamFailure;
 pub(crate) use cache::Cache;
+use h1::{Conn, Io};
 use pool::Pool;
 
-/// The lease on the HTTP/1.1 connection a response came on (see [`pool::Lease`]).
-pub(crate) type Lease = pool::Lease<http1::SendRequest<ProxyBody>>;
+/// An upstream's answer body: read by keygate's HTTP/1.1 client, or by hyper's (HTTP/2,
+/// and HTTP/1.1 requests with long or unknown-length bodies).
+pub(crate) enum Body {
+    H1(h1::Body),
+    Hyper(Incoming),
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::H1(body) => Pin::new(body).poll_frame(cx),
+            Body::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::H1(body) => body.is_end_stream(),
+            Body::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::H1(body) => body.size_hint(),
+            Body::Hyper(body) => body.size_hint(),
+        }
+    }
+}
 
 /// Reads and drops a response body nobody will see (a proof call's answer, an answer
 /// replaced by a retry, a batch's answer), so that its HTTP/1.1 connection can go back to
 /// the pool. A body longer than `limit` bytes, pausing longer than `idle` between chunks,
 /// or not over within `within`, is dropped unread instead, which closes the connection:
 /// nothing of it is left on a pooled one.
-pub(crate) async fn discard(
-    response: Response<Incoming>,
-    mut lease: Lease,
-    limit: u64,
-    idle: Option<Duration>,
-    within: Duration,
-) {
-    use http_body_util::BodyExt;
+pub(crate) async fn discard(response: Response<Body>, limit: u64, idle: Option<Duration>, within: Duration) {
+    use http_body_util::BodyExt as _;
     let meter = Arc::new(crate::body::Meter::default());
-    lease.watch(&meter);
-    let mut body =
-        crate::body::Metered::new(response.into_body(), meter, Some(limit), idle).with_guard(Box::new(lease));
+    let mut body = crate::body::Metered::new(response.into_body(), meter, Some(limit), idle);
     let drain = async { while let Some(Ok(_)) = body.frame().await {} };
     let _ = tokio::time::timeout(within, drain).await;
 }
@@ -82,7 +114,7 @@ pub(crate) struct Upstream {
     /// scheme's default.
     host: HeaderValue,
     connector: Connector,
-    pool: Arc<Pool<http1::SendRequest<ProxyBody>>>,
+    pool: Arc<Pool<Conn>>,
     /// The shared HTTP/2 connection, once ALPN picked `h2`.
     h2: parking_lot::Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
@@ -158,64 +190,120 @@ impl Upstream {
         Ok(Uri::from(PathAndQuery::try_from(pq)?))
     }
 
-    /// Sends `request`, waiting at most `timeout` for the response head. The [`Lease`]
-    /// must travel with the response body: it returns the connection to the pool once
-    /// the body has been read to its end.
+    /// Sends `request`, waiting at most `timeout` for the response head.
     pub(crate) async fn send(
         &self,
         request: Request<ProxyBody>,
         timeout: Duration,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamFailure> {
+    ) -> Result<Response<Body>, UpstreamFailure> {
         match tokio::time::timeout(timeout, self.dispatch(request)).await {
             Err(_) => Err(UpstreamFailure::Timeout),
             Ok(result) => result,
         }
     }
 
-    async fn dispatch(
-        &self,
-        mut request: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamFailure> {
+    async fn dispatch(&self, request: Request<ProxyBody>) -> Result<Response<Body>, UpstreamFailure> {
+        if let Some(h2) = self.shared_h2() {
+            return self.send_h2(h2, request).await;
+        }
+        let body = request.body();
+        let in_hand = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= h1::INLINE_BODY);
+        if !in_hand {
+            // Boxed, like every rare path, to keep each request's future small.
+            return Box::pin(self.send_hyper(request)).await;
+        }
+        let (parts, body) = request.into_parts();
+        let mut out = None;
+        let mut request = Some((parts, body));
         loop {
-            let (sender, reused) = match self.checkout() {
-                Some(sender) => (sender, true),
-                // Boxed: connecting (TLS, HTTP/2 handshakes) is rare and its state is
-                // large; inline, it would make every request's future as large.
-                None => (Box::pin(self.connect()).await?, false),
+            let (mut conn, reused) = match self.pool.checkout() {
+                Some(conn) => (conn, true),
+                None => match Box::pin(self.connect()).await? {
+                    Connected::H1(conn) => (conn, false),
+                    Connected::H2(h2) => {
+                        // The upstream's ALPN picks HTTP/2 on a new connection while an
+                        // idle HTTP/1.1 one, which took the body's first bytes, has
+                        // just failed: nothing was sent, but the request is spent.
+                        let Some((parts, body)) = request.take() else {
+                            return Err(UpstreamFailure::Protocol);
+                        };
+                        return self.send_h2(h2, Request::from_parts(parts, body)).await;
+                    }
+                },
             };
-            let mut sender = match sender {
-                Sender::H2(mut h2) => {
-                    let mut parts = request.uri().clone().into_parts();
-                    parts.scheme = Some(self.scheme.clone());
-                    parts.authority = Some(self.authority.clone());
-                    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamFailure::Protocol)?;
-                    let response = h2.send_request(request).await.map_err(|e| classify(&e))?;
-                    return Ok((response, Lease::none()));
-                }
-                Sender::H1(sender) => sender,
+            let out = match (&mut out, request.take()) {
+                (Some(out), _) => out,
+                (None, Some((parts, body))) => out.insert(h1::Outgoing::new(&parts, &self.host, body)?),
+                (None, None) => return Err(UpstreamFailure::Protocol),
             };
-            if sender.ready().await.is_err() {
-                if !reused {
-                    // Closed as soon as it was opened.
-                    return Err(UpstreamFailure::Protocol);
-                }
+            match h1::exchange(&mut conn, out).await {
+                Ok(answer) => return Ok(answer.into_response(conn, self.pool.clone()).map(Body::H1)),
                 // Closed while idle: no byte was written, try the next one.
-                continue;
+                Err(h1::Failure::Unsent(_)) if reused => {}
+                Err(h1::Failure::Unsent(failure) | h1::Failure::Failed(failure)) => return Err(failure),
             }
-            request.headers_mut().insert(HOST, self.host.clone());
+        }
+    }
+
+    /// The shared HTTP/2 connection, if it is open.
+    fn shared_h2(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        let mut h2 = self.h2.lock();
+        match h2.as_ref() {
+            Some(shared) if !shared.is_closed() => Some(shared.clone()),
+            Some(_) => {
+                *h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        mut h2: http2::SendRequest<ProxyBody>,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Body>, UpstreamFailure> {
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| UpstreamFailure::Protocol)?;
+        let response = h2.send_request(request).await.map_err(|e| classify(&e))?;
+        Ok(response.map(Body::Hyper))
+    }
+
+    /// Sends a request whose body is long or of unknown length through hyper's client,
+    /// which writes it while it reads the answer, on a connection that then closes.
+    async fn send_hyper(&self, mut request: Request<ProxyBody>) -> Result<Response<Body>, UpstreamFailure> {
+        request.headers_mut().insert(http::header::HOST, self.host.clone());
+        loop {
+            let (conn, reused) = match self.pool.checkout() {
+                Some(conn) => (conn, true),
+                None => match self.connect().await? {
+                    Connected::H1(conn) => (conn, false),
+                    Connected::H2(h2) => return self.send_h2(h2, request).await,
+                },
+            };
+            let (mut sender, connection) = http1::Builder::new()
+                .handshake(TokioIo::new(conn.into_io()))
+                .await
+                .map_err(|_| UpstreamFailure::Connect)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    // Both framings on one answer is the shape of response smuggling:
-                    // hyper decodes the chunks, but the stale Content-Length would go
-                    // back to the caller and desync its connection. The connection is
-                    // dropped with the lease, never pooled again.
+                    // Both framings on one answer is the shape of response smuggling
+                    // (see `h1`); hyper decodes the chunks, but the stale length would
+                    // go back to the caller.
                     let headers = response.headers();
                     if headers.contains_key(http::header::TRANSFER_ENCODING)
                         && headers.contains_key(http::header::CONTENT_LENGTH)
                     {
                         return Err(UpstreamFailure::Protocol);
                     }
-                    return Ok((response, Lease::new(sender, self.pool.clone())));
+                    return Ok(response.map(Body::Hyper));
                 }
                 Err(mut error) => match error.take_message() {
                     // The pooled connection closed before the request was written.
@@ -226,22 +314,9 @@ impl Upstream {
         }
     }
 
-    /// The shared HTTP/2 connection if it is open, else the newest open idle one.
-    fn checkout(&self) -> Option<Sender> {
-        {
-            let mut h2 = self.h2.lock();
-            match h2.as_ref() {
-                Some(shared) if !shared.is_closed() => return Some(Sender::H2(shared.clone())),
-                Some(_) => *h2 = None,
-                None => {}
-            }
-        }
-        self.pool.checkout().map(Sender::H1)
-    }
-
     /// Opens a new connection: TCP (bounded by the connect timeout), TLS if the URL is
     /// `https`, then HTTP/2 if ALPN picked it, HTTP/1.1 otherwise.
-    async fn connect(&self) -> Result<Sender, UpstreamFailure> {
+    async fn connect(&self) -> Result<Connected, UpstreamFailure> {
         let c = &self.connector;
         let tcp = match tokio::time::timeout(c.timeout, TcpStream::connect((c.host.as_str(), c.port))).await {
             Err(_) => return Err(UpstreamFailure::Timeout),
@@ -250,45 +325,37 @@ impl Upstream {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
-        let Some((tls, name)) = &c.tls else { return self.handshake(tcp, false).await };
+        self.pool.start_reaper();
+        let Some((tls, name)) = &c.tls else { return Ok(Connected::H1(Conn::new(Io::Tcp(tcp)))) };
         let stream = tls.connect(name.clone(), tcp).await.map_err(|e| {
             let rustls_error =
                 e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
             if rustls_error { UpstreamFailure::Tls } else { UpstreamFailure::Connect }
         })?;
-        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        self.handshake(stream, h2).await
-    }
-
-    async fn handshake<I>(&self, io: I, h2: bool) -> Result<Sender, UpstreamFailure>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let io = TokioIo::new(io);
-        if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(|_| UpstreamFailure::Connect)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
-            *self.h2.lock() = Some(sender.clone());
-            return Ok(Sender::H2(sender));
+        let io = Io::Tls(Box::new(stream));
+        let h2 = matches!(&io, Io::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
+        if !h2 {
+            return Ok(Connected::H1(Conn::new(io)));
         }
-        let (sender, conn) =
-            http1::Builder::new().handshake(io).await.map_err(|_| UpstreamFailure::Connect)?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|_| UpstreamFailure::Connect)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        self.pool.start_reaper();
-        Ok(Sender::H1(sender))
+        *self.h2.lock() = Some(sender.clone());
+        Ok(Connected::H2(sender))
     }
+}
+
+/// A new connection, by the protocol its upstream speaks.
+enum Connected {
+    H1(Conn),
+    H2(http2::SendRequest<ProxyBody>),
 }
 
 /// Where and how to connect.
@@ -298,11 +365,6 @@ struct Connector {
     port: u16,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     timeout: Duration,
-}
-
-enum Sender {
-    H1(http1::SendRequest<ProxyBody>),
-    H2(http2::SendRequest<ProxyBody>),
 }
 
 /// The rustls client config for upstreams: webpki roots plus `extra_roots`, ring, TLS

@@ -1,0 +1,584 @@
+//! keygate's HTTP/1.1 client against hyper's, on the same bytes: a sweep of answers an
+//! upstream could send (hostile ones included: framing conflicts, bad lengths, broken
+//! chunking, trailers, `1xx` heads, bad header lines, truncation, bytes after the end),
+//! and the connection rules only keygate's client has (what goes back to the pool).
+
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+use proptest::prelude::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+use super::*;
+
+/// What a client made of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// The head was refused (or keygate refuses what it says: both framings, a `101`).
+    Refused,
+    /// The head was read, then the body: its bytes, its trailers, and how it ended.
+    Read { status: u16, headers: Vec<(String, Vec<u8>)>, body: Read },
+    /// Nothing was decided in time.
+    Hung,
+}
+
+/// A body as read: its bytes, its trailers, and whether it ended well (the error's
+/// text when not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Read {
+    data: Vec<u8>,
+    trailers: Vec<(String, Vec<u8>)>,
+    end: Result<(), String>,
+}
+
+/// True when the two clients agree: the same outcome (errors may read differently),
+/// or the one deliberate difference. A trailer section that does not parse whole (a
+/// bare LF makes an empty line before its end) is refused by keygate, where hyper
+/// keeps the lines before that empty line and drops the rest unread.
+fn agree(ours: &Outcome, theirs: &Outcome, bytes: &[u8]) -> bool {
+    let failed = |o: &Outcome| match o {
+        Outcome::Read { status, headers, body } => Outcome::Read {
+            status: *status,
+            headers: headers.clone(),
+            body: Read { end: body.end.clone().map_err(|_| String::new()), ..body.clone() },
+        },
+        other => other.clone(),
+    };
+    if failed(ours) == failed(theirs) {
+        return true;
+    }
+    let bare_lf = bytes.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r');
+    match (ours, theirs) {
+        (
+            Outcome::Read { status: a, headers: ha, body: ours },
+            Outcome::Read { status: b, headers: hb, body: theirs },
+        ) => {
+            bare_lf
+                && a == b
+                && ha == hb
+                && ours.data == theirs.data
+                && ours.end.as_ref().err().is_some_and(|e| e == "bad trailer")
+                && theirs.end.is_ok()
+        }
+        _ => false,
+    }
+}
+
+fn pairs(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect()
+}
+
+/// The upstream: reads the request head, writes `answer` (at once, or in pieces of
+/// `piece` bytes with a pause between), then closes.
+fn upstream(answer: Vec<u8>, piece: Option<usize>) -> DuplexStream {
+    let (client, mut server) = tokio::io::duplex(1 << 20);
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"\r\n\r\n") {
+            match server.read(&mut byte).await {
+                Ok(1) => seen.push(byte[0]),
+                _ => return,
+            }
+        }
+        for part in answer.chunks(piece.unwrap_or(answer.len()).max(1)) {
+            if server.write_all(part).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        let _ = server.shutdown().await;
+        // Keep the read side open until the client is done.
+        let _ = server.read(&mut byte).await;
+    });
+    client
+}
+
+fn request_parts(method: &Method) -> http::request::Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = "/export/x?y=1".parse().unwrap();
+    request.headers_mut().insert("accept", HeaderValue::from_static("*/*"));
+    request.into_parts().0
+}
+
+async fn collect<B>(mut body: B) -> Read
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut read = Read { data: Vec::new(), trailers: Vec::new(), end: Ok(()) };
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Err(e) => {
+                read.end = Err(e.to_string());
+                break;
+            }
+            Ok(frame) => match frame.into_data() {
+                Ok(bytes) => read.data.extend_from_slice(&bytes),
+                Err(frame) => {
+                    read.trailers.extend(frame.into_trailers().map(|t| pairs(&t)).unwrap_or_default())
+                }
+            },
+        }
+    }
+    read
+}
+
+async fn keygate(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outcome {
+    let mut conn = Conn::new(upstream(answer, piece));
+    let mut out =
+        Outgoing::new(&request_parts(&method), &HeaderValue::from_static("up"), crate::body::empty())
+            .expect("a bodiless request");
+    let read = async {
+        let Ok(answer) = exchange(&mut conn, &mut out).await else { return Outcome::Refused };
+        if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Outcome::Refused;
+        }
+        let response = answer.into_response(conn, Arc::default());
+        let (status, headers) = (response.status().as_u16(), pairs(response.headers()));
+        Outcome::Read { status, headers, body: collect(response.into_body()).await }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(Outcome::Hung)
+}
+
+/// hyper's client as keygate used it: both framings and a `101` refused after the head.
+async fn hyper(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outcome {
+    let read = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(upstream(answer, piece)))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let mut request = Request::from_parts(request_parts(&method), http_body_util::Empty::<Bytes>::new());
+        request.headers_mut().insert(header::HOST, HeaderValue::from_static("up"));
+        let Ok(response) = sender.send_request(request).await else { return Outcome::Refused };
+        let h = response.headers();
+        let both = h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH);
+        if both || response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Outcome::Refused;
+        }
+        let (status, headers) = (response.status().as_u16(), pairs(response.headers()));
+        Outcome::Read { status, headers, body: collect(response.into_body()).await }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(Outcome::Hung)
+}
+
+fn status_line() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "HTTP/1.1 200 OK",
+        "HTTP/1.1 200 OK",
+        "HTTP/1.1 404 Not Found",
+        "HTTP/1.1 401 Unauthorized",
+        "HTTP/1.0 200 OK",
+        "HTTP/1.1 204 No Content",
+        "HTTP/1.1 304 Not Modified",
+        "HTTP/1.1 101 Switching Protocols",
+        "HTTP/1.1 200",
+        "HTTP/1.1 599 Whatever \u{e9}",
+        "HTTP/1.1 2x0 OK",
+        "HTTP/1.1 20 OK",
+        "HTTP/2 200 OK",
+        "http/1.1 200 OK",
+        "HTTP/1.1  200 OK",
+        "ICY 200 OK",
+    ])
+}
+
+fn informational() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "",
+        "",
+        "HTTP/1.1 100 Continue\r\n\r\n",
+        "HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n",
+        "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n",
+    ])
+}
+
+fn header_line() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "content-type: text/plain",
+        "x-a: b",
+        "set-cookie: s=1",
+        "X-Mixed-Case: V",
+        "connection: close",
+        "connection: keep-alive",
+        "Connection: Keep-Alive, x-a",
+        "x-empty:",
+        "x-tab:\tv\t",
+        "x-high: caf\u{e9}",
+        "x-del: a\u{7f}b",
+        "x-ctl: a\u{1}b",
+        "x-cr: a\rb",
+        "x-obs: a\r\n folded",
+        "x-sp : v",
+        ": no-name",
+        "no colon",
+        "x(y): v",
+        "trailer: x-t",
+    ])
+}
+
+/// How the body is framed, and whether its bytes are then left as they should be.
+#[derive(Debug, Clone)]
+enum Shape {
+    None,
+    Length(i64),
+    LengthText(&'static str),
+    TwoLengths(i64),
+    Chunked { te: &'static str, style: Chunking },
+    Coded(&'static str),
+    Both,
+}
+
+#[derive(Debug, Clone)]
+struct Chunking {
+    cuts: Vec<usize>,
+    upper: bool,
+    extension: bool,
+    lws: bool,
+    bare_lf: bool,
+    trailers: Option<&'static str>,
+    damage: Option<u8>,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    let chunking = (
+        prop::collection::vec(0usize..40, 0..4),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        prop::bool::weighted(0.1),
+        prop::option::weighted(
+            0.4,
+            prop::sample::select(vec![
+                "x-t: 1\r\n",
+                "x-t: 1\r\nx-u: 2\r\n",
+                "bad trailer\r\n",
+                "x-t: a\rb\r\n",
+                "x-t: caf\u{e9}\r\n",
+            ]),
+        ),
+        prop::option::weighted(0.2, 0u8..6),
+    )
+        .prop_map(|(cuts, upper, extension, lws, bare_lf, trailers, damage)| Chunking {
+            cuts,
+            upper,
+            extension,
+            lws,
+            bare_lf,
+            trailers,
+            damage,
+        });
+    prop_oneof![
+        2 => Just(Shape::None),
+        4 => (-2i64..3).prop_map(Shape::Length),
+        1 => prop::sample::select(vec!["+3", "-1", "abc", "", "3 ", "0x3", "99999999999999999999"]).prop_map(Shape::LengthText),
+        1 => (0i64..2).prop_map(Shape::TwoLengths),
+        4 => (prop::sample::select(vec!["chunked", "Chunked", "gzip, chunked", " chunked"]), chunking)
+            .prop_map(|(te, style)| Shape::Chunked { te, style }),
+        1 => prop::sample::select(vec!["gzip", "chunked, gzip", "identity"]).prop_map(Shape::Coded),
+        1 => Just(Shape::Both),
+    ]
+}
+
+fn chunked(body: &[u8], style: &Chunking) -> Vec<u8> {
+    let mut cuts: Vec<usize> = style.cuts.iter().map(|&c| c.min(body.len())).collect();
+    cuts.push(body.len());
+    cuts.sort_unstable();
+    let (mut out, mut at) = (Vec::new(), 0);
+    let end = if style.bare_lf { "\n" } else { "\r\n" };
+    for cut in cuts {
+        if cut == at {
+            continue;
+        }
+        let size = if style.upper { format!("{:X}", cut - at) } else { format!("{:x}", cut - at) };
+        out.extend_from_slice(size.as_bytes());
+        if style.lws {
+            out.extend_from_slice(b" \t");
+        }
+        if style.extension {
+            out.extend_from_slice(b";name=\"v\"");
+        }
+        out.extend_from_slice(end.as_bytes());
+        out.extend_from_slice(&body[at..cut]);
+        out.extend_from_slice(b"\r\n");
+        at = cut;
+    }
+    out.extend_from_slice(b"0\r\n");
+    if let Some(trailers) = style.trailers {
+        out.extend_from_slice(trailers.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(damage) = style.damage {
+        let at = (usize::from(damage) * 7) % out.len();
+        match damage % 3 {
+            0 => out.truncate(at),
+            1 => out[at] = b'z',
+            _ => out.insert(at, b'\n'),
+        }
+    }
+    out
+}
+
+fn answer() -> impl Strategy<Value = (Vec<u8>, bool)> {
+    (
+        informational(),
+        status_line(),
+        prop::collection::vec(header_line(), 0..4),
+        shape(),
+        prop::collection::vec(any::<u8>(), 0..40),
+        prop::bool::weighted(0.1),
+        prop::option::weighted(
+            0.2,
+            prop::sample::select(vec!["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi", "junk"]),
+        ),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(info, status, lines, framing, body, lf_head, after, head_request)| {
+            let eol = if lf_head { "\n" } else { "\r\n" };
+            let mut head = format!("{info}{status}{eol}");
+            for line in lines {
+                head.push_str(line);
+                head.push_str(eol);
+            }
+            let len = body.len() as i64;
+            let mut payload = body.clone();
+            match framing {
+                Shape::None => {}
+                Shape::Length(off) => head.push_str(&format!("content-length: {}{eol}", (len + off).max(0))),
+                Shape::LengthText(text) => head.push_str(&format!("content-length: {text}{eol}")),
+                Shape::TwoLengths(off) => {
+                    head.push_str(&format!("content-length: {len}{eol}content-length: {}{eol}", len + off))
+                }
+                Shape::Chunked { te, style } => {
+                    head.push_str(&format!("transfer-encoding: {te}{eol}"));
+                    payload = chunked(&body, &style);
+                }
+                Shape::Coded(te) => head.push_str(&format!("transfer-encoding: {te}{eol}")),
+                Shape::Both => {
+                    head.push_str(&format!("content-length: {len}{eol}transfer-encoding: chunked{eol}"));
+                    payload = chunked(
+                        &body,
+                        &Chunking {
+                            cuts: vec![],
+                            upper: false,
+                            extension: false,
+                            lws: false,
+                            bare_lf: false,
+                            trailers: None,
+                            damage: None,
+                        },
+                    );
+                }
+            }
+            head.push_str(eol);
+            let mut bytes = head.into_bytes();
+            bytes.extend_from_slice(&payload);
+            if let Some(after) = after {
+                bytes.extend_from_slice(after.as_bytes());
+            }
+            (bytes, head_request)
+        })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// On every answer, keygate's client reads what hyper's reads (status, headers,
+    /// body bytes, trailers) and refuses or fails where hyper does.
+    #[test]
+    fn reads_every_answer_as_hyper_does(
+        (bytes, head_request) in answer(),
+        piece in prop::option::weighted(0.5, 1usize..8),
+    ) {
+        let method = if head_request { Method::HEAD } else { Method::GET };
+        let rt = runtime();
+        let ours = rt.block_on(keygate(bytes.clone(), piece, method.clone()));
+        let theirs = rt.block_on(hyper(bytes.clone(), piece, method));
+        prop_assert!(agree(&ours, &theirs, &bytes), "on {:?}:\n{:?}\n{:?}", String::from_utf8_lossy(&bytes), ours, theirs);
+        prop_assert_ne!(ours, Outcome::Hung);
+    }
+}
+
+/// Sends a `GET` on `conn` and reads the answer's body whole (or to its failure).
+async fn get(conn: Conn<DuplexStream>, pool: &Arc<Pool<Conn<DuplexStream>>>) -> Result<Vec<u8>, ()> {
+    let mut conn = conn;
+    let mut out =
+        Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
+            .map_err(|_| ())?;
+    let answer = exchange(&mut conn, &mut out).await.map_err(|_| ())?;
+    let read = collect(answer.into_response(conn, pool.clone()).into_body()).await;
+    read.end.map(|()| read.data).map_err(|_| ())
+}
+
+/// An upstream on a duplex stream that answers each request with the next of `answers`
+/// and then keeps the connection open, quiet.
+fn upstream_of(answers: Vec<&'static str>) -> DuplexStream {
+    let (client, mut server) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        for answer in answers {
+            while !seen.ends_with(b"\r\n\r\n") {
+                if !matches!(server.read(&mut byte).await, Ok(1)) {
+                    return;
+                }
+                seen.push(byte[0]);
+            }
+            seen.clear();
+            if server.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = server.read(&mut byte).await;
+    });
+    client
+}
+
+/// How many open idle connections `pool` holds (taking them out).
+fn idle(pool: &Pool<Conn<DuplexStream>>) -> usize {
+    std::iter::from_fn(|| pool.checkout()).count()
+}
+
+#[tokio::test]
+async fn a_connection_goes_back_only_after_an_answer_read_to_its_end_that_keeps_it_alive() {
+    let cases: [(&str, &str, usize); 8] = [
+        ("length", "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 1),
+        ("chunked", "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 1),
+        (
+            "trailers",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+            1,
+        ),
+        ("asked to close", "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", 0),
+        ("HTTP/1.0", "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", 0),
+        (
+            "HTTP/1.0 keep-alive",
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+            1,
+        ),
+        ("stray bytes after", "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n", 0),
+        ("after a 100", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 1),
+    ];
+    for (name, answer, kept) in cases {
+        let pool = Arc::new(Pool::default());
+        let body = get(Conn::new(upstream_of(vec![answer])), &pool).await;
+        assert!(body.is_ok(), "{name}");
+        assert_eq!(idle(&pool), kept, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_kept_connection_holds_no_buffer_and_carries_the_next_request() {
+    let pool = Arc::new(Pool::default());
+    let first = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst";
+    let second = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond";
+    assert_eq!(get(Conn::new(upstream_of(vec![first, second])), &pool).await, Ok(b"first".to_vec()));
+    let mut conn = pool.checkout().expect("kept");
+    assert_eq!(conn.buf.capacity(), 0, "an idle connection holds no buffer");
+    assert!(!conn.is_closed());
+    assert_eq!(get(conn, &pool).await, Ok(b"second".to_vec()));
+}
+
+#[tokio::test]
+async fn a_body_dropped_half_read_or_cut_closes_its_connection() {
+    let pool = Arc::new(Pool::default());
+    let mut conn = Conn::new(upstream_of(vec!["HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"]));
+    let mut out =
+        Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
+            .unwrap();
+    let answer = exchange(&mut conn, &mut out).await.unwrap();
+    let mut body = answer.into_response(conn, pool.clone()).into_body();
+    assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "half");
+    drop(body);
+    assert_eq!(idle(&pool), 0, "dropped half read");
+
+    // Closed by the upstream mid-body: an error, never an end.
+    let cut = upstream("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf".into(), None);
+    assert_eq!(get(Conn::new(cut), &pool).await, Err(()));
+    assert_eq!(idle(&pool), 0, "cut");
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_once_the_upstream_hangs_up_or_talks_unasked() {
+    let (client, server) = tokio::io::duplex(64);
+    let mut conn = Conn::new(client);
+    assert!(!conn.is_closed(), "quiet");
+    drop(server);
+    assert!(conn.is_closed(), "hung up");
+
+    let (client, mut server) = tokio::io::duplex(64);
+    let mut conn = Conn::new(client);
+    server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+    assert!(conn.is_closed(), "bytes nobody asked for");
+}
+
+/// A request body that says it has `declared` bytes and gives `given`.
+fn body_of(declared: u64, given: &'static [u8]) -> ProxyBody {
+    let frames = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(given)))]);
+    let body = http_body_util::StreamBody::new(frames);
+    Declared { inner: body, declared }.boxed_unsync()
+}
+
+struct Declared<B> {
+    inner: B,
+    declared: u64,
+}
+
+impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin> http_body::Body for Declared<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.declared)
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_is_sent_with_its_length_and_one_that_lies_about_it_is_refused() {
+    for (declared, given, sent) in
+        [(5, &b"hello"[..], true), (9, &b"hello"[..], false), (3, &b"hello"[..], false)]
+    {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let mut conn = Conn::new(client);
+        let Ok(mut out) = Outgoing::new(
+            &request_parts(&Method::POST),
+            &HeaderValue::from_static("up"),
+            body_of(declared, given),
+        ) else {
+            // More bytes ready at once than declared: refused before a byte is written.
+            assert!(!sent && (given.len() as u64) > declared, "declared {declared}");
+            continue;
+        };
+        let answered = tokio::spawn(async move {
+            let mut seen = vec![0u8; 4096];
+            let n = server.read(&mut seen).await.unwrap();
+            seen.truncate(n);
+            let _ = server.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            seen
+        });
+        let result = exchange(&mut conn, &mut out).await;
+        assert_eq!(result.is_ok(), sent, "declared {declared}");
+        if sent {
+            let seen = String::from_utf8(answered.await.unwrap()).unwrap();
+            assert_eq!(
+                seen,
+                "POST /export/x?y=1 HTTP/1.1\r\nhost: up\r\naccept: */*\r\ncontent-length: 5\r\n\r\nhello"
+            );
+        } else {
+            assert!(matches!(result, Err(Failure::Failed(UpstreamFailure::Protocol))), "declared {declared}");
+        }
+    }
+}
