@@ -102,20 +102,49 @@ where
 /// withhold. Nothing left means `identity`. No work when the caller sent none or only
 /// decodable codings.
 pub(crate) fn accept_encoding(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::ACCEPT_ENCODING).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        if headers.contains_key(header::ACCEPT_ENCODING) {
+            let lines: Vec<HeaderValue> = headers.get_all(header::ACCEPT_ENCODING).iter().cloned().collect();
+            if let Some(value) = narrow(lines.iter()) {
+                headers.insert(header::ACCEPT_ENCODING, value);
+            }
+        }
+        return;
+    };
+    // One line, the usual case: a caller sends the same one every time, so the last
+    // answer is kept per thread.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(HeaderValue, Option<HeaderValue>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let narrowed = LAST.with_borrow_mut(|last| match last {
+        Some((seen, narrowed)) if seen == value => narrowed.clone(),
+        _ => {
+            let narrowed = narrow(std::iter::once(value));
+            *last = Some((value.clone(), narrowed.clone()));
+            narrowed
+        }
+    });
+    if let Some(value) = narrowed {
+        headers.insert(header::ACCEPT_ENCODING, value);
+    }
+}
+
+/// The `Accept-Encoding` value for `values` narrowed to the decodable codings;
+/// `None` when nothing needs to change.
+fn narrow<'a>(values: impl Iterator<Item = &'a HeaderValue> + Clone) -> Option<HeaderValue> {
     let decodable = |item: &str| {
         let coding = item.split(';').next().unwrap_or("").trim();
         DECODABLE.iter().any(|c| coding.eq_ignore_ascii_case(c))
     };
-    let values = headers.get_all(header::ACCEPT_ENCODING);
-    let items = || values.iter().flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','));
+    let items = || values.clone().flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','));
     if items().all(|item| item.trim().is_empty() || decodable(item)) {
-        return;
+        return None;
     }
     let kept: Vec<&str> = items().map(str::trim).filter(|i| !i.is_empty() && decodable(i)).collect();
     let identity = HeaderValue::from_static("identity");
-    let value =
-        if kept.is_empty() { identity } else { HeaderValue::from_str(&kept.join(", ")).unwrap_or(identity) };
-    headers.insert(header::ACCEPT_ENCODING, value);
+    Some(if kept.is_empty() { identity } else { HeaderValue::from_str(&kept.join(", ")).unwrap_or(identity) })
 }
 
 /// The first [`SCRUB_LIMIT`] bytes of a body, and the body itself when it goes on.

@@ -110,6 +110,13 @@ fn accept_encoding_keeps_only_codings_keygate_decodes() {
     assert_eq!(narrowed("zstd"), ["identity"]);
     assert_eq!(narrowed("*"), ["identity"]);
     assert_eq!(narrowed("gzip,BR"), ["gzip,BR"], "nothing to narrow: left byte for byte");
+    // The same line again (kept from the last call), then another, then the first.
+    for _ in 0..2 {
+        assert_eq!(narrowed("zstd, gzip"), ["gzip"]);
+    }
+    assert_eq!(narrowed("gzip"), ["gzip"]);
+    assert_eq!(narrowed("zstd, gzip"), ["gzip"]);
+    assert_eq!(narrowed("zstd"), ["identity"]);
     let mut two = headers(&[("accept-encoding", "gzip"), ("accept-encoding", "compress")]);
     accept_encoding(&mut two);
     assert_eq!(two.get_all("accept-encoding").iter().count(), 1);

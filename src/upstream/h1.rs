@@ -57,6 +57,8 @@ const EXTENSIONS_LIMIT: usize = 16 * 1024;
 /// The read size while a head is awaited, and for body bytes.
 const HEAD_READ: usize = 4096;
 const BODY_READ: usize = 16 * 1024;
+/// The largest read buffer an idle connection keeps.
+const KEPT_BUFFER: usize = 8 * 1024;
 /// A body at most this long is copied behind the head, for one plain write.
 const COPY_LIMIT: usize = 16 * 1024;
 
@@ -117,7 +119,9 @@ impl AsyncWrite for Io {
 }
 
 /// One HTTP/1.1 connection to an upstream, and the bytes read from it but not yet used.
-/// An idle one holds no buffer.
+/// An idle one keeps its read buffer when it is at most [`KEPT_BUFFER`] bytes, so the
+/// next answer on it needs no new one (at most [`super::pool::MAX_IDLE`] are idle per
+/// upstream).
 pub(crate) struct Conn<I = Io> {
     io: I,
     buf: BytesMut,
@@ -481,8 +485,9 @@ impl<I> Body<I> {
         self.framing = Framing::Length(0);
         if let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) {
             if conn.buf.is_empty() {
-                // An idle connection holds no buffer.
-                conn.buf = BytesMut::new();
+                if conn.buf.capacity() > KEPT_BUFFER {
+                    conn.buf = BytesMut::new();
+                }
                 home.put(conn);
             }
         }

@@ -100,7 +100,7 @@ fn build(head: &Bytes, request: &httparse::Request<'_, '_>) -> Option<Parsed> {
     let mut length = None;
     let mut close = false;
     for line in request.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes()).ok()?;
+        let name = header_name(line.name.as_bytes())?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value)).ok()?;
         match name {
             header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => return None,
@@ -124,6 +124,25 @@ fn build(head: &Bytes, request: &httparse::Request<'_, '_>) -> Option<Parsed> {
         headers.append(name, value);
     }
     Some(Parsed { method, uri, headers, length: length.unwrap_or(0), close })
+}
+
+/// Names callers of the BI presets send that are not among `http`'s standard headers,
+/// kept as statics: a name parsed from bytes that is not standard is an allocation.
+static CUSTOM_NAMES: [HeaderName; 4] = [
+    HeaderName::from_static("x-rjm-api-key"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+fn header_name(raw: &[u8]) -> Option<HeaderName> {
+    let known = CUSTOM_NAMES
+        .iter()
+        .find(|n| n.as_str().len() == raw.len() && n.as_str().as_bytes().eq_ignore_ascii_case(raw));
+    match known {
+        Some(name) => Some(name.clone()),
+        None => HeaderName::from_bytes(raw).ok(),
+    }
 }
 
 /// A `Content-Length` value that is one run of ASCII digits and fits in 63 bits.
@@ -169,6 +188,17 @@ mod tests {
         assert_eq!(parsed.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!(parsed.headers.len(), 4);
         assert_eq!(&rest[..], b"{}GET");
+    }
+
+    #[test]
+    fn known_custom_names_are_read_in_any_case_and_others_as_sent() {
+        let (parsed, _) = plain(
+            "GET / HTTP/1.1\r\nX-RJM-API-Key: k\r\nx-real-ip: i\r\nX-Rjm-Api-Keys: o\r\nx-rjm-api-ke: p\r\n\r\n",
+        );
+        let names: Vec<&str> = parsed.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-rjm-api-key", "x-real-ip", "x-rjm-api-keys", "x-rjm-api-ke"]);
+        assert_eq!(parsed.headers["x-rjm-api-key"], "k");
+        assert!(handed_over("GET / HTTP/1.1\r\nx-rjm-api-key\u{1}: k\r\n\r\n"));
     }
 
     #[test]
