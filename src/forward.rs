@@ -83,7 +83,8 @@ pub(crate) async fn downstream(
     let (mut parts, incoming) = response.into_parts();
     rewrite::response_headers(&mut parts.headers, &snapshot.scrub, route.credential.location_query());
     let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
-    // The upstream connection is reused only after this body has been read whole.
+    // Only the idle timeout: the upstream connection goes back to its pool from the
+    // body itself, once read whole.
     let metered = Metered::new(incoming, Arc::new(Meter::default()), None, idle);
     let streamed = scrub::body::Trailers::new(metered, snapshot.scrub.clone());
 

@@ -12,6 +12,8 @@ mod serving;
 mod timeouts;
 mod tunnel;
 
+pub(crate) use h1::{itoa, line};
+
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;

@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use super::pool::{self, Pool};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::UpstreamFailure;
+use crate::server::{itoa, line};
 
 /// The longest request body keygate's client sends; longer ones, and bodies of unknown
 /// length, go through hyper's client. A body this short fits in the socket's send
@@ -195,17 +196,12 @@ impl Outgoing {
         bytes.extend_from_slice(parts.method.as_str().as_bytes());
         bytes.push(b' ');
         bytes.extend_from_slice(target.as_bytes());
-        bytes.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        bytes.extend_from_slice(host.as_bytes());
-        bytes.extend_from_slice(b"\r\n");
+        bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        line(&mut bytes, b"host", host.as_bytes());
         for (name, value) in &parts.headers {
-            if name == header::HOST {
-                continue;
+            if name != header::HOST {
+                line(&mut bytes, name.as_str().as_bytes(), value.as_bytes());
             }
-            bytes.extend_from_slice(name.as_str().as_bytes());
-            bytes.extend_from_slice(b": ");
-            bytes.extend_from_slice(value.as_bytes());
-            bytes.extend_from_slice(b"\r\n");
         }
         let head = parts.method == Method::HEAD;
         if body.is_end_stream() {
@@ -213,9 +209,8 @@ impl Outgoing {
             return Ok(Outgoing { bytes, first: Bytes::new(), rest: None, length: 0, taken: 0, head });
         }
         let length = body.size_hint().exact().ok_or(UpstreamFailure::Protocol)?;
-        bytes.extend_from_slice(b"content-length: ");
-        bytes.extend_from_slice(length.to_string().as_bytes());
-        bytes.extend_from_slice(b"\r\n\r\n");
+        line(&mut bytes, b"content-length", itoa(length, &mut [0; 20]));
+        bytes.extend_from_slice(b"\r\n");
         let mut out = Outgoing { bytes, first: Bytes::new(), rest: None, length, taken: 0, head };
         match body.frame().now_or_never() {
             Some(Some(Ok(frame))) => {
@@ -333,8 +328,12 @@ pub(crate) fn classify(error: &io::Error) -> UpstreamFailure {
     if error.kind() == io::ErrorKind::TimedOut {
         return UpstreamFailure::Timeout;
     }
-    let rustls = error.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-    if rustls { UpstreamFailure::Tls } else { UpstreamFailure::Protocol }
+    if carries_rustls_error(error) { UpstreamFailure::Tls } else { UpstreamFailure::Protocol }
+}
+
+/// True when `error` wraps a rustls error (as tokio-rustls reports TLS failures).
+pub(crate) fn carries_rustls_error(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
 
 /// The first whole answer head in `buf` that is not a `1xx` (skipped, as hyper skips
@@ -411,14 +410,12 @@ fn framing(
     headers: &HeaderMap,
     head_request: bool,
 ) -> Result<Framing, UpstreamFailure> {
-    let coded = headers.contains_key(header::TRANSFER_ENCODING);
-    let sized = headers.contains_key(header::CONTENT_LENGTH);
-    if coded && sized {
-        // Both framings on one answer is the shape of response smuggling: the stale
-        // length would go back to the caller and desync its connection. Refused
-        // whatever the status, as keygate always has.
+    if both_framings(headers) {
+        // Refused whatever the status, as keygate always has.
         return Err(UpstreamFailure::Protocol);
     }
+    let coded = headers.contains_key(header::TRANSFER_ENCODING);
+    let sized = headers.contains_key(header::CONTENT_LENGTH);
     if matches!(status.as_u16(), 101 | 204 | 304) || head_request {
         return Ok(Framing::Length(0));
     }
@@ -437,6 +434,13 @@ fn framing(
         return content_length(headers).map(Framing::Length).ok_or(UpstreamFailure::Protocol);
     }
     Ok(Framing::Eof)
+}
+
+/// True when an answer carries both `Transfer-Encoding` and `Content-Length`: the shape
+/// of response smuggling, since the stale length would go back to the caller and desync
+/// its connection. Both clients refuse it.
+pub(crate) fn both_framings(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
 }
 
 /// The `Content-Length` when every value (lines and comma lists) is the same run of

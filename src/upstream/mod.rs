@@ -294,13 +294,8 @@ impl Upstream {
             });
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    // Both framings on one answer is the shape of response smuggling
-                    // (see `h1`); hyper decodes the chunks, but the stale length would
-                    // go back to the caller.
-                    let headers = response.headers();
-                    if headers.contains_key(http::header::TRANSFER_ENCODING)
-                        && headers.contains_key(http::header::CONTENT_LENGTH)
-                    {
+                    // hyper decodes the chunks of such an answer but leaves its length.
+                    if h1::both_framings(response.headers()) {
                         return Err(UpstreamFailure::Protocol);
                     }
                     return Ok(response.map(Body::Hyper));
@@ -328,9 +323,7 @@ impl Upstream {
         self.pool.start_reaper();
         let Some((tls, name)) = &c.tls else { return Ok(Connected::H1(Conn::new(Io::Tcp(tcp)))) };
         let stream = tls.connect(name.clone(), tcp).await.map_err(|e| {
-            let rustls_error =
-                e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-            if rustls_error { UpstreamFailure::Tls } else { UpstreamFailure::Connect }
+            if h1::carries_rustls_error(&e) { UpstreamFailure::Tls } else { UpstreamFailure::Connect }
         })?;
         let io = Io::Tls(Box::new(stream));
         let h2 = matches!(&io, Io::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));

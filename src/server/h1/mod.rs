@@ -22,6 +22,9 @@
 mod head;
 mod write;
 
+/// Head-line writing, shared with keygate's upstream client.
+pub(crate) use write::{itoa, line};
+
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
