@@ -3,13 +3,17 @@
 //! (docs/metrics.md, "Access log") and counted in the request metrics.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::body::{Meter, Metered, ProxyBody};
+use crate::body::{BoxError, Meter, ProxyBody};
 use crate::caller::Group;
 use crate::conn::ConnInfo;
 use crate::error::Refusal;
@@ -110,33 +114,64 @@ impl Exchange {
         then: Box<dyn Send>,
     ) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
-        let bytes_out = Arc::new(Meter::default());
-        let done = Done {
-            exchange: self,
-            status: parts.status,
-            bytes_in,
-            bytes_out: bytes_out.clone(),
-            _then: then,
-        };
-        let body = Metered::new(body, bytes_out, None, None).with_guard(Box::new(done));
+        let done = Done { exchange: self, status: parts.status, bytes_in, _then: then };
+        let body = Recorded { inner: body, bytes_out: 0, done: Some(done) };
         Response::from_parts(parts, body.boxed_unsync())
     }
 }
 
-/// Completes the record when dropped (end of body, or the caller went away).
+/// A response body that counts what it sends and completes the record when it is
+/// dropped (at its end, or when the caller went away): one allocation, the box it
+/// is answered in.
+struct Recorded {
+    inner: ProxyBody,
+    bytes_out: u64,
+    done: Option<Done>,
+}
+
+/// What completing the record needs.
 struct Done {
     exchange: Exchange,
     status: StatusCode,
     bytes_in: Arc<Meter>,
-    bytes_out: Arc<Meter>,
-    /// Dropped after `drop` below has written the record (fields drop after it runs).
+    /// Dropped after the record is written.
     _then: Box<dyn Send>,
 }
 
-impl Drop for Done {
+impl Body for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes_out += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
     fn drop(&mut self) {
-        let bytes = (self.bytes_in.bytes(), self.bytes_out.bytes());
-        self.exchange.write(self.status, Some(bytes));
+        if let Some(mut done) = self.done.take() {
+            let bytes = (done.bytes_in.bytes(), self.bytes_out);
+            done.exchange.write(done.status, Some(bytes));
+            // `_then` goes only now, after the record.
+            drop(done);
+        }
     }
 }
 

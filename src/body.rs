@@ -87,7 +87,8 @@ impl Meter {
 /// between frames, and holds `guard` until it is dropped.
 pub(crate) struct Metered<B> {
     inner: B,
-    meter: Arc<Meter>,
+    /// `None` for a body only timed ([`Metered::idle_only`]).
+    meter: Option<Arc<Meter>>,
     limit: Option<u64>,
     idle: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -98,7 +99,12 @@ impl<B> Metered<B> {
     /// Wraps `inner`. `limit` bounds the total data bytes; `idle` bounds the wait for
     /// each frame.
     pub(crate) fn new(inner: B, meter: Arc<Meter>, limit: Option<u64>, idle: Option<Duration>) -> Self {
-        Metered { inner, meter, limit, idle, timer: None, _guard: None }
+        Metered { inner, meter: Some(meter), limit, idle, timer: None, _guard: None }
+    }
+
+    /// Wraps `inner` with only the idle timeout between frames: nothing counts its bytes.
+    pub(crate) fn idle_only(inner: B, idle: Duration) -> Self {
+        Metered { inner, meter: None, limit: None, idle: Some(idle), timer: None, _guard: None }
     }
 
     /// Keeps `guard` alive until this body is dropped.
@@ -123,11 +129,11 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+                if let (Some(data), Some(meter)) = (frame.data_ref(), &this.meter) {
                     let len = data.len() as u64;
-                    let total = this.meter.bytes.fetch_add(len, Ordering::Relaxed) + len;
+                    let total = meter.bytes.fetch_add(len, Ordering::Relaxed) + len;
                     if this.limit.is_some_and(|limit| total > limit) {
-                        return Poll::Ready(Some(Err(this.meter.fail(BodyError::TooLarge))));
+                        return Poll::Ready(Some(Err(meter.fail(BodyError::TooLarge))));
                     }
                 }
                 if let (Some(timer), Some(idle)) = (this.timer.as_mut(), this.idle) {
@@ -138,7 +144,9 @@ where
             Poll::Ready(Some(Err(error))) => {
                 // Noted so that whoever reads the meter can tell the sender's fault
                 // from the receiver's.
-                this.meter.note(BodyError::Broken);
+                if let Some(meter) = &this.meter {
+                    meter.note(BodyError::Broken);
+                }
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -146,7 +154,10 @@ where
                 let Some(idle) = this.idle else { return Poll::Pending };
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(this.meter.fail(BodyError::Idle)))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(match &this.meter {
+                        Some(meter) => meter.fail(BodyError::Idle),
+                        None => Box::new(BodyError::Idle),
+                    }))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -195,6 +206,19 @@ mod tests {
         let err = body.collect().await.expect_err("idle must trip");
         assert_eq!(err.to_string(), "body stalled past the idle timeout");
         assert_eq!(meter.failure(), Some(BodyError::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_only_body_passes_data_and_times_out_between_frames() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"part")))).await.unwrap();
+        let stream = http_body_util::StreamBody::new(tokio_stream_shim::Receiver(rx));
+        let mut body = Metered::idle_only(stream, Duration::from_secs(2));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"part");
+        let err = body.frame().await.expect("an error frame").expect_err("idle must trip");
+        assert_eq!(err.to_string(), "body stalled past the idle timeout");
+        drop(tx);
     }
 
     #[tokio::test]

@@ -3,7 +3,6 @@
 //! failures become refusals) and [`downstream`] (headers, trailers and error bodies
 //! scrubbed of every secret).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
@@ -82,10 +81,10 @@ pub(crate) async fn downstream(
 ) -> Response<ProxyBody> {
     let (mut parts, incoming) = response.into_parts();
     rewrite::response_headers(&mut parts.headers, &snapshot.scrub, route.credential.location_query());
-    let idle = Some(route.response_timeout.max(snapshot.server.idle_timeout));
+    let idle = route.response_timeout.max(snapshot.server.idle_timeout);
     // Only the idle timeout: the upstream connection goes back to its pool from the
     // body itself, once read whole.
-    let metered = Metered::new(incoming, Arc::new(Meter::default()), None, idle);
+    let metered = Metered::idle_only(incoming, idle);
     let streamed = scrub::body::Trailers::new(metered, snapshot.scrub.clone());
 
     let body = if parts.status.is_success() {

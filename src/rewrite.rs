@@ -30,7 +30,8 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// [`HOP_BY_HOP`] as header names, so removing them needs no parsing.
+/// [`HOP_BY_HOP`] as header names, so removing them needs no parsing; `Connection`
+/// first ([`response_headers`] reads it by place).
 static HOP_BY_HOP_NAMES: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -80,23 +81,40 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
 /// `query_names` (the route's credential's) in `Location`, then every header whose name
 /// or value holds a secret.
 pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[S]) {
-    // Collected first, as the map changes below; the hop-by-hop names (`keep-alive`, the
-    // usual one) and `close` go anyway, so most answers collect nothing.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(connection_tokens)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case(b"close")
-                && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP_NAMES) {
+    // One look at the names first: most answers carry one or two of these (a
+    // `Connection: keep-alive`), and removing a name that is not there costs a hash.
+    let mut present = [false; HOP_BY_HOP_NAMES.len()];
+    let mut marked = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP_NAMES.iter().position(|hop| hop == name) {
+            Some(at) => present[at] = true,
+            None => marked |= name == crate::error::ERROR_HEADER,
+        }
+    }
+    if present[0] {
+        // The names `Connection` lists, collected before it goes; the hop-by-hop ones
+        // (`keep-alive`, the usual one) and `close` go anyway, so most collect nothing.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(connection_tokens)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP_NAMES.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(name);
     }
     // Only keygate may mark an answer as its own refusal.
-    headers.remove(crate::error::ERROR_HEADER);
+    if marked {
+        headers.remove(crate::error::ERROR_HEADER);
+    }
     if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
         let cleaned = strip_from_url(location, query_names);
         if let Ok(value) = HeaderValue::from_str(&cleaned) {
@@ -456,6 +474,32 @@ mod tests {
         assert_eq!(h["x-other"], "apikey=[REDACTED]");
         assert!(h.get("x-0ther-route-key").is_none(), "a header named after a key is removed");
         assert!(h.get("x-hop").is_none() && h.get("connection").is_none() && h.get("keep-alive").is_none());
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_with_or_without_connection() {
+        let s = Scrubber::new([&secret("topsecret")]).unwrap();
+        for (at, hop) in HOP_BY_HOP.iter().enumerate() {
+            for with_connection in [false, true] {
+                let mut h = HeaderMap::new();
+                h.append(*hop, HeaderValue::from_static("one"));
+                h.append(*hop, HeaderValue::from_static("two"));
+                h.insert("x-kept", HeaderValue::from_static("1"));
+                if with_connection && at != 0 {
+                    h.insert(header::CONNECTION, HeaderValue::from_static("x-named"));
+                    h.insert("x-named", HeaderValue::from_static("1"));
+                }
+                // The marker alone, without any hop-by-hop header, goes too.
+                let mut marked = HeaderMap::new();
+                marked.insert("X-Keygate-Error", HeaderValue::from_static("no_route"));
+                response_headers(&mut h, &s, &["apikey"]);
+                response_headers(&mut marked, &s, &["apikey"]);
+                assert!(h.get(*hop).is_none(), "{hop} (with Connection: {with_connection})");
+                assert!(h.get("x-named").is_none() && h.get(header::CONNECTION).is_none(), "{hop}");
+                assert_eq!(h["x-kept"], "1", "{hop}");
+                assert!(marked.is_empty());
+            }
+        }
     }
 
     #[test]

@@ -193,8 +193,15 @@ impl Route {
 }
 
 pub(crate) fn join_path(base: &str, remainder: &str) -> String {
-    let joined = format!("{}{}", base.trim_end_matches('/'), remainder);
-    if joined.is_empty() { "/".to_owned() } else { joined }
+    let base = base.trim_end_matches('/');
+    if base.is_empty() && remainder.is_empty() {
+        return "/".to_owned();
+    }
+    // Without `format!`: this runs for every request.
+    let mut joined = String::with_capacity(base.len() + remainder.len());
+    joined.push_str(base);
+    joined.push_str(remainder);
+    joined
 }
 
 /// The `operation` label of a generic route: the method, from a closed set.
@@ -211,23 +218,28 @@ pub(crate) fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Prefixes to route indexes. Hashed with foldhash, not SipHash: the keys come from the
+/// config, so a caller's paths can only look them up, never make them collide, and a
+/// lookup per path segment is most of the route step (BENCHMARKS.md, round 7).
+type Prefixes = HashMap<String, usize, foldhash::fast::RandomState>;
+
 /// All routes of one snapshot, indexed by host and prefix.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// Host-less routes by prefix.
-    by_prefix: HashMap<String, usize>,
+    by_prefix: Prefixes,
     /// For each host some route names (lowercase), its routes by prefix. A handful at
     /// most, scanned in order: a request's host is compared without being lowercased.
-    hosts: Vec<(String, HashMap<String, usize>)>,
+    hosts: Vec<(String, Prefixes)>,
 }
 
 impl RouteTable {
     /// Builds the table. Hosts and prefixes were checked by config: each (host, prefix)
     /// pair is used once.
     pub(crate) fn new(routes: Vec<Arc<Route>>) -> Self {
-        let mut by_prefix = HashMap::new();
-        let mut hosts: Vec<(String, HashMap<String, usize>)> = Vec::new();
+        let mut by_prefix = Prefixes::default();
+        let mut hosts: Vec<(String, Prefixes)> = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let Some(host) = &route.host else {
                 by_prefix.insert(route.prefix.clone(), i);
@@ -236,7 +248,7 @@ impl RouteTable {
             let at = match hosts.iter().position(|(h, _)| h == host) {
                 Some(at) => at,
                 None => {
-                    hosts.push((host.clone(), HashMap::new()));
+                    hosts.push((host.clone(), Prefixes::default()));
                     hosts.len() - 1
                 }
             };
@@ -295,7 +307,7 @@ pub(crate) fn host_name(authority: &str) -> Option<&str> {
 
 /// The index of the longest prefix in `table` on a segment boundary of `path`, and the
 /// remainder after it.
-fn longest_prefix<'p>(table: &HashMap<String, usize>, path: &'p str) -> Option<(usize, &'p str)> {
+fn longest_prefix<'p>(table: &Prefixes, path: &'p str) -> Option<(usize, &'p str)> {
     let mut end = path.len();
     loop {
         let candidate = &path[..end];

@@ -308,8 +308,11 @@ pub(crate) async fn exchange<I: AsyncRead + AsyncWrite + Unpin>(
     out.stream_rest(&mut conn.io).await.map_err(Failure::Failed)?;
     conn.io.flush().await.map_err(|e| Failure::Failed(classify(&e)))?;
     loop {
-        if let Some(answer) = parse(&mut conn.buf, out.head).map_err(Failure::Failed)? {
-            return Ok(answer);
+        // Nothing read yet (the usual case right after sending): nothing to parse.
+        if !conn.buf.is_empty() {
+            if let Some(answer) = parse(&mut conn.buf, out.head).map_err(Failure::Failed)? {
+                return Ok(answer);
+            }
         }
         if conn.buf.len() > MAX_HEAD {
             return Err(Failure::Failed(UpstreamFailure::Protocol));

@@ -183,10 +183,12 @@ impl Upstream {
     /// The request target for `path` and `query` on this upstream (origin form; the
     /// scheme and authority are added for HTTP/2).
     pub(crate) fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let pq = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        };
+        let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
         Ok(Uri::from(PathAndQuery::try_from(pq)?))
     }
 
