@@ -1,7 +1,8 @@
 //! Memory and file descriptors, measured on the built binary (`docs/reliability.md` rows 18, 20, 21):
 //! big bodies stream through with a bounded RSS, a slow reader does not make keygate
-//! buffer the download, and running out of file descriptors makes the accept loop back
-//! off instead of spinning, then recover.
+//! buffer the download, running out of file descriptors makes the accept loop back
+//! off instead of spinning, then recover, and the allocator is the one the binary is
+//! built with.
 //!
 //! `KEYGATE_STREAM_MIB` sets the transfer size (default 256 MiB each way; the
 //! catalogue's 1 GiB run is `KEYGATE_STREAM_MIB=1024`).
@@ -187,4 +188,27 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
         assert!(Instant::now() < deadline, "keygate did not recover: {reply:?}");
     }
     assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
+}
+
+/// The binary allocates with jemalloc and the options `.cargo/config.toml` builds in:
+/// its background thread runs (it is what hands freed pages back, BENCHMARKS.md round
+/// 7), and one arena serves the process.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[tokio::test]
+async fn the_binary_runs_jemalloc_with_its_background_thread() {
+    let _serial = SERIAL.lock().await;
+    let stub = FakeUpstream::faults().await;
+    let (process, _gateway) = spawn(&stub).await;
+    let tasks = format!("/proc/{}/task", process.pid());
+    let threads = || {
+        let names = std::fs::read_dir(&tasks).into_iter().flatten().flatten();
+        names.filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok()).collect::<Vec<_>>()
+    };
+    eventually("jemalloc's background thread", 10 * SECOND, || async {
+        threads().iter().any(|name| name.trim() == "jemalloc_bg_thd")
+    })
+    .await;
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_keygate")).expect("the binary");
+    let built_in = b"background_thread:true,narenas:1,dirty_decay_ms:500,muzzy_decay_ms:0";
+    assert!(memchr::memmem::find(&binary, built_in).is_some(), "jemalloc built without its options");
 }
