@@ -218,10 +218,33 @@ pub(crate) fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Prefixes to route indexes. Hashed with foldhash, not SipHash: the keys come from the
-/// config, so a caller's paths can only look them up, never make them collide, and a
-/// lookup per path segment is most of the route step (BENCHMARKS.md, round 7).
-type Prefixes = HashMap<String, usize, foldhash::fast::RandomState>;
+/// Prefixes to route indexes, and the most segments any of them has.
+#[derive(Debug, Default)]
+struct Prefixes {
+    /// Hashed with foldhash, not SipHash: the keys come from the config, so a caller's
+    /// paths can only look them up, never make them collide, and a lookup per path
+    /// segment is most of the route step (BENCHMARKS.md, round 7).
+    map: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// A path is looked up from this many segments down: a longer candidate cannot be
+    /// a prefix (`/import/v2/client/1/table/t/data` under `/import` is one lookup).
+    depth: usize,
+}
+
+impl Prefixes {
+    fn insert(&mut self, prefix: String, route: usize) {
+        let segments = if prefix == "/" { 0 } else { prefix.bytes().filter(|&b| b == b'/').count() };
+        self.depth = self.depth.max(segments);
+        self.map.insert(prefix, route);
+    }
+
+    fn get(&self, prefix: &str) -> Option<&usize> {
+        self.map.get(prefix)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &usize> {
+        self.map.values()
+    }
+}
 
 /// All routes of one snapshot, indexed by host and prefix.
 #[derive(Debug, Default)]
@@ -308,7 +331,9 @@ pub(crate) fn host_name(authority: &str) -> Option<&str> {
 /// The index of the longest prefix in `table` on a segment boundary of `path`, and the
 /// remainder after it.
 fn longest_prefix<'p>(table: &Prefixes, path: &'p str) -> Option<(usize, &'p str)> {
-    let mut end = path.len();
+    // The first candidate has at most `depth` segments: it ends before the slash that
+    // would begin one more.
+    let mut end = slash_at(path.as_bytes(), table.depth).unwrap_or(path.len());
     loop {
         let candidate = &path[..end];
         let key = if candidate.is_empty() { "/" } else { candidate };
@@ -323,14 +348,52 @@ fn longest_prefix<'p>(table: &Prefixes, path: &'p str) -> Option<(usize, &'p str
     }
 }
 
+/// Where the `n`th slash of `bytes` (counted from 0) is. A loop, not `memchr`: paths
+/// are short, and it runs for every request.
+fn slash_at(bytes: &[u8], n: usize) -> Option<usize> {
+    let mut seen = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            if seen == n {
+                return Some(at);
+            }
+            seen += 1;
+        }
+    }
+    None
+}
+
 /// Refuses paths that could mean something else upstream (docs/presets.md, "Routing"):
 /// dot segments, empty segments, encoded `/`, `\`, `.` or NUL, and anything not in
 /// origin form.
 pub fn check_path(path: &str) -> Result<(), Refusal> {
-    if !path.starts_with('/') {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return Err(Refusal::InvalidPath("the path must start with /"));
     }
-    let bytes = path.as_bytes();
+    check_bytes(bytes)?;
+    // Segment by segment with a loop, not `split`: paths are short, and it runs for
+    // every request.
+    let mut start = 1;
+    for end in 1..=bytes.len() {
+        if end < bytes.len() && bytes[end] != b'/' {
+            continue;
+        }
+        let segment = &bytes[start..end];
+        if segment == b"." || segment == b".." {
+            return Err(Refusal::InvalidPath("dot segment in path"));
+        }
+        // A single trailing slash is allowed ("/import/"); empty segments elsewhere are not.
+        if segment.is_empty() && end != bytes.len() {
+            return Err(Refusal::InvalidPath("empty segment in path"));
+        }
+        start = end + 1;
+    }
+    Ok(())
+}
+
+/// Refuses a path with a `\\` or an encoded `/`, `\\`, `.` or NUL.
+fn check_bytes(bytes: &[u8]) -> Result<(), Refusal> {
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'\\' {
             return Err(Refusal::InvalidPath("backslash in path"));
@@ -343,22 +406,85 @@ pub fn check_path(path: &str) -> Result<(), Refusal> {
             }
         }
     }
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(seg) = segments.next() {
-        if seg == "." || seg == ".." {
-            return Err(Refusal::InvalidPath("dot segment in path"));
-        }
-        // A single trailing slash is allowed ("/import/"); empty segments elsewhere are not.
-        if seg.is_empty() && segments.peek().is_some() {
-            return Err(Refusal::InvalidPath("empty segment in path"));
-        }
-    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The path check's segment rules as they were written first (with `split`), to
+    /// hold the loop that replaced them to.
+    fn check_path_reference(path: &str) -> Result<(), Refusal> {
+        if !path.starts_with('/') {
+            return Err(Refusal::InvalidPath("the path must start with /"));
+        }
+        check_bytes(path.as_bytes())?;
+        let mut segments = path[1..].split('/').peekable();
+        while let Some(seg) = segments.next() {
+            if seg == "." || seg == ".." {
+                return Err(Refusal::InvalidPath("dot segment in path"));
+            }
+            if seg.is_empty() && segments.peek().is_some() {
+                return Err(Refusal::InvalidPath("empty segment in path"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The prefix lookup as it was written first: every segment boundary of the whole
+    /// path, longest first.
+    fn longest_prefix_reference<'p>(table: &Prefixes, path: &'p str) -> Option<(usize, &'p str)> {
+        let mut end = path.len();
+        loop {
+            let candidate = &path[..end];
+            let key = if candidate.is_empty() { "/" } else { candidate };
+            if let Some(&i) = table.get(key) {
+                return Some((i, if key == "/" { path } else { &path[end..] }));
+            }
+            if end == 0 {
+                return None;
+            }
+            end = candidate.rfind('/').unwrap_or(0);
+        }
+    }
+
+    fn path_text() -> impl Strategy<Value = String> {
+        const PIECES: [&str; 17] =
+            ["/", "/", "/", ".", "..", "%", "2e", "2F", "5c", "00", "%41", "\\", "a", "b", "ab", "v2", ";"];
+        prop::collection::vec(prop::sample::select(&PIECES[..]), 0..12).prop_map(|p| p.concat())
+    }
+
+    fn prefix_text() -> impl Strategy<Value = String> {
+        let segments = prop::collection::vec(prop::sample::select(&["a", "b", "ab", "v2"][..]), 0..4);
+        segments.prop_map(|s| if s.is_empty() { "/".to_owned() } else { format!("/{}", s.join("/")) })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// The path check refuses exactly what the first one did, with the same reason.
+        #[test]
+        fn the_path_check_answers_as_the_reference_does(path in path_text()) {
+            prop_assert_eq!(check_path(&path), check_path_reference(&path), "{:?}", path);
+        }
+
+        /// Starting at the table's depth finds the route (and remainder) that trying
+        /// every boundary of the whole path finds.
+        #[test]
+        fn the_prefix_lookup_finds_what_trying_every_boundary_finds(
+            prefixes in prop::collection::vec(prefix_text(), 0..6),
+            path in prop_oneof![path_text(), (prefix_text(), path_text()).prop_map(|(p, rest)| p + &rest)],
+        ) {
+            let mut table = Prefixes::default();
+            for (i, prefix) in prefixes.into_iter().enumerate() {
+                table.insert(prefix, i);
+            }
+            prop_assert_eq!(longest_prefix(&table, &path), longest_prefix_reference(&table, &path), "{:?}", path);
+        }
+    }
 
     #[test]
     fn path_checks() {

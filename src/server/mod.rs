@@ -42,6 +42,14 @@ use crate::tls::ServerTls;
 use serving::{Prefixed, Stream};
 use timeouts::{Expired, Phases};
 
+/// `make()`'s future, made in its box. `Box::pin(make())` builds the future on the
+/// stack and then copies it into the box whole, with room for its every state (4.6 KB
+/// for a request's, BENCHMARKS.md round 8); allocated first, the box is where it is built.
+#[inline(always)]
+pub(crate) fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 /// The raw answer to a connection over the listener's limit: it never reaches hyper.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-keygate-error: overloaded\r\nconnection: close\r\ncontent-length: 69\r\n\r\n{\"error\":\"overloaded\",\"message\":\"keygate is at its connection limit\"}";
 
@@ -369,10 +377,11 @@ where
             }
         }
         let guard = requests.request_started(request.version() == http::Version::HTTP_2);
-        let response = handler.clone().handle(info.clone(), request, Box::new(guard));
         // Boxed: hyper keeps one slot of this future's size for every connection, idle
         // ones too.
-        let response: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> = Box::pin(response);
+        let handler = handler.clone();
+        let response: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> =
+            boxed_in_place(|| handler.handle(info.clone(), request, Box::new(guard)));
         async move { Ok::<_, Infallible>(response.await) }
     });
 

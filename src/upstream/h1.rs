@@ -37,6 +37,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::pool::{self, Pool};
 use crate::body::{BoxError, ProxyBody};
@@ -126,6 +127,9 @@ impl AsyncWrite for Io {
 pub(crate) struct Conn<I = Io> {
     io: I,
     buf: BytesMut,
+    /// What times each exchange's wait for its answer; made at the first, then moved
+    /// to each next one's deadline (see [`exchange`]).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> pool::Conn for Conn<I> {
@@ -136,7 +140,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> pool::Conn for Conn<I> 
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     pub(crate) fn new(io: I) -> Conn<I> {
-        Conn { io, buf: BytesMut::new() }
+        Conn { io, buf: BytesMut::new(), timer: None }
     }
 
     /// The stream, for hyper's client (an idle connection has nothing buffered).
@@ -160,7 +164,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         if self.buf.capacity() - self.buf.len() < want.min(HEAD_READ) {
             self.buf.reserve(want);
         }
-        let Conn { io, buf } = self;
+        let Conn { io, buf, .. } = self;
         pin!(io.read_buf(buf)).poll(cx)
     }
 }
@@ -289,9 +293,41 @@ impl Answer {
     }
 }
 
-/// Writes the request and reads the answer's head (skipping `1xx` heads). When the
+/// Writes the request and reads the answer's head (skipping `1xx` heads), by
+/// `deadline`: past it, the exchange fails as [`UpstreamFailure::Timeout`]. When the
 /// first write fails, nothing of `out` was sent and it can go on another connection.
+///
+/// The connection's one timer times every exchange on it. Moving a timer later is one
+/// atomic compare-and-swap where a timer per exchange is an insertion into the
+/// runtime's timer wheel and a removal from it, with the exchange's future moved into
+/// a `Timeout` (BENCHMARKS.md, round 8). An idle connection's timer may still fire at
+/// the last exchange's deadline and wake the task that ran it, once, for nothing; a
+/// pooled connection lives at most the pool's idle time.
 pub(crate) async fn exchange<I: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<I>,
+    out: &mut Outgoing,
+    deadline: Instant,
+) -> Result<Answer, Failure> {
+    let mut timer = match conn.timer.take() {
+        Some(mut timer) => {
+            timer.as_mut().reset(deadline);
+            timer
+        }
+        None => Box::pin(tokio::time::sleep_until(deadline)),
+    };
+    let result = {
+        let mut sent = pin!(send_and_read(conn, out));
+        std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(Failure::Failed(UpstreamFailure::Timeout))),
+        })
+        .await
+    };
+    conn.timer = Some(timer);
+    result
+}
+
+async fn send_and_read<I: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<I>,
     out: &mut Outgoing,
 ) -> Result<Answer, Failure> {

@@ -133,7 +133,7 @@ async fn keygate(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outco
         Outgoing::new(&request_parts(&method), &HeaderValue::from_static("up"), crate::body::empty())
             .expect("a bodiless request");
     let read = async {
-        let Ok(answer) = exchange(&mut conn, &mut out).await else { return Outcome::Refused };
+        let Ok(answer) = exchange(&mut conn, &mut out, far()).await else { return Outcome::Refused };
         if answer.status == StatusCode::SWITCHING_PROTOCOLS {
             return Outcome::Refused;
         }
@@ -384,6 +384,11 @@ fn answer() -> impl Strategy<Value = (Vec<u8>, bool)> {
         })
 }
 
+/// A deadline no exchange of these tests reaches.
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(600)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
@@ -413,7 +418,7 @@ async fn get(conn: Conn<DuplexStream>, pool: &Arc<Pool<Conn<DuplexStream>>>) -> 
     let mut out =
         Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
             .map_err(|_| ())?;
-    let answer = exchange(&mut conn, &mut out).await.map_err(|_| ())?;
+    let answer = exchange(&mut conn, &mut out, far()).await.map_err(|_| ())?;
     let read = collect(answer.into_response(conn, pool.clone()).into_body()).await;
     read.end.map(|()| read.data).map_err(|_| ())
 }
@@ -440,6 +445,66 @@ fn upstream_of(answers: Vec<&'static str>) -> DuplexStream {
         let _ = server.read(&mut byte).await;
     });
     client
+}
+
+/// An upstream that answers the first `answered` requests (an empty 200 each) and then
+/// reads on without ever answering.
+fn answering_then_silent(answered: usize) -> DuplexStream {
+    let (client, mut server) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        let (mut seen, mut byte, mut heads) = (Vec::new(), [0u8; 1], 0);
+        while matches!(server.read(&mut byte).await, Ok(1)) {
+            seen.push(byte[0]);
+            if seen.ends_with(b"\r\n\r\n") {
+                seen.clear();
+                heads += 1;
+                if heads <= answered
+                    && server.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    client
+}
+
+/// One exchange on `conn` by `deadline`: whether it was answered or timed out (any
+/// other failure panics), and when it ended.
+async fn timed_exchange(conn: &mut Conn<DuplexStream>, deadline: Instant) -> (bool, Instant) {
+    let mut out =
+        Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
+            .expect("request");
+    match exchange(conn, &mut out, deadline).await {
+        Ok(answer) => {
+            assert_eq!(answer.status, StatusCode::OK);
+            (true, Instant::now())
+        }
+        Err(Failure::Failed(UpstreamFailure::Timeout)) => (false, Instant::now()),
+        Err(other) => panic!("the exchange failed otherwise: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_exchange_on_a_connection_is_timed_by_its_own_deadline() {
+    let mut conn = Conn::new(answering_then_silent(2));
+    let start = Instant::now();
+    // Answered well within a long deadline, then again after the first deadline has
+    // passed while the connection was idle (its timer fired for nothing).
+    assert!(timed_exchange(&mut conn, start + Duration::from_secs(10)).await.0);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(timed_exchange(&mut conn, Instant::now() + Duration::from_secs(10)).await.0);
+    // Unanswered: it ends at its deadline, a shorter one than the last (the timer
+    // moves earlier too), not at the one before.
+    let asked = Instant::now();
+    let (answered, ended) = timed_exchange(&mut conn, asked + Duration::from_secs(3)).await;
+    assert!(!answered, "the silent upstream cannot answer");
+    assert_eq!(ended - asked, Duration::from_secs(3));
+    // And a later deadline after a timeout is kept to as well.
+    let asked = Instant::now();
+    let (answered, ended) = timed_exchange(&mut conn, asked + Duration::from_secs(7)).await;
+    assert!(!answered);
+    assert_eq!(ended - asked, Duration::from_secs(7));
 }
 
 /// How many open idle connections `pool` holds (taking them out).
@@ -494,7 +559,7 @@ async fn a_body_dropped_half_read_or_cut_closes_its_connection() {
     let mut out =
         Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
             .unwrap();
-    let answer = exchange(&mut conn, &mut out).await.unwrap();
+    let answer = exchange(&mut conn, &mut out, far()).await.unwrap();
     let mut body = answer.into_response(conn, pool.clone()).into_body();
     assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "half");
     drop(body);
@@ -569,7 +634,7 @@ async fn a_request_body_is_sent_with_its_length_and_one_that_lies_about_it_is_re
             let _ = server.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
             seen
         });
-        let result = exchange(&mut conn, &mut out).await;
+        let result = exchange(&mut conn, &mut out, far()).await;
         assert_eq!(result.is_ok(), sent, "declared {declared}");
         if sent {
             let seen = String::from_utf8(answered.await.unwrap()).unwrap();

@@ -39,9 +39,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-use super::{Handler, Limits};
+use super::{Handler, Limits, boxed_in_place};
 use crate::body::ProxyBody;
 use crate::conn::ConnInfo;
 use crate::request_body::{Home, RequestBody, SocketBody};
@@ -107,9 +107,13 @@ pub(super) async fn serve<H: Handler>(
     // byte, after up to `idle_timeout` of waiting for it.
     let mut wait_until = Instant::now() + limits.header_timeout;
     let mut head_until = Some(wait_until);
+    // One timer for the connection's life, moved to each wait's deadline: moving it
+    // later is one atomic compare-and-swap, where a timer per wait is an insertion into
+    // the runtime's timer wheel and a removal from it for every request.
+    let mut timer = pin!(tokio::time::sleep_until(wait_until));
     let mut served = Spoken::Nothing;
     loop {
-        let parsed = match conn.next_head(&mut shutdown, wait_until, head_until).await {
+        let parsed = match conn.next_head(&mut shutdown, timer.as_mut(), wait_until, head_until).await {
             Ok(Some(parsed)) => parsed,
             // Dropping the write side shuts it down: the caller reads the last answer
             // to its end rather than a reset.
@@ -118,7 +122,7 @@ pub(super) async fn serve<H: Handler>(
         };
         // Boxed: an idle connection's task then keeps only what waiting for a head
         // needs (0.5 KB, not the 1.6 KB of an exchange in flight).
-        if !Box::pin(conn.exchange(parsed, &mut shutdown)).await || conn.draining {
+        if !boxed_in_place(|| conn.exchange(parsed, &shutdown)).await || conn.draining {
             return Served::Closed;
         }
         served = Spoken::Http1;
@@ -150,6 +154,7 @@ impl<H: Handler> Conn<H> {
     async fn next_head(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
+        mut timer: Pin<&mut Sleep>,
         wait_until: Instant,
         mut head_until: Option<Instant>,
     ) -> Result<Option<head::Parsed>, HandOver> {
@@ -167,6 +172,9 @@ impl<H: Handler> Conn<H> {
             }
             let Some(read) = self.read.as_ref() else { return Ok(None) };
             let deadline = head_until.unwrap_or(wait_until);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             // Readiness first, so that a waiting connection holds no buffer.
             tokio::select! {
                 biased;
@@ -180,7 +188,7 @@ impl<H: Handler> Conn<H> {
                         return Ok(None);
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = timer.as_mut() => {
                     if head_until.is_some() {
                         tracing::debug!(peer = %self.info.peer, "request head not received in time; closing");
                     }
@@ -209,7 +217,7 @@ impl<H: Handler> Conn<H> {
 
     /// Serves one request: runs the handler, writes its answer. Returns whether the
     /// connection may carry another request.
-    async fn exchange(&mut self, parsed: head::Parsed, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn exchange(&mut self, parsed: head::Parsed, shutdown: &watch::Receiver<bool>) -> bool {
         let head::Parsed { method, uri, headers, length, close } = parsed;
         let body = match self.read.take() {
             Some(read) if length > 0 => {
@@ -232,10 +240,14 @@ impl<H: Handler> Conn<H> {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         // Boxed, as on the hyper path: the connection's own future stays small.
-        let answer: Answer = Box::pin(self.handler.clone().handle(self.info.clone(), request, Box::new(())));
-        let Some(response) = self.await_answer(answer, shutdown).await else {
+        let handler = self.handler.clone();
+        let answer: Answer = boxed_in_place(|| handler.handle(self.info.clone(), request, Box::new(())));
+        let Some(response) = self.await_answer(answer).await else {
             return false;
         };
+        // A drain begun while the answer was made: it goes with `connection: close`. A
+        // look at the signal's version, not a wait on it beside every request.
+        self.draining |= shutdown.has_changed().unwrap_or(true);
         let (parts, body) = response.into_parts();
         self.reclaim();
         // A body the pipeline left unread cannot be skipped safely: the connection
@@ -258,42 +270,30 @@ impl<H: Handler> Conn<H> {
     /// Runs the handler's future while watching the caller: `None` when the caller
     /// closed the connection before the answer (the future is dropped, as hyper drops
     /// it, and the exchange is recorded as the caller's going).
-    async fn await_answer(
-        &mut self,
-        mut answer: Answer,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Response<ProxyBody>> {
+    async fn await_answer(&mut self, mut answer: Answer) -> Option<Response<ProxyBody>> {
         let max = self.max_head();
-        loop {
-            let draining = self.draining;
-            let answered = poll_fn(|cx| {
-                if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-                    return Poll::Ready(Some(response));
-                }
-                // Read only once the request's body is off the wire, and only while
-                // nothing of the next request is buffered (as hyper does): a caller
-                // that pipelined requests and then closed its side gets its answers.
-                // Checked at every poll: the body may end at any of them.
-                self.reclaim();
-                while self.read.is_some() && self.home.unread() == 0 && self.buf.is_empty() {
-                    match self.poll_read_some(cx, max) {
-                        Poll::Ready(Read::Some) => {}
-                        Poll::Pending => break,
-                        Poll::Ready(Read::Closed) => {
-                            tracing::debug!(peer = %self.info.peer, "caller closed the connection before the answer");
-                            return Poll::Ready(None);
-                        }
+        poll_fn(|cx| {
+            if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            // Read only once the request's body is off the wire, and only while nothing
+            // of the next request is buffered (as hyper does): a caller that pipelined
+            // requests and then closed its side gets its answers. Checked at every
+            // poll: the body may end at any of them.
+            self.reclaim();
+            while self.read.is_some() && self.home.unread() == 0 && self.buf.is_empty() {
+                match self.poll_read_some(cx, max) {
+                    Poll::Ready(Read::Some) => {}
+                    Poll::Pending => break,
+                    Poll::Ready(Read::Closed) => {
+                        tracing::debug!(peer = %self.info.peer, "caller closed the connection before the answer");
+                        return Poll::Ready(None);
                     }
                 }
-                Poll::Pending
-            });
-            tokio::select! {
-                biased;
-                answered = answered => return answered,
-                _ = shutdown.changed(), if !draining => {}
             }
-            self.draining = true;
-        }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Writes the head in `out` and the body framed by `framing`. False when the
