@@ -9,8 +9,8 @@ ways: HTTP/1.1 on plain TCP, HTTP/2 with prior knowledge on plain TCP, HTTP/1.1 
 and HTTP/2 over TLS (ALPN). Each binary runs twice (a plain and a TLS listener, its
 own ports; the certificate is made at run time by openssl and is for 127.0.0.1 only);
 rounds interleave the binaries (order rotated), oha drives each path at a fixed rate
-with 32 connections for --seconds, and keygate's CPU (utime+stime of the process) is
-divided by the 200 answers. Prints medians per path and binary, and new ÷ first per
+with 32 connections for --seconds, and keygate's CPU (the scheduler's run time of its
+threads, driver.cpu_split) is divided by the 200 answers. Prints medians per path and binary, and new ÷ first per
 round. All traffic is loopback; every load run is bounded; every daemon is a child.
 Needs nginx, oha, openssl.
 """
