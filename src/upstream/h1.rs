@@ -408,6 +408,7 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, Upstr
         let mut headers = HeaderMap::with_capacity(response.headers.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
+        let mut framed = Framed::default();
         for line in response.headers.iter() {
             let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| UpstreamFailure::Protocol)?;
             let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value))
@@ -420,10 +421,14 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, Upstr
                 } else if !keep_alive {
                     keep_alive = has_token(&value, b"keep-alive");
                 }
+            } else if name == header::TRANSFER_ENCODING {
+                framed.coding(&value);
+            } else if name == header::CONTENT_LENGTH {
+                framed.length(&value);
             }
             headers.append(name, value);
         }
-        let framing = framing(status, version, &headers, head_request)?;
+        let framing = framing(status, version, &framed, head_request)?;
         let keep_alive = keep_alive && !matches!(framing, Framing::Eof) && code != 101;
         return Ok(Some(Answer { status, version, headers, framing, keep_alive }));
     }
@@ -442,35 +447,78 @@ fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
     crate::rewrite::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
+/// What an answer's head says of its body's framing, noted line by line as the head is
+/// read (no lookups in the header map afterwards).
+#[derive(Debug, Default)]
+struct Framed {
+    /// It has a `Transfer-Encoding` line, and whether the last one ends with `chunked`.
+    coded: bool,
+    chunked: bool,
+    /// It has a `Content-Length` line, and the length when every value (lines and comma
+    /// lists) is the same run of digits; `None` once one is not.
+    sized: bool,
+    length: Option<u64>,
+}
+
+impl Framed {
+    fn coding(&mut self, value: &HeaderValue) {
+        self.coded = true;
+        self.chunked = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+    }
+
+    fn length(&mut self, value: &HeaderValue) {
+        let first = !self.sized;
+        self.sized = true;
+        if !first && self.length.is_none() {
+            return;
+        }
+        self.length = agreed_length(value, self.length);
+    }
+}
+
+/// `known` (the length the earlier values gave, if any) when every comma-separated
+/// value of `line` is the same run of digits as it, `None` otherwise.
+fn agreed_length(line: &HeaderValue, mut known: Option<u64>) -> Option<u64> {
+    for value in line.to_str().ok()?.split(',') {
+        let value = value.trim().as_bytes();
+        if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = value.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+        if known.is_some_and(|l| l != n) {
+            return None;
+        }
+        known = Some(n);
+    }
+    known
+}
+
 /// How the answer's body is framed (RFC 9112 §6.3, as hyper's client reads it).
 fn framing(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    framed: &Framed,
     head_request: bool,
 ) -> Result<Framing, UpstreamFailure> {
-    if both_framings(headers) {
-        // Refused whatever the status, as keygate always has.
+    if framed.coded && framed.sized {
+        // Refused whatever the status, as keygate always has (see `both_framings`).
         return Err(UpstreamFailure::Protocol);
     }
-    let coded = headers.contains_key(header::TRANSFER_ENCODING);
-    let sized = headers.contains_key(header::CONTENT_LENGTH);
     if matches!(status.as_u16(), 101 | 204 | 304) || head_request {
         return Ok(Framing::Length(0));
     }
-    if coded {
+    if framed.coded {
         if version == Version::HTTP_10 {
             return Err(UpstreamFailure::Protocol);
         }
-        let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
-        let chunked = last
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked { Framing::Chunked(Chunked::default()) } else { Framing::Eof });
+        return Ok(if framed.chunked { Framing::Chunked(Chunked::default()) } else { Framing::Eof });
     }
-    if sized {
-        return content_length(headers).map(Framing::Length).ok_or(UpstreamFailure::Protocol);
+    if framed.sized {
+        return framed.length.map(Framing::Length).ok_or(UpstreamFailure::Protocol);
     }
     Ok(Framing::Eof)
 }
@@ -480,27 +528,6 @@ fn framing(
 /// its connection. Both clients refuse it.
 pub(crate) fn both_framings(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
-}
-
-/// The `Content-Length` when every value (lines and comma lists) is the same run of
-/// digits.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for line in headers.get_all(header::CONTENT_LENGTH) {
-        for value in line.to_str().ok()?.split(',') {
-            let value = value.trim().as_bytes();
-            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let n =
-                value.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        }
-    }
-    length
 }
 
 #[derive(Debug)]

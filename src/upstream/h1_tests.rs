@@ -412,6 +412,33 @@ proptest! {
     }
 }
 
+/// `Content-Length` lines the sweep's shapes do not make (a bad value before or after
+/// a good one, comma lists agreeing or not): read as hyper's client reads them.
+#[test]
+fn every_content_length_line_counts_as_hyper_counts_them() {
+    let cases: [&[&str]; 8] = [
+        &["x", "5"],
+        &["5", "x"],
+        &["5", "6"],
+        &["5, 5"],
+        &["5", "5, 5"],
+        &["5, 6"],
+        &["", "5"],
+        &["5", " 5 "],
+    ];
+    let rt = runtime();
+    for lines in cases {
+        let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for line in lines {
+            bytes.extend_from_slice(format!("content-length: {line}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\nhello");
+        let ours = rt.block_on(keygate(bytes.clone(), None, Method::GET));
+        let theirs = rt.block_on(hyper(bytes.clone(), None, Method::GET));
+        assert!(agree(&ours, &theirs, &bytes), "{lines:?}:\n{ours:?}\n{theirs:?}");
+    }
+}
+
 /// Sends a `GET` on `conn` and reads the answer's body whole (or to its failure).
 async fn get(conn: Conn<DuplexStream>, pool: &Arc<Pool<Conn<DuplexStream>>>) -> Result<Vec<u8>, ()> {
     let mut conn = conn;

@@ -253,9 +253,9 @@ impl<H: Handler> Conn<H> {
         // A body the pipeline left unread cannot be skipped safely: the connection
         // closes after this answer, and says so when it knows.
         let body_left = self.home.unread() > 0 || self.read.is_none();
-        let close = close || self.draining || body_left || write::asks_close(&parts.headers);
+        let close = close || self.draining || body_left;
         let mut out = Vec::with_capacity(512);
-        let framing = write::head(&mut out, &parts, &method, body.size_hint().exact(), close);
+        let (framing, close) = write::head(&mut out, &parts, &method, body.size_hint().exact(), close);
         let sent = self.send(out, framing, body).await;
         sent && !close
     }

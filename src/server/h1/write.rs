@@ -8,7 +8,7 @@ use std::io::{self, IoSlice};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header;
 use http::response::Parts;
 use http::{Method, StatusCode};
 use hyper::ext::ReasonPhrase;
@@ -29,15 +29,17 @@ pub(super) enum Framing {
 }
 
 /// Writes the status line and headers of `parts` into `out`, and says how the body is
-/// framed. `length` is the body's exact length when it is known; `close` adds
-/// `connection: close`.
+/// framed and whether the connection closes after it. `length` is the body's exact
+/// length when it is known; `close` (or a `Connection: close` of the answer's own) adds
+/// `connection: close`. One pass over the headers: the answer's `Content-Length`, `Date`
+/// and `Connection` are noted as they go by, not looked up.
 pub(super) fn head(
     out: &mut Vec<u8>,
     parts: &Parts,
     method: &Method,
     length: Option<u64>,
-    close: bool,
-) -> Framing {
+    mut close: bool,
+) -> (Framing, bool) {
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -47,15 +49,27 @@ pub(super) fn head(
         None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    let headers = &parts.headers;
-    let declared = declared_length(headers);
-    for (name, value) in headers {
+    // The answer's own `Content-Length` counts only when it is one line.
+    let (mut lengths, mut declared) = (0, None);
+    let mut dated = false;
+    for (name, value) in &parts.headers {
         // Framing and connection management are this server's to write.
-        if matches!(name, &header::CONTENT_LENGTH | &header::TRANSFER_ENCODING | &header::CONNECTION) {
+        if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            declared = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
             continue;
         }
+        if name == header::CONNECTION {
+            close |= crate::rewrite::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        dated |= name == header::DATE;
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    let declared = if lengths == 1 { declared } else { None };
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let length = declared.or(length);
     let framing = if bodiless || status == StatusCode::NOT_MODIFIED || method == Method::HEAD {
@@ -74,31 +88,14 @@ pub(super) fn head(
         }
         Framing::None => {}
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         DATE.with(|date| line(out, b"date", date.borrow_mut().now()));
     }
     if close {
         line(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    framing
-}
-
-/// True when the answer's own headers ask for the connection to close.
-pub(super) fn asks_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|value| crate::rewrite::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(b"close")))
-}
-
-/// The answer's `Content-Length`, when it has exactly one that reads as a number.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    match (values.next(), values.next()) {
-        (Some(value), None) => value.to_str().ok()?.parse().ok(),
-        _ => None,
-    }
+    (framing, close)
 }
 
 pub(crate) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -221,8 +218,10 @@ mod tests {
     ) -> (String, Framing) {
         let (parts, ()) = response.into_parts();
         let mut out = Vec::new();
-        let framing = head(&mut out, &parts, &method, length, close);
-        (String::from_utf8(out).unwrap(), framing)
+        let (framing, closes) = head(&mut out, &parts, &method, length, close);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(closes, text.contains("\r\nconnection: close\r\n"), "{text}");
+        (text, framing)
     }
 
     fn lines(text: &str) -> Vec<&str> {
@@ -308,8 +307,31 @@ mod tests {
         assert_eq!(itoa(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
         let text = DATE.with(|d| String::from_utf8(d.borrow_mut().now().to_vec()).unwrap());
         assert!(httpdate::parse_http_date(&text).is_ok(), "{text}");
-        assert!(asks_close(
-            &Response::builder().header("connection", "x, Close").body(()).unwrap().into_parts().0.headers
-        ));
+    }
+
+    #[test]
+    fn an_answer_that_asks_to_close_closes_and_says_so_once() {
+        for (value, closes) in [("x, Close", true), ("close", true), ("keep-alive", false), ("closed", false)]
+        {
+            let response = Response::builder().status(200).header("connection", value).body(()).unwrap();
+            let (text, _) = encoded(response, Method::GET, Some(0), false);
+            assert_eq!(text.matches("connection").count(), usize::from(closes), "{value}: {text}");
+        }
+    }
+
+    #[test]
+    fn only_one_content_length_line_of_the_answer_counts() {
+        for (lines_sent, framing) in [
+            (&["5"][..], Framing::Length(5)),
+            (&["5", "5"][..], Framing::Chunked),
+            (&["x"][..], Framing::Chunked),
+        ] {
+            let mut response = Response::builder().status(200);
+            for value in lines_sent {
+                response = response.header("content-length", *value);
+            }
+            let (text, got) = encoded(response.body(()).unwrap(), Method::GET, None, false);
+            assert_eq!(got, framing, "{lines_sent:?}: {text}");
+        }
     }
 }
