@@ -67,21 +67,22 @@ async fn pipeline(
     if gw.is_shutting_down() {
         return Err(Refusal::ShuttingDown);
     }
+    let head = CallerHead::of(&request);
     // A tunnel is decided on its own terms (host, port, caller) before anything that
     // reads a path: its target has none, and no byte goes upstream for it.
     if request.method() == Method::CONNECT {
-        if head_size(&request) > snapshot.server.max_header_bytes {
+        if head.size > snapshot.server.max_header_bytes {
             return Err(Refusal::HeadersTooLarge);
         }
         return intercept::accept(snapshot, conn, request, exchange);
     }
     // The head alone, before routing: nothing should spend work on a head that is too
     // large or that a proxy in front may read another way.
-    check_head(snapshot, &request)?;
+    check_head(snapshot, &request, &head)?;
     // Paths are checked before routing so no trick can reach a prefix it should not.
     let path = request.uri().path();
     check_path(path)?;
-    let host = request_host(&request);
+    let host = request_host(&request, &head);
     let (route, remainder) = snapshot.routes.find(host, path).ok_or(Refusal::NoRoute)?;
     let route = route.clone();
     exchange.route = Some(route.clone());
@@ -90,22 +91,24 @@ async fn pipeline(
     let target = route.target(request.method(), remainder)?;
     exchange.operation = target.operation;
     // A declared length over the limit is refused before any byte (or 100 Continue).
-    if declared_length(request.headers()).is_some_and(|n| n > route.max_body_bytes) {
+    if head.length.is_some_and(|n| n > route.max_body_bytes) {
         return Err(Refusal::BodyTooLarge);
     }
+    let declared = Declared { length: head.length, coded: head.coded };
     // Only now is the request rewritten and its body read: strip, inject, body. The
     // caller's head stays, should the request be sent again with the previous key.
     let (caller, incoming) = request.into_parts();
-    let outgoing = match build_request(snapshot, &route, &target, &caller, incoming, bytes_in).await? {
-        Built::One(outgoing) => outgoing,
-        // More records than the vendor takes in one upsert: sent as batches, and
-        // answered for all of them (src/batch.rs).
-        Built::Batches(plan) => {
-            let (response, status) = Box::pin(batch::send_all(gw, &route, &target, plan, bytes_in)).await;
-            exchange.upstream_status = status;
-            return Ok(response);
-        }
-    };
+    let outgoing =
+        match build_request(snapshot, &route, &target, &caller, declared, incoming, bytes_in).await? {
+            Built::One(outgoing) => outgoing,
+            // More records than the vendor takes in one upsert: sent as batches, and
+            // answered for all of them (src/batch.rs).
+            Built::Batches(plan) => {
+                let (response, status) = Box::pin(batch::send_all(gw, &route, &target, plan, bytes_in)).await;
+                exchange.upstream_status = status;
+                return Ok(response);
+            }
+        };
     // The vendor allows one update-status call a minute per client id: answers are
     // shared by every caller (src/guard).
     if target.operation == "update_status" && !route.limits.update_status_ttl.is_zero() {
@@ -118,37 +121,98 @@ async fn pipeline(
     Ok(forward::downstream(snapshot, &route, response).await)
 }
 
+/// What the pipeline reads of a caller's head, in one pass over its headers (each
+/// `get` on the map is a hash and a probe, and the pipeline asked five of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CallerHead<'a> {
+    /// The head's size as sent: the request line and every header line.
+    size: usize,
+    /// `Transfer-Encoding` lines, and whether the last reads `chunked` (asked only of one).
+    codings: usize,
+    chunked: bool,
+    /// `Host` lines, and the first.
+    hosts: usize,
+    host: Option<&'a http::HeaderValue>,
+    /// The first `Content-Length` as a number, if it is one.
+    length: Option<u64>,
+    /// Any `Transfer-Encoding` line.
+    coded: bool,
+}
+
+impl<'a> CallerHead<'a> {
+    fn of<B>(request: &'a Request<B>) -> CallerHead<'a> {
+        let line = request.method().as_str().len() + uri_len(request.uri()) + 12;
+        let mut head = CallerHead {
+            size: line,
+            codings: 0,
+            chunked: false,
+            hosts: 0,
+            host: None,
+            length: None,
+            coded: false,
+        };
+        let mut sized = false;
+        for (name, value) in request.headers() {
+            head.size += name.as_str().len() + value.len() + 4;
+            if name == header::HOST {
+                head.hosts += 1;
+                head.host = head.host.or(Some(value));
+            } else if name == header::TRANSFER_ENCODING {
+                head.codings += 1;
+                head.chunked = value.as_bytes().eq_ignore_ascii_case(b"chunked");
+                head.coded = true;
+            } else if name == header::CONTENT_LENGTH && !sized {
+                sized = true;
+                head.length = value.to_str().ok().and_then(|v| v.parse().ok());
+            }
+        }
+        head
+    }
+
+    /// No `Transfer-Encoding`, or exactly one line reading `chunked`.
+    fn plain_framing(&self) -> bool {
+        self.codings == 0 || (self.codings == 1 && self.chunked)
+    }
+}
+
 /// Refuses a head that is too large or that can be read two ways: any framing but one
 /// plain `chunked`, and anything but exactly one `Host` line on HTTP/1.1.
-fn check_head(snapshot: &Snapshot, request: &Request<RequestBody>) -> Result<(), Refusal> {
-    if head_size(request) > snapshot.server.max_header_bytes {
+fn check_head(
+    snapshot: &Snapshot,
+    request: &Request<RequestBody>,
+    head: &CallerHead<'_>,
+) -> Result<(), Refusal> {
+    if head.size > snapshot.server.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
     }
     // Before anything reads the body: hyper refuses a `chunked` that is not the last
     // coding; anything but one plain `chunked` line is refused too, since a proxy in
     // front may frame it differently and re-framing upstream would drop a coding.
-    if !plain_framing(request.headers()) {
+    if !head.plain_framing() {
         return Err(Refusal::AmbiguousFraming);
     }
     // RFC 9112 §3.2: more than one Host line is a 400, and so is an HTTP/1.1 request
     // without one (HTTP/1.0 may omit it; HTTP/2 carries `:authority`). keygate routes by
     // path alone, but a proxy in front might have routed by the line it picked.
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err(Refusal::BadRequest("more than one Host header")),
-        (None, _) if request.version() == Version::HTTP_11 => {
+    check_hosts(request.version(), head.hosts)
+}
+
+fn check_hosts(version: Version, hosts: usize) -> Result<(), Refusal> {
+    match hosts {
+        0 if version == Version::HTTP_11 => {
             Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header"))
         }
-        _ => Ok(()),
+        0 | 1 => Ok(()),
+        _ => Err(Refusal::BadRequest("more than one Host header")),
     }
 }
 
 /// The host a request names: the authority of an absolute-form target (RFC 9112
 /// §3.2.2: it replaces `Host`) or of HTTP/2's `:authority`, else the `Host` header.
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
+fn request_host<'a, B>(request: &'a Request<B>, head: &CallerHead<'a>) -> Option<&'a str> {
     match request.uri().authority() {
         Some(authority) => Some(authority.as_str()),
-        None => request.headers().get(header::HOST)?.to_str().ok(),
+        None => head.host?.to_str().ok(),
     }
 }
 
@@ -233,21 +297,6 @@ fn shadow_check(gw: &Gateway, route: &Route, caller: &Caller) {
     }
 }
 
-fn head_size(request: &Request<RequestBody>) -> usize {
-    let line = request.method().as_str().len() + uri_len(request.uri()) + 12;
-    request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
-}
-
-/// True when the request has no `Transfer-Encoding`, or exactly one line reading `chunked`.
-fn plain_framing(headers: &http::HeaderMap) -> bool {
-    let mut lines = headers.get_all(header::TRANSFER_ENCODING).iter();
-    match (lines.next(), lines.next()) {
-        (None, _) => true,
-        (Some(value), None) => value.as_bytes().eq_ignore_ascii_case(b"chunked"),
-        (Some(_), Some(_)) => false,
-    }
-}
-
 /// `uri.to_string().len()`, without building the string.
 fn uri_len(uri: &http::Uri) -> usize {
     uri.scheme_str().map_or(0, |s| s.len() + 3)
@@ -256,8 +305,13 @@ fn uri_len(uri: &http::Uri) -> usize {
         + uri.query().map_or(0, |q| q.len() + 1)
 }
 
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+/// What the caller's head declares of its body, read with the rest of the head.
+#[derive(Debug, Clone, Copy)]
+struct Declared {
+    /// The first `Content-Length`, if it is a number.
+    length: Option<u64>,
+    /// It has a `Transfer-Encoding` line.
+    coded: bool,
 }
 
 /// The request to send upstream, and the body to send it again with when that is safe.
@@ -289,6 +343,7 @@ async fn build_request(
     route: &Route,
     target: &Target,
     caller: &Parts,
+    declared: Declared,
     incoming: RequestBody,
     bytes_in: &Arc<Meter>,
 ) -> Result<Built, Refusal> {
@@ -296,14 +351,15 @@ async fn build_request(
     // Known before the body is read: a generic request can be sent again only when it
     // has no body to lose.
     let bodiless = incoming.is_end_stream();
-    let (body, buffered) = match request_body(snapshot, route, target, caller, incoming, bytes_in).await? {
-        Body::One(body, buffered) => (body, buffered),
-        Body::Batches(batches) => {
-            let Head { headers, uri } = head;
-            let plan = batch::Plan { method: caller.method.clone(), uri, headers, batches };
-            return Ok(Built::Batches(plan));
-        }
-    };
+    let (body, buffered) =
+        match request_body(snapshot, route, target, caller, declared, incoming, bytes_in).await? {
+            Body::One(body, buffered) => (body, buffered),
+            Body::Batches(batches) => {
+                let Head { headers, uri } = head;
+                let plan = batch::Plan { method: caller.method.clone(), uri, headers, batches };
+                return Ok(Built::Batches(plan));
+            }
+        };
     let resend = if route.fallback.is_none() || !target.credential {
         None
     } else {
@@ -371,6 +427,7 @@ async fn request_body(
     route: &Route,
     target: &Target,
     parts: &Parts,
+    declared: Declared,
     incoming: RequestBody,
     bytes_in: &Arc<Meter>,
 ) -> Result<Body, Refusal> {
@@ -403,9 +460,7 @@ async fn request_body(
         && (parts.method == Method::GET || parts.method == Method::HEAD)
     {
         // No BI GET takes a body; one here is a mistake or a smuggling attempt.
-        if declared_length(&parts.headers).unwrap_or(0) > 0
-            || parts.headers.contains_key(header::TRANSFER_ENCODING)
-        {
+        if declared.length.unwrap_or(0) > 0 || declared.coded {
             return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
         }
         return Ok(Body::One(body::empty(), None));
@@ -415,6 +470,96 @@ async fn request_body(
 
 #[cfg(test)]
 mod tests {
+    use http::header::{self, HeaderName, HeaderValue};
+    use http::{Request, Version};
+    use proptest::prelude::*;
+
+    use super::{CallerHead, check_hosts};
+    use crate::error::Refusal;
+
+    // The head checks as they were written first, one lookup each, to hold the one pass to.
+    fn size_reference<B>(request: &Request<B>) -> usize {
+        let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+        request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + line
+    }
+
+    fn plain_framing_reference(headers: &http::HeaderMap) -> bool {
+        let mut lines = headers.get_all(header::TRANSFER_ENCODING).iter();
+        match (lines.next(), lines.next()) {
+            (None, _) => true,
+            (Some(value), None) => value.as_bytes().eq_ignore_ascii_case(b"chunked"),
+            (Some(_), Some(_)) => false,
+        }
+    }
+
+    fn hosts_reference<B>(request: &Request<B>) -> Result<(), Refusal> {
+        let mut hosts = request.headers().get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => Err(Refusal::BadRequest("more than one Host header")),
+            (None, _) if request.version() == Version::HTTP_11 => {
+                Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn request_host_reference<B>(request: &Request<B>) -> Option<&str> {
+        match request.uri().authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => request.headers().get(header::HOST)?.to_str().ok(),
+        }
+    }
+
+    fn declared_length_reference(headers: &http::HeaderMap) -> Option<u64> {
+        headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    }
+
+    fn header_line() -> impl Strategy<Value = (&'static str, &'static str)> {
+        prop::sample::select(vec![
+            ("host", "a.example"),
+            ("Host", "b.example:8080"),
+            ("host", "caf\u{e9}"),
+            ("transfer-encoding", "chunked"),
+            ("Transfer-Encoding", "Chunked"),
+            ("transfer-encoding", "gzip, chunked"),
+            ("transfer-encoding", "gzip"),
+            ("content-length", "5"),
+            ("content-length", "05"),
+            ("content-length", "x"),
+            ("content-length", "-1"),
+            ("content-length", ""),
+            ("content-length", "18446744073709551616"),
+            ("x-rjm-api-key", "k"),
+            ("accept", "*/*"),
+            ("connection", "keep-alive"),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// Read in one pass, a head gives every answer the lookups gave.
+        #[test]
+        fn one_pass_over_the_head_reads_what_the_lookups_read(
+            lines in prop::collection::vec(header_line(), 0..8),
+            target in prop::sample::select(vec!["/export/0.1/x", "http://h.example/x?y=1", "/a?apikey=k", "*"]),
+            version in prop::sample::select(vec![Version::HTTP_10, Version::HTTP_11, Version::HTTP_2]),
+        ) {
+            let mut request = Request::builder().uri(target).version(version).body(()).unwrap();
+            for (name, value) in &lines {
+                let value = HeaderValue::from_bytes(value.as_bytes()).unwrap();
+                request.headers_mut().append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
+            }
+            let head = CallerHead::of(&request);
+            prop_assert_eq!(head.size, size_reference(&request));
+            prop_assert_eq!(head.plain_framing(), plain_framing_reference(request.headers()));
+            prop_assert_eq!(check_hosts(request.version(), head.hosts), hosts_reference(&request));
+            prop_assert_eq!(super::request_host(&request, &head), request_host_reference(&request));
+            prop_assert_eq!(head.length, declared_length_reference(request.headers()));
+            prop_assert_eq!(head.coded, request.headers().contains_key(header::TRANSFER_ENCODING));
+        }
+    }
+
     #[test]
     fn uri_len_matches_the_formatted_length() {
         for text in ["/", "/export/0.1/export?a=1&b", "http://h:8/x?y", "https://h", "*", "h:443", "/p?"] {
