@@ -91,10 +91,10 @@ async fn pipeline(
     let target = route.target(request.method(), remainder)?;
     exchange.operation = target.operation;
     // A declared length over the limit is refused before any byte (or 100 Continue).
-    if head.length.is_some_and(|n| n > route.max_body_bytes) {
+    if head.declared.length.is_some_and(|n| n > route.max_body_bytes) {
         return Err(Refusal::BodyTooLarge);
     }
-    let declared = Declared { length: head.length, coded: head.coded };
+    let declared = head.declared;
     // Only now is the request rewritten and its body read: strip, inject, body. The
     // caller's head stays, should the request be sent again with the previous key.
     let (caller, incoming) = request.into_parts();
@@ -127,30 +127,20 @@ async fn pipeline(
 struct CallerHead<'a> {
     /// The head's size as sent: the request line and every header line.
     size: usize,
-    /// `Transfer-Encoding` lines, and whether the last reads `chunked` (asked only of one).
-    codings: usize,
+    /// Whether the last `Transfer-Encoding` line reads `chunked` (asked only of one).
     chunked: bool,
     /// `Host` lines, and the first.
     hosts: usize,
     host: Option<&'a http::HeaderValue>,
-    /// The first `Content-Length` as a number, if it is one.
-    length: Option<u64>,
-    /// Any `Transfer-Encoding` line.
-    coded: bool,
+    /// What it declares of its body; kept past the head's borrow.
+    declared: Declared,
 }
 
 impl<'a> CallerHead<'a> {
     fn of<B>(request: &'a Request<B>) -> CallerHead<'a> {
         let line = request.method().as_str().len() + uri_len(request.uri()) + 12;
-        let mut head = CallerHead {
-            size: line,
-            codings: 0,
-            chunked: false,
-            hosts: 0,
-            host: None,
-            length: None,
-            coded: false,
-        };
+        let declared = Declared { length: None, codings: 0 };
+        let mut head = CallerHead { size: line, chunked: false, hosts: 0, host: None, declared };
         let mut sized = false;
         for (name, value) in request.headers() {
             head.size += name.as_str().len() + value.len() + 4;
@@ -158,12 +148,11 @@ impl<'a> CallerHead<'a> {
                 head.hosts += 1;
                 head.host = head.host.or(Some(value));
             } else if name == header::TRANSFER_ENCODING {
-                head.codings += 1;
+                head.declared.codings += 1;
                 head.chunked = value.as_bytes().eq_ignore_ascii_case(b"chunked");
-                head.coded = true;
             } else if name == header::CONTENT_LENGTH && !sized {
                 sized = true;
-                head.length = value.to_str().ok().and_then(|v| v.parse().ok());
+                head.declared.length = value.to_str().ok().and_then(|v| v.parse().ok());
             }
         }
         head
@@ -171,7 +160,8 @@ impl<'a> CallerHead<'a> {
 
     /// No `Transfer-Encoding`, or exactly one line reading `chunked`.
     fn plain_framing(&self) -> bool {
-        self.codings == 0 || (self.codings == 1 && self.chunked)
+        let codings = self.declared.codings;
+        codings == 0 || (codings == 1 && self.chunked)
     }
 }
 
@@ -306,12 +296,12 @@ fn uri_len(uri: &http::Uri) -> usize {
 }
 
 /// What the caller's head declares of its body, read with the rest of the head.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Declared {
     /// The first `Content-Length`, if it is a number.
     length: Option<u64>,
-    /// It has a `Transfer-Encoding` line.
-    coded: bool,
+    /// How many `Transfer-Encoding` lines it has.
+    codings: usize,
 }
 
 /// The request to send upstream, and the body to send it again with when that is safe.
@@ -460,7 +450,7 @@ async fn request_body(
         && (parts.method == Method::GET || parts.method == Method::HEAD)
     {
         // No BI GET takes a body; one here is a mistake or a smuggling attempt.
-        if declared.length.unwrap_or(0) > 0 || declared.coded {
+        if declared.length.unwrap_or(0) > 0 || declared.codings > 0 {
             return Err(Refusal::BadRequest("GET and HEAD requests cannot carry a body"));
         }
         return Ok(Body::One(body::empty(), None));
@@ -555,8 +545,8 @@ mod tests {
             prop_assert_eq!(head.plain_framing(), plain_framing_reference(request.headers()));
             prop_assert_eq!(check_hosts(request.version(), head.hosts), hosts_reference(&request));
             prop_assert_eq!(super::request_host(&request, &head), request_host_reference(&request));
-            prop_assert_eq!(head.length, declared_length_reference(request.headers()));
-            prop_assert_eq!(head.coded, request.headers().contains_key(header::TRANSFER_ENCODING));
+            prop_assert_eq!(head.declared.length, declared_length_reference(request.headers()));
+            prop_assert_eq!(head.declared.codings > 0, request.headers().contains_key(header::TRANSFER_ENCODING));
         }
     }
 

@@ -130,6 +130,11 @@ pub(crate) fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u
     value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
+/// True when the `Connection` value lists `token` (in any letter case).
+pub(crate) fn has_connection_token(value: &HeaderValue, token: &[u8]) -> bool {
+    connection_tokens(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
 /// What a raw query parameter name is to a route that strips the credential name `N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ParamName {

@@ -42,6 +42,7 @@ use tokio::time::{Instant, Sleep};
 use super::pool::{self, Pool};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::UpstreamFailure;
+use crate::rewrite::has_connection_token;
 use crate::server::{itoa, line};
 
 /// The longest request body keygate's client sends; longer ones, and bodies of unknown
@@ -415,11 +416,11 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, Upstr
                 .map_err(|_| UpstreamFailure::Protocol)?;
             if name == header::CONNECTION {
                 // Once one line asks to close, a later `keep-alive` cannot undo it.
-                if close || has_token(&value, b"close") {
+                if close || has_connection_token(&value, b"close") {
                     close = true;
                     keep_alive = false;
                 } else if !keep_alive {
-                    keep_alive = has_token(&value, b"keep-alive");
+                    keep_alive = has_connection_token(&value, b"keep-alive");
                 }
             } else if name == header::TRANSFER_ENCODING {
                 framed.coding(&value);
@@ -443,10 +444,6 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
-fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
-    crate::rewrite::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(token))
-}
-
 /// What an answer's head says of its body's framing, noted line by line as the head is
 /// read (no lookups in the header map afterwards).
 #[derive(Debug, Default)]
@@ -454,10 +451,9 @@ struct Framed {
     /// It has a `Transfer-Encoding` line, and whether the last one ends with `chunked`.
     coded: bool,
     chunked: bool,
-    /// It has a `Content-Length` line, and the length when every value (lines and comma
-    /// lists) is the same run of digits; `None` once one is not.
-    sized: bool,
-    length: Option<u64>,
+    /// `None` without a `Content-Length` line; with some, the length when every value
+    /// (lines and comma lists) is the same run of digits, `Some(None)` once one is not.
+    length: Option<Option<u64>>,
 }
 
 impl Framed {
@@ -471,12 +467,11 @@ impl Framed {
     }
 
     fn length(&mut self, value: &HeaderValue) {
-        let first = !self.sized;
-        self.sized = true;
-        if !first && self.length.is_none() {
-            return;
-        }
-        self.length = agreed_length(value, self.length);
+        self.length = Some(match self.length {
+            // An earlier value was not a length: no later one makes it one.
+            Some(None) => None,
+            known => agreed_length(value, known.flatten()),
+        });
     }
 }
 
@@ -504,7 +499,7 @@ fn framing(
     framed: &Framed,
     head_request: bool,
 ) -> Result<Framing, UpstreamFailure> {
-    if framed.coded && framed.sized {
+    if framed.coded && framed.length.is_some() {
         // Refused whatever the status, as keygate always has (see `both_framings`).
         return Err(UpstreamFailure::Protocol);
     }
@@ -517,8 +512,8 @@ fn framing(
         }
         return Ok(if framed.chunked { Framing::Chunked(Chunked::default()) } else { Framing::Eof });
     }
-    if framed.sized {
-        return framed.length.map(Framing::Length).ok_or(UpstreamFailure::Protocol);
+    if let Some(length) = framed.length {
+        return length.map(Framing::Length).ok_or(UpstreamFailure::Protocol);
     }
     Ok(Framing::Eof)
 }

@@ -60,7 +60,7 @@ pub(super) fn head(
             continue;
         }
         if name == header::CONNECTION {
-            close |= crate::rewrite::connection_tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            close |= crate::rewrite::has_connection_token(value, b"close");
             continue;
         }
         if name == header::TRANSFER_ENCODING {
