@@ -519,7 +519,7 @@ async fn each_exchange_on_a_connection_is_timed_by_its_own_deadline() {
     // Answered well within a long deadline, then again after the first deadline has
     // passed while the connection was idle (its timer fired for nothing).
     assert!(timed_exchange(&mut conn, start + Duration::from_secs(10)).await.0);
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    tokio::time::advance(Duration::from_secs(20)).await;
     assert!(timed_exchange(&mut conn, Instant::now() + Duration::from_secs(10)).await.0);
     // Unanswered: it ends at its deadline, a shorter one than the last (the timer
     // moves earlier too), not at the one before.
