@@ -3,10 +3,9 @@
 //! failures become refusals) and [`downstream`] (headers, trailers and error bodies
 //! scrubbed of every secret).
 
-use std::time::Instant;
-
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use tokio::time::Instant;
 
 use crate::body::{BodyError, Meter, Metered, ProxyBody};
 use crate::config::Snapshot;
@@ -27,7 +26,7 @@ pub(crate) async fn send(
     bytes_in: &Meter,
 ) -> Result<Response<upstream::Body>, Refusal> {
     let started = Instant::now();
-    let result = route.upstream.send(request, route.response_timeout).await;
+    let result = route.upstream.send(request, started, route.response_timeout).await;
     gw.metrics.upstream_took(route, target.operation, started.elapsed().as_secs_f64());
     let response = match result {
         // keygate never forwards an upgrade, so a 101 breaks the protocol; passing it

@@ -61,15 +61,21 @@ pub(crate) fn frames_request(name: &HeaderName) -> bool {
 /// presets, the caller's credentials, cookies and the headers that steer a server's
 /// routing: [`crate::routes::credential`]).
 pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
-    let connection = caller.get_all(header::CONNECTION);
+    // Looked up only when a header passes every other rule: most requests' headers
+    // are `Host` and what the route drops, and need no lookup at all.
+    let mut connection = None;
     let mut out = HeaderMap::with_capacity(caller.len());
     for (name, value) in caller {
         let n = name.as_str();
         let strip = frames_request(name)
-            || connection.iter().flat_map(connection_tokens).any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
             || FORWARDING.contains(&n)
             || n.contains('_')
-            || drop.contains(name);
+            || drop.contains(name)
+            || connection
+                .get_or_insert_with(|| caller.get_all(header::CONNECTION))
+                .iter()
+                .flat_map(connection_tokens)
+                .any(|t| t.eq_ignore_ascii_case(n.as_bytes()));
         if !strip {
             out.append(name.clone(), value.clone());
         }
@@ -81,32 +87,31 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
 /// `query_names` (the route's credential's) in `Location`, then every header whose name
 /// or value holds a secret.
 pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[S]) {
-    // One look at the names first: most answers carry one or two of these (a
-    // `Connection: keep-alive`), and removing a name that is not there costs a hash.
+    // One look at the lines first: most answers carry one or two of these (a
+    // `Connection: keep-alive`), and looking up or removing a name that is not there
+    // costs a hash. The names `Connection` lists are collected on the way; the
+    // hop-by-hop ones (`keep-alive`, the usual one) and `close` go anyway, so most
+    // collect nothing.
     let mut present = [false; HOP_BY_HOP_NAMES.len()];
-    let mut marked = false;
-    for name in headers.keys() {
+    let (mut marked, mut located) = (false, false);
+    let mut named: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
         match HOP_BY_HOP_NAMES.iter().position(|hop| hop == name) {
+            Some(0) => {
+                present[0] = true;
+                let listed = connection_tokens(value).filter(|t| {
+                    !t.eq_ignore_ascii_case(b"close")
+                        && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+                });
+                named.extend(listed.filter_map(|t| HeaderName::from_bytes(t).ok()));
+            }
             Some(at) => present[at] = true,
+            None if name == header::LOCATION => located = true,
             None => marked |= name == crate::error::ERROR_HEADER,
         }
     }
-    if present[0] {
-        // The names `Connection` lists, collected before it goes; the hop-by-hop ones
-        // (`keep-alive`, the usual one) and `close` go anyway, so most collect nothing.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(connection_tokens)
-            .filter(|t| {
-                !t.eq_ignore_ascii_case(b"close")
-                    && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
-            })
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect();
-        for name in &named {
-            headers.remove(name);
-        }
+    for name in &named {
+        headers.remove(name);
     }
     for (name, _) in HOP_BY_HOP_NAMES.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(name);
@@ -115,7 +120,8 @@ pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &S
     if marked {
         headers.remove(crate::error::ERROR_HEADER);
     }
-    if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+    let location = if located { headers.get(header::LOCATION) } else { None };
+    if let Some(location) = location.and_then(|v| v.to_str().ok()) {
         let cleaned = strip_from_url(location, query_names);
         if let Ok(value) = HeaderValue::from_str(&cleaned) {
             headers.insert(header::LOCATION, value);
@@ -329,6 +335,8 @@ fn strip_from_url<S: AsRef<str>>(url: &str, names: &[S]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn secret(s: &str) -> Secret {
@@ -504,6 +512,133 @@ mod tests {
                 assert_eq!(h["x-kept"], "1", "{hop}");
                 assert!(marked.is_empty());
             }
+        }
+    }
+
+    // The header rules as they were written before the one-pass versions, kept to hold
+    // those to: the caller's `Connection` looked up first, the answer's with a lookup
+    // after a look at the names, `Location` always looked up.
+    fn request_headers_reference(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
+        let connection = caller.get_all(header::CONNECTION);
+        let mut out = HeaderMap::with_capacity(caller.len());
+        for (name, value) in caller {
+            let n = name.as_str();
+            let strip = frames_request(name)
+                || connection
+                    .iter()
+                    .flat_map(connection_tokens)
+                    .any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
+                || FORWARDING.contains(&n)
+                || n.contains('_')
+                || drop.contains(name);
+            if !strip {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        out
+    }
+
+    fn response_headers_reference(headers: &mut HeaderMap, scrub: &Scrubber, query_names: &[&str]) {
+        let mut present = [false; HOP_BY_HOP_NAMES.len()];
+        let mut marked = false;
+        for name in headers.keys() {
+            match HOP_BY_HOP_NAMES.iter().position(|hop| hop == name) {
+                Some(at) => present[at] = true,
+                None => marked |= name == crate::error::ERROR_HEADER,
+            }
+        }
+        if present[0] {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(connection_tokens)
+                .filter(|t| {
+                    !t.eq_ignore_ascii_case(b"close")
+                        && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+                })
+                .filter_map(|t| HeaderName::from_bytes(t).ok())
+                .collect();
+            for name in &named {
+                headers.remove(name);
+            }
+        }
+        for (name, _) in HOP_BY_HOP_NAMES.iter().zip(present).filter(|(_, there)| *there) {
+            headers.remove(name);
+        }
+        if marked {
+            headers.remove(crate::error::ERROR_HEADER);
+        }
+        if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+            let cleaned = strip_from_url(location, query_names);
+            if let Ok(value) = HeaderValue::from_str(&cleaned) {
+                headers.insert(header::LOCATION, value);
+            }
+        }
+        scrub.headers(headers);
+    }
+
+    /// Header lines both ways: hop-by-hop and framing names, forwarding ones, names a
+    /// `Connection` line lists (in any case, with `close` and `keep-alive`), names with
+    /// `_`, the credential, `Location` with and without a key, keygate's own marker.
+    fn header_line() -> impl Strategy<Value = (&'static str, &'static str)> {
+        prop::sample::select(vec![
+            ("connection", "keep-alive"),
+            ("Connection", "close, X-Named"),
+            ("connection", "x-other ,, Location"),
+            ("connection", "X-Keygate-Error, te"),
+            ("x-named", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("host", "h.example"),
+            ("content-length", "3"),
+            ("expect", "100-continue"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x_under", "1"),
+            ("x-rjm-api-key", "caller"),
+            ("location", "https://x/y?apikey=topsecret&a=1"),
+            ("location", "/z"),
+            ("x-keygate-error", "no_route"),
+            ("x-echo", "topsecret"),
+            ("accept", "*/*"),
+        ])
+    }
+
+    fn map_of(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in lines {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn lines_of(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        map.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// Both one-pass rewrites give what the code they replaced gave, line for line
+        /// and in order.
+        #[test]
+        fn one_pass_header_rules_match_the_lookups(
+            lines in prop::collection::vec(header_line(), 0..10),
+        ) {
+            let map = map_of(&lines);
+            let drop = [HeaderName::from_static("x-rjm-api-key")];
+            prop_assert_eq!(lines_of(&request_headers(&map, &drop)), lines_of(&request_headers_reference(&map, &drop)));
+            let scrub = Scrubber::new([&secret("topsecret")]).unwrap();
+            let (mut ours, mut theirs) = (map.clone(), map);
+            response_headers(&mut ours, &scrub, &["apikey"]);
+            response_headers_reference(&mut theirs, &scrub, &["apikey"]);
+            prop_assert_eq!(lines_of(&ours), lines_of(&theirs));
         }
     }
 

@@ -371,42 +371,44 @@ pub fn check_path(path: &str) -> Result<(), Refusal> {
     if bytes.first() != Some(&b'/') {
         return Err(Refusal::InvalidPath("the path must start with /"));
     }
-    check_bytes(bytes)?;
-    // Segment by segment with a loop, not `split`: paths are short, and it runs for
-    // every request.
+    // One pass over the bytes (it runs for every request): only `/`, `\` and `%`
+    // need a look. A byte's refusal comes before a segment's, wherever each is, so the
+    // first segment refused is kept until the last byte is seen.
+    let mut segment_refused = None;
     let mut start = 1;
-    for end in 1..=bytes.len() {
-        if end < bytes.len() && bytes[end] != b'/' {
-            continue;
-        }
-        let segment = &bytes[start..end];
-        if segment == b"." || segment == b".." {
-            return Err(Refusal::InvalidPath("dot segment in path"));
-        }
-        // A single trailing slash is allowed ("/import/"); empty segments elsewhere are not.
-        if segment.is_empty() && end != bytes.len() {
-            return Err(Refusal::InvalidPath("empty segment in path"));
-        }
-        start = end + 1;
-    }
-    Ok(())
-}
-
-/// Refuses a path with a `\\` or an encoded `/`, `\\`, `.` or NUL.
-fn check_bytes(bytes: &[u8]) -> Result<(), Refusal> {
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\\' {
-            return Err(Refusal::InvalidPath("backslash in path"));
-        }
-        if b == b'%' {
-            let pair =
-                bytes.get(i + 1..i + 3).map(|p| [p[0].to_ascii_lowercase(), p[1].to_ascii_lowercase()]);
-            if matches!(pair, Some([b'2', b'f'] | [b'5', b'c'] | [b'2', b'e'] | [b'0', b'0'])) {
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        match b {
+            b'/' => {
+                segment_refused = segment_refused.or_else(|| refuse_segment(&bytes[start..i], false));
+                start = i + 1;
+            }
+            b'\\' => return Err(Refusal::InvalidPath("backslash in path")),
+            b'%' if encodes_a_separator(bytes.get(i + 1..i + 3)) => {
                 return Err(Refusal::InvalidPath("encoded separator, dot or NUL in path"));
             }
+            _ => {}
         }
     }
-    Ok(())
+    match segment_refused.or_else(|| refuse_segment(&bytes[start..], true)) {
+        Some(refused) => Err(refused),
+        None => Ok(()),
+    }
+}
+
+/// Why one segment is refused: a dot segment, or an empty one anywhere but at the end
+/// (a single trailing slash, as in `/import/`, is allowed).
+fn refuse_segment(segment: &[u8], last: bool) -> Option<Refusal> {
+    match segment {
+        b"." | b".." => Some(Refusal::InvalidPath("dot segment in path")),
+        b"" if !last => Some(Refusal::InvalidPath("empty segment in path")),
+        _ => None,
+    }
+}
+
+/// True for the two bytes after a `%` that encode `/`, `\`, `.` or NUL.
+fn encodes_a_separator(pair: Option<&[u8]>) -> bool {
+    let pair = pair.map(|p| [p[0].to_ascii_lowercase(), p[1].to_ascii_lowercase()]);
+    matches!(pair, Some([b'2', b'f'] | [b'5', b'c'] | [b'2', b'e'] | [b'0', b'0']))
 }
 
 #[cfg(test)]
@@ -415,13 +417,25 @@ mod tests {
 
     use super::*;
 
-    /// The path check's segment rules as they were written first (with `split`), to
-    /// hold the loop that replaced them to.
+    /// The path check as it was written first (the bytes, then the segments with
+    /// `split`), to hold the one pass that replaced it to.
     fn check_path_reference(path: &str) -> Result<(), Refusal> {
         if !path.starts_with('/') {
             return Err(Refusal::InvalidPath("the path must start with /"));
         }
-        check_bytes(path.as_bytes())?;
+        let bytes = path.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'\\' {
+                return Err(Refusal::InvalidPath("backslash in path"));
+            }
+            if b == b'%' {
+                let pair =
+                    bytes.get(i + 1..i + 3).map(|p| [p[0].to_ascii_lowercase(), p[1].to_ascii_lowercase()]);
+                if matches!(pair, Some([b'2', b'f'] | [b'5', b'c'] | [b'2', b'e'] | [b'0', b'0'])) {
+                    return Err(Refusal::InvalidPath("encoded separator, dot or NUL in path"));
+                }
+            }
+        }
         let mut segments = path[1..].split('/').peekable();
         while let Some(seg) = segments.next() {
             if seg == "." || seg == ".." {

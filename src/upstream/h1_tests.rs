@@ -536,7 +536,7 @@ async fn each_exchange_on_a_connection_is_timed_by_its_own_deadline() {
 
 /// How many open idle connections `pool` holds (taking them out).
 fn idle(pool: &Pool<Conn<DuplexStream>>) -> usize {
-    std::iter::from_fn(|| pool.checkout()).count()
+    std::iter::from_fn(|| pool.checkout(tokio::time::Instant::now())).count()
 }
 
 #[tokio::test]
@@ -573,7 +573,7 @@ async fn a_kept_connection_keeps_a_small_buffer_and_carries_the_next_request() {
     let first = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst";
     let second = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond";
     assert_eq!(get(Conn::new(upstream_of(vec![first, second])), &pool).await, Ok(b"first".to_vec()));
-    let mut conn = pool.checkout().expect("kept");
+    let mut conn = pool.checkout(tokio::time::Instant::now()).expect("kept");
     assert!(conn.buf.is_empty() && conn.buf.capacity() <= KEPT_BUFFER, "nothing left, a small buffer kept");
     assert!(!conn.is_closed());
     assert_eq!(get(conn, &pool).await, Ok(b"second".to_vec()));

@@ -194,16 +194,18 @@ impl Upstream {
         Ok(Uri::from(PathAndQuery::try_from(pq)?))
     }
 
-    /// Sends `request`, waiting at most `timeout` for the response head (connecting
-    /// included). keygate's HTTP/1.1 client times the exchange with its connection's
-    /// own timer ([`h1::exchange`]); a new connection, HTTP/2 and hyper's client with
-    /// a timer each.
+    /// Sends `request`, waiting at most `timeout` from `now` for the response head
+    /// (connecting included). `now` is the caller's reading of the clock as it sends,
+    /// so that one reading serves its own timing, the deadline and the pool. keygate's
+    /// HTTP/1.1 client times the exchange with its connection's own timer
+    /// ([`h1::exchange`]); a new connection, HTTP/2 and hyper's client with a timer each.
     pub(crate) async fn send(
         &self,
         request: Request<ProxyBody>,
+        now: Instant,
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamFailure> {
-        let deadline = Instant::now() + timeout;
+        let deadline = now + timeout;
         if let Some(h2) = self.shared_h2() {
             // Boxed: inline, its future would be most of every request's (1.9 KB of 3),
             // and each request's futures are moved into place at every level.
@@ -213,13 +215,13 @@ impl Upstream {
         let in_hand = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= h1::INLINE_BODY);
         if !in_hand {
             // Boxed, like every rare path, to keep each request's future small.
-            return within(deadline, Box::pin(self.send_hyper(request))).await;
+            return within(deadline, Box::pin(self.send_hyper(request, now))).await;
         }
         let (parts, body) = request.into_parts();
         let mut out = None;
         let mut request = Some((parts, body));
         loop {
-            let (mut conn, reused) = match self.pool.checkout() {
+            let (mut conn, reused) = match self.pool.checkout(now) {
                 Some(conn) => (conn, true),
                 None => match within(deadline, Box::pin(self.connect())).await? {
                     Connected::H1(conn) => (conn, false),
@@ -277,10 +279,14 @@ impl Upstream {
 
     /// Sends a request whose body is long or of unknown length through hyper's client,
     /// which writes it while it reads the answer, on a connection that then closes.
-    async fn send_hyper(&self, mut request: Request<ProxyBody>) -> Result<Response<Body>, UpstreamFailure> {
+    async fn send_hyper(
+        &self,
+        mut request: Request<ProxyBody>,
+        now: Instant,
+    ) -> Result<Response<Body>, UpstreamFailure> {
         request.headers_mut().insert(http::header::HOST, self.host.clone());
         loop {
-            let (conn, reused) = match self.pool.checkout() {
+            let (conn, reused) = match self.pool.checkout(now) {
                 Some(conn) => (conn, true),
                 None => match self.connect().await? {
                     Connected::H1(conn) => (conn, false),

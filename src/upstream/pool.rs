@@ -53,11 +53,11 @@ impl<C> Pool<C> {
 }
 
 impl<C: Conn> Pool<C> {
-    /// The newest idle connection that is still open and not idle too long.
-    pub(crate) fn checkout(&self) -> Option<C> {
+    /// The newest idle connection that is still open and not idle too long at `now`.
+    pub(crate) fn checkout(&self, now: Instant) -> Option<C> {
         let mut state = self.state.lock();
         while let Some((mut conn, since)) = state.idle.pop_back() {
-            if since.elapsed() < IDLE_TIMEOUT && !conn.is_closed() {
+            if now.saturating_duration_since(since) < IDLE_TIMEOUT && !conn.is_closed() {
                 return Some(conn);
             }
         }
@@ -113,7 +113,7 @@ mod tests {
     }
 
     fn checked_out(pool: &Pool<Fake>) -> Vec<u32> {
-        std::iter::from_fn(|| pool.checkout()).map(|c| c.0).collect()
+        std::iter::from_fn(|| pool.checkout(Instant::now())).map(|c| c.0).collect()
     }
 
     #[tokio::test(start_paused = true)]

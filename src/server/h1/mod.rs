@@ -35,7 +35,7 @@ use futures_util::FutureExt as _;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
@@ -111,15 +111,21 @@ pub(super) async fn serve<H: Handler>(
     // later is one atomic compare-and-swap, where a timer per wait is an insertion into
     // the runtime's timer wheel and a removal from it for every request.
     let mut timer = pin!(tokio::time::sleep_until(wait_until));
+    // The same for the drain signal: one wait for the connection's life, where a wait
+    // per head registered with the signal and left it again for every request. It is
+    // polled only while it has not ended (`draining` is set when it does); a drain that
+    // begins while an answer is made is read from the signal itself (see `exchange`).
+    let mut drain = pin!(drain_begun(shutdown.clone()));
     let mut served = Spoken::Nothing;
     loop {
-        let parsed = match conn.next_head(&mut shutdown, timer.as_mut(), wait_until, head_until).await {
-            Ok(Some(parsed)) => parsed,
-            // Dropping the write side shuts it down: the caller reads the last answer
-            // to its end rather than a reset.
-            Ok(None) => return Served::Closed,
-            Err(HandOver) => return conn.hand_over(served),
-        };
+        let parsed =
+            match conn.next_head(&shutdown, drain.as_mut(), timer.as_mut(), wait_until, head_until).await {
+                Ok(Some(parsed)) => parsed,
+                // Dropping the write side shuts it down: the caller reads the last answer
+                // to its end rather than a reset.
+                Ok(None) => return Served::Closed,
+                Err(HandOver) => return conn.hand_over(served),
+            };
         // Boxed: an idle connection's task then keeps only what waiting for a head
         // needs (0.5 KB, not the 1.6 KB of an exchange in flight).
         if !boxed_in_place(|| conn.exchange(parsed, &shutdown)).await || conn.draining {
@@ -129,6 +135,11 @@ pub(super) async fn serve<H: Handler>(
         wait_until = Instant::now() + limits.idle_timeout;
         head_until = None;
     }
+}
+
+/// Ends when the drain begins (or the signal is gone).
+async fn drain_begun(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.changed().await;
 }
 
 /// A head hyper has to read.
@@ -142,6 +153,18 @@ enum Read {
     Closed,
 }
 
+/// What ended a wait for a head's bytes.
+enum Waited {
+    Read(Read),
+    Drain,
+    Timeout,
+}
+
+thread_local! {
+    /// Where a connection without a buffer reads (see `Conn::poll_read_some`).
+    static SCRATCH: std::cell::RefCell<[u8; FIRST_READ]> = const { std::cell::RefCell::new([0; FIRST_READ]) };
+}
+
 impl<H: Handler> Conn<H> {
     /// The most a head may take, as hyper's read buffer is sized on the hyper path.
     fn max_head(&self) -> usize {
@@ -153,7 +176,8 @@ impl<H: Handler> Conn<H> {
     /// flight).
     async fn next_head(
         &mut self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &watch::Receiver<bool>,
+        mut drain: Pin<&mut impl Future<Output = ()>>,
         mut timer: Pin<&mut Sleep>,
         wait_until: Instant,
         mut head_until: Option<Instant>,
@@ -170,41 +194,69 @@ impl<H: Handler> Conn<H> {
                 // A request has begun: its head has the header timeout from here.
                 head_until.get_or_insert_with(|| Instant::now() + self.limits.header_timeout);
             }
-            let Some(read) = self.read.as_ref() else { return Ok(None) };
+            if self.read.is_none() {
+                return Ok(None);
+            }
             let deadline = head_until.unwrap_or(wait_until);
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
-            // Readiness first, so that a waiting connection holds no buffer.
-            tokio::select! {
-                biased;
-                _ = shutdown.changed(), if !self.draining => {
+            // The read is tried at once: tokio knows whether the socket has anything, so
+            // a socket with nothing costs no system call, only its waker kept, where a
+            // wait for readiness first would register with the socket and leave again
+            // for every request. The drain first (a look at the signal's version), then
+            // the socket; the drain's wait and the timer are polled only while the
+            // socket has nothing, which is when they need this task's waker.
+            let waited = poll_fn(|cx| {
+                if !self.draining && shutdown.has_changed().unwrap_or(true) {
+                    return Poll::Ready(Waited::Drain);
+                }
+                if let Poll::Ready(read) = self.poll_read_some(cx, max) {
+                    return Poll::Ready(Waited::Read(read));
+                }
+                if !self.draining && drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Waited::Drain);
+                }
+                timer.as_mut().poll(cx).map(|()| Waited::Timeout)
+            })
+            .await;
+            match waited {
+                Waited::Read(Read::Some) => {}
+                Waited::Read(Read::Closed) => return Ok(None),
+                Waited::Drain => {
                     self.draining = true;
                     // Nothing in flight: closing loses nothing.
                     return Ok(None);
                 }
-                readable = read.readable() => {
-                    if readable.is_err() {
-                        return Ok(None);
-                    }
-                }
-                () = timer.as_mut() => {
+                Waited::Timeout => {
                     if head_until.is_some() {
                         tracing::debug!(peer = %self.info.peer, "request head not received in time; closing");
                     }
                     return Ok(None);
                 }
             }
-            match poll_fn(|cx| Poll::Ready(self.poll_read_some(cx, max))).await {
-                Poll::Ready(Read::Closed) => return Ok(None),
-                Poll::Ready(Read::Some) | Poll::Pending => {}
-            }
         }
     }
 
-    /// Reads what the socket has into the buffer.
+    /// Reads what the socket has into the buffer. A connection that holds no buffer
+    /// reads into the thread's scratch space and takes one only for bytes that came, so
+    /// that a connection waiting for its caller holds none.
     fn poll_read_some(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Read> {
         let Some(read) = self.read.as_mut() else { return Poll::Pending };
+        if self.buf.capacity() == 0 {
+            return SCRATCH.with_borrow_mut(|scratch| {
+                let mut came = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(read).poll_read(cx, &mut came) {
+                    Poll::Ready(Ok(())) if !came.filled().is_empty() => {
+                        self.buf = BytesMut::with_capacity(FIRST_READ);
+                        self.buf.extend_from_slice(came.filled());
+                        Poll::Ready(Read::Some)
+                    }
+                    Poll::Ready(_) => Poll::Ready(Read::Closed),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+        }
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(FIRST_READ.max(self.buf.len()).min(max));
         }
