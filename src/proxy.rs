@@ -421,13 +421,21 @@ async fn request_body(
     incoming: RequestBody,
     bytes_in: &Arc<Meter>,
 ) -> Result<Body, Refusal> {
-    let limit = Some(route.max_body_bytes);
-    let idle = Some(snapshot.server.idle_timeout);
-    let metered = Metered::new(incoming, bytes_in.clone(), limit, idle);
+    // Made only for a body that is read: a BI GET's never is.
+    let metered = |incoming| {
+        Metered::new(
+            incoming,
+            bytes_in.clone(),
+            Some(route.max_body_bytes),
+            Some(snapshot.server.idle_timeout),
+        )
+    };
     if target.validate_upsert {
         // Upserts are small (≤ max_body_bytes) and must be whole to be checked.
-        let bytes =
-            Box::pin(metered.collect()).await.map_err(|_| forward::body_refusal(bytes_in))?.to_bytes();
+        let bytes = Box::pin(metered(incoming).collect())
+            .await
+            .map_err(|_| forward::body_refusal(bytes_in))?
+            .to_bytes();
         // The first problem is the answer (the sandbox, like the vendor, lists them all).
         let first = |problems: Vec<upsert::Problem>| {
             Refusal::InvalidBody(problems.into_iter().next().map_or_else(String::new, |p| p.to_string()))
@@ -455,7 +463,7 @@ async fn request_body(
         }
         return Ok(Body::One(body::empty(), None));
     }
-    Ok(Body::One(metered.boxed_unsync(), None))
+    Ok(Body::One(metered(incoming).boxed_unsync(), None))
 }
 
 #[cfg(test)]
