@@ -120,14 +120,18 @@ pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &S
     if marked {
         headers.remove(crate::error::ERROR_HEADER);
     }
-    let location = if located { headers.get(header::LOCATION) } else { None };
-    if let Some(location) = location.and_then(|v| v.to_str().ok()) {
-        let cleaned = strip_from_url(location, query_names);
-        if let Ok(value) = HeaderValue::from_str(&cleaned) {
-            headers.insert(header::LOCATION, value);
+    if located {
+        if let Some(cleaned) = headers.get(header::LOCATION).and_then(|v| cleaned_location(v, query_names)) {
+            headers.insert(header::LOCATION, cleaned);
         }
     }
     scrub.headers(headers);
+}
+
+/// A `Location` value without the parameters `query_names`; `None` when it is not text
+/// (it is then left as it is) or the result would not be a valid value.
+fn cleaned_location<S: AsRef<str>>(location: &HeaderValue, query_names: &[S]) -> Option<HeaderValue> {
+    HeaderValue::from_str(&strip_from_url(location.to_str().ok()?, query_names)).ok()
 }
 
 /// The tokens of one `Connection` value (RFC 9110 §7.6.1), trimmed, in any letter case;
@@ -568,11 +572,8 @@ mod tests {
         if marked {
             headers.remove(crate::error::ERROR_HEADER);
         }
-        if let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
-            let cleaned = strip_from_url(location, query_names);
-            if let Ok(value) = HeaderValue::from_str(&cleaned) {
-                headers.insert(header::LOCATION, value);
-            }
+        if let Some(cleaned) = headers.get(header::LOCATION).and_then(|v| cleaned_location(v, query_names)) {
+            headers.insert(header::LOCATION, cleaned);
         }
         scrub.headers(headers);
     }

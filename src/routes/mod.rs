@@ -428,12 +428,8 @@ mod tests {
             if b == b'\\' {
                 return Err(Refusal::InvalidPath("backslash in path"));
             }
-            if b == b'%' {
-                let pair =
-                    bytes.get(i + 1..i + 3).map(|p| [p[0].to_ascii_lowercase(), p[1].to_ascii_lowercase()]);
-                if matches!(pair, Some([b'2', b'f'] | [b'5', b'c'] | [b'2', b'e'] | [b'0', b'0'])) {
-                    return Err(Refusal::InvalidPath("encoded separator, dot or NUL in path"));
-                }
+            if b == b'%' && encodes_a_separator(bytes.get(i + 1..i + 3)) {
+                return Err(Refusal::InvalidPath("encoded separator, dot or NUL in path"));
             }
         }
         let mut segments = path[1..].split('/').peekable();
