@@ -33,6 +33,7 @@ mod error;
 mod forward;
 pub mod gateway;
 mod guard;
+mod header_names;
 mod intercept;
 pub mod metrics;
 mod proxy;

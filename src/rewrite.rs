@@ -99,11 +99,7 @@ pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &S
         match HOP_BY_HOP_NAMES.iter().position(|hop| hop == name) {
             Some(0) => {
                 present[0] = true;
-                let listed = connection_tokens(value).filter(|t| {
-                    !t.eq_ignore_ascii_case(b"close")
-                        && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
-                });
-                named.extend(listed.filter_map(|t| HeaderName::from_bytes(t).ok()));
+                named.extend(connection_names(value));
             }
             Some(at) => present[at] = true,
             None if name == header::LOCATION => located = true,
@@ -126,6 +122,19 @@ pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &S
         }
     }
     scrub.headers(headers);
+}
+
+/// The headers a `Connection` value names that [`response_headers`] removes for it:
+/// every token that is a header name, but `close` and the hop-by-hop ones (which go
+/// anyway). keygate's HTTP/1.1 client leaves out of an answer the `Connection` lines
+/// that name none (a `keep-alive`, the usual one): that is all they would have done.
+pub(crate) fn connection_names(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
+    connection_tokens(value)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case(b"close")
+                && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
 }
 
 /// A `Location` value without the parameters `query_names`; `None` when it is not text

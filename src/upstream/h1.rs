@@ -42,7 +42,8 @@ use tokio::time::{Instant, Sleep};
 use super::pool::{self, Pool};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::UpstreamFailure;
-use crate::rewrite::has_connection_token;
+use crate::header_names::Names;
+use crate::rewrite::{connection_names, has_connection_token};
 use crate::server::{itoa, line};
 
 /// The longest request body keygate's client sends; longer ones, and bodies of unknown
@@ -131,6 +132,8 @@ pub(crate) struct Conn<I = Io> {
     /// What times each exchange's wait for its answer; made at the first, then moved
     /// to each next one's deadline (see [`exchange`]).
     timer: Option<Pin<Box<Sleep>>>,
+    /// The answers' header names, by line (BENCHMARKS.md, round 10).
+    names: Names,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> pool::Conn for Conn<I> {
@@ -141,7 +144,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> pool::Conn for Conn<I> 
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     pub(crate) fn new(io: I) -> Conn<I> {
-        Conn { io, buf: BytesMut::new(), timer: None }
+        Conn { io, buf: BytesMut::new(), timer: None, names: Names::default() }
     }
 
     /// The stream, for hyper's client (an idle connection has nothing buffered).
@@ -347,7 +350,7 @@ async fn send_and_read<I: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // Nothing read yet (the usual case right after sending): nothing to parse.
         if !conn.buf.is_empty() {
-            if let Some(answer) = parse(&mut conn.buf, out.head).map_err(Failure::Failed)? {
+            if let Some(answer) = parse(&mut conn.buf, &mut conn.names, out.head).map_err(Failure::Failed)? {
                 return Ok(answer);
             }
         }
@@ -377,8 +380,13 @@ pub(crate) fn carries_rustls_error(error: &io::Error) -> bool {
 }
 
 /// The first whole answer head in `buf` that is not a `1xx` (skipped, as hyper skips
-/// them), taken off `buf`; `None` while there is none yet.
-fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, UpstreamFailure> {
+/// them), taken off `buf`; `None` while there is none yet. `names` are the
+/// connection's: the names its last answers had at each line.
+fn parse(
+    buf: &mut BytesMut,
+    names: &mut Names,
+    head_request: bool,
+) -> Result<Option<Answer>, UpstreamFailure> {
     let config = httparse::ParserConfig::default();
     loop {
         let Some(end) = head_end(buf) else {
@@ -410,8 +418,8 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, Upstr
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         let mut framed = Framed::default();
-        for line in response.headers.iter() {
-            let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| UpstreamFailure::Protocol)?;
+        for (at, line) in response.headers.iter().enumerate() {
+            let name = names.read(at, line.name.as_bytes()).ok_or(UpstreamFailure::Protocol)?;
             let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value))
                 .map_err(|_| UpstreamFailure::Protocol)?;
             if name == header::CONNECTION {
@@ -421,6 +429,12 @@ fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, Upstr
                     keep_alive = false;
                 } else if !keep_alive {
                     keep_alive = has_connection_token(&value, b"keep-alive");
+                }
+                // Read: the way down drops the line and what it names, and one that
+                // names nothing more has no more to say. Left out, it costs neither an
+                // insert here nor a removal there (BENCHMARKS.md, round 10).
+                if connection_names(&value).next().is_none() {
+                    continue;
                 }
             } else if name == header::TRANSFER_ENCODING {
                 framed.coding(&value);

@@ -138,7 +138,7 @@ async fn keygate(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outco
             return Outcome::Refused;
         }
         let response = answer.into_response(conn, Arc::default());
-        let (status, headers) = (response.status().as_u16(), pairs(response.headers()));
+        let (status, headers) = (response.status().as_u16(), as_passed_on(response.headers()));
         Outcome::Read { status, headers, body: collect(response.into_body()).await }
     };
     tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(Outcome::Hung)
@@ -160,10 +160,25 @@ async fn hyper(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outcome
         if both || response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Outcome::Refused;
         }
-        let (status, headers) = (response.status().as_u16(), pairs(response.headers()));
+        let (status, headers) = (response.status().as_u16(), as_passed_on(response.headers()));
         Outcome::Read { status, headers, body: collect(response.into_body()).await }
     };
     tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(Outcome::Hung)
+}
+
+/// An answer's headers as they go on to the caller: without the hop-by-hop ones and
+/// what `Connection` names ([`crate::rewrite::response_headers`]; no secrets here),
+/// by name, each name's lines in their order (the only order HTTP gives a meaning).
+/// Compared so, not as read: keygate's client leaves out the `Connection` lines that
+/// name nothing more, where hyper's keeps them and the way down removes them, which
+/// moves another header into their place in the map.
+fn as_passed_on(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    let mut headers = headers.clone();
+    let scrub = crate::scrub::Scrubber::new([]).expect("no secrets");
+    crate::rewrite::response_headers(&mut headers, &scrub, &[] as &[&str]);
+    let mut lines = pairs(&headers);
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    lines
 }
 
 fn status_line() -> impl Strategy<Value = &'static str> {
@@ -206,6 +221,8 @@ fn header_line() -> impl Strategy<Value = &'static str> {
         "connection: close",
         "connection: keep-alive",
         "Connection: Keep-Alive, x-a",
+        "Connection: TE, Close",
+        "connection: ,x-a",
         "x-empty:",
         "x-tab:\tv\t",
         "x-high: caf\u{e9}",
@@ -673,4 +690,37 @@ async fn a_request_body_is_sent_with_its_length_and_one_that_lies_about_it_is_re
             assert!(matches!(result, Err(Failure::Failed(UpstreamFailure::Protocol))), "declared {declared}");
         }
     }
+}
+
+/// A `Connection` line that names no header is read and left out of the answer; one
+/// that names one stays, for the way down to remove both. Names are read again when a
+/// line's letters change.
+#[test]
+fn connection_lines_naming_nothing_more_are_read_and_left_out() {
+    let mut names = Names::default();
+    let head = |text: &str| BytesMut::from(text.as_bytes());
+    let mut buf = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n");
+    let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
+    assert!(answer.keep_alive);
+    assert_eq!(
+        pairs(&answer.headers),
+        [("x-a".into(), b"1".to_vec()), ("content-length".into(), b"0".to_vec())]
+    );
+    let mut buf = head("HTTP/1.1 200 OK\r\nconnection: close, TE\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n");
+    let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
+    assert!(!answer.keep_alive);
+    assert_eq!(
+        pairs(&answer.headers),
+        [("x-a".into(), b"2".to_vec()), ("content-length".into(), b"0".to_vec())]
+    );
+    let mut buf =
+        head("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nX-A: 3\r\nContent-Length: 0\r\n\r\n");
+    let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
+    assert!(answer.keep_alive);
+    let kept = [
+        ("connection".into(), b"keep-alive, X-A".to_vec()),
+        ("x-a".into(), b"3".to_vec()),
+        ("content-length".into(), b"0".to_vec()),
+    ];
+    assert_eq!(pairs(&answer.headers), kept);
 }

@@ -12,6 +12,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
 
+use crate::header_names::Names;
+
 /// As many header lines as hyper's HTTP/1 server takes by default.
 const MAX_HEADERS: usize = 100;
 
@@ -43,8 +45,9 @@ pub(super) struct Parsed {
 }
 
 /// Reads the head at the start of `buf`. On [`Head::Plain`], the head's bytes are taken
-/// off `buf` (what follows, body or next request, stays).
-pub(super) fn read(buf: &mut BytesMut) -> Head {
+/// off `buf` (what follows, body or next request, stays). `names` are the connection's:
+/// the names its last heads had at each line.
+pub(super) fn read(buf: &mut BytesMut, names: &mut Names) -> Head {
     // Uninitialised lines: zeroing a hundred of them would cost more than the parse.
     let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
@@ -59,7 +62,7 @@ pub(super) fn read(buf: &mut BytesMut) -> Head {
     // header value point into them, as hyper does.
     let whole = std::mem::take(buf).freeze();
     let parsed = match request.parse_with_uninit_headers(&whole, &mut lines) {
-        Ok(httparse::Status::Complete(len)) => build(&whole, &request).map(|parsed| (parsed, len)),
+        Ok(httparse::Status::Complete(len)) => build(&whole, &request, names).map(|parsed| (parsed, len)),
         Ok(httparse::Status::Partial) => {
             *buf = BytesMut::from(&whole[..]);
             return Head::Partial;
@@ -87,7 +90,7 @@ fn ends_a_head(buf: &[u8]) -> bool {
 }
 
 /// The request head `request` parsed from `head`, or `None` when hyper should read it.
-fn build(head: &Bytes, request: &httparse::Request<'_, '_>) -> Option<Parsed> {
+fn build(head: &Bytes, request: &httparse::Request<'_, '_>, names: &mut Names) -> Option<Parsed> {
     let (Some(method), Some(path), Some(1)) = (request.method, request.path, request.version) else {
         return None;
     };
@@ -99,8 +102,8 @@ fn build(head: &Bytes, request: &httparse::Request<'_, '_>) -> Option<Parsed> {
     let mut headers = HeaderMap::with_capacity(request.headers.len());
     let mut length = None;
     let mut close = false;
-    for line in request.headers.iter() {
-        let name = header_name(line.name.as_bytes())?;
+    for (at, line) in request.headers.iter().enumerate() {
+        let name = names.read_with(at, line.name.as_bytes(), header_name)?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value)).ok()?;
         match name {
             header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => return None,
@@ -159,7 +162,7 @@ mod tests {
 
     fn read_all(text: &str) -> (Head, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        (read(&mut buf), buf)
+        (read(&mut buf, &mut Names::default()), buf)
     }
 
     fn plain(text: &str) -> (Parsed, BytesMut) {
@@ -313,7 +316,7 @@ mod tests {
             }
             input.extend_from_slice(&tail);
             let mut buf = BytesMut::from(&input[..]);
-            match read(&mut buf) {
+            match read(&mut buf, &mut Names::default()) {
                 Head::HandOver | Head::Partial => proptest::prop_assert_eq!(&buf[..], &input[..]),
                 Head::Plain(parsed) => {
                     proptest::prop_assert!(input.ends_with(&buf), "the rest is what followed the head");

@@ -44,6 +44,7 @@ use tokio::time::{Instant, Sleep};
 use super::{Handler, Limits, boxed_in_place};
 use crate::body::ProxyBody;
 use crate::conn::ConnInfo;
+use crate::header_names::Names;
 use crate::request_body::{Home, RequestBody, SocketBody};
 use head::Head;
 use write::Framing;
@@ -84,6 +85,8 @@ struct Conn<H> {
     /// Bytes read and not yet part of a request: empty, and holding no memory, while
     /// the connection waits.
     buf: BytesMut,
+    /// The heads' names by line (BENCHMARKS.md, round 10).
+    names: Names,
     draining: bool,
 }
 
@@ -101,8 +104,17 @@ pub(super) async fn serve<H: Handler>(
     let draining = *shutdown.borrow_and_update();
     let (read, write) = stream.into_split();
     let home = Arc::new(Home::default());
-    let mut conn =
-        Conn { handler, info, limits, read: Some(read), write, home, buf: BytesMut::new(), draining };
+    let mut conn = Conn {
+        handler,
+        info,
+        limits,
+        read: Some(read),
+        write,
+        home,
+        buf: BytesMut::new(),
+        names: Names::default(),
+        draining,
+    };
     // The first head is timed from the connection's start; later ones from their first
     // byte, after up to `idle_timeout` of waiting for it.
     let mut wait_until = Instant::now() + limits.header_timeout;
@@ -185,7 +197,7 @@ impl<H: Handler> Conn<H> {
         let max = self.max_head();
         loop {
             if !self.buf.is_empty() {
-                match head::read(&mut self.buf) {
+                match head::read(&mut self.buf, &mut self.names) {
                     Head::Plain(parsed) => return Ok(Some(parsed)),
                     Head::HandOver => return Err(HandOver),
                     Head::Partial if self.buf.len() >= max => return Err(HandOver),
