@@ -5,6 +5,8 @@
 //! instead of a lookup among the standard names (and, for any other name, an
 //! allocation).
 
+use std::fmt;
+
 use http::header::HeaderName;
 
 /// Places kept: a head's first lines. Later ones are read every time.
@@ -12,8 +14,16 @@ const KEPT: usize = 16;
 
 /// The names seen at the first [`KEPT`] places of this connection's last heads, each
 /// with its bytes as they were sent.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+/// Only how many are kept: a hostile upstream can send a key as a header's name (the
+/// way down removes such a header, `scrub`), and `Debug` output must not show it.
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Names").field("kept", &self.0.len()).finish()
+    }
+}
 
 impl Names {
     /// The name `raw` of the head's line `at`, exactly as `HeaderName::from_bytes(raw)`
@@ -112,5 +122,6 @@ mod tests {
         // Another name at that place takes it over.
         assert_eq!(names.read(0, b"Date").unwrap(), http::header::DATE);
         assert_eq!(names.0[0].1, http::header::DATE);
+        assert_eq!(format!("{names:?}"), "Names { kept: 1 }");
     }
 }
