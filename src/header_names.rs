@@ -12,6 +12,11 @@ use http::header::HeaderName;
 /// Places kept: a head's first lines. Later ones are read every time.
 const KEPT: usize = 16;
 
+/// The longest name kept (the longest standard one, `content-security-policy-report-only`,
+/// has 35 bytes), so that what a connection keeps stays small whatever its peer sends:
+/// at most [`KEPT`] names of this many bytes, where the head they came in may be 32 KiB.
+const KEPT_LEN: usize = 40;
+
 /// The names seen at the first [`KEPT`] places of this connection's last heads, each
 /// with its bytes as they were sent.
 #[derive(Default)]
@@ -48,10 +53,12 @@ impl Names {
             }
         }
         let name = read(raw)?;
-        if let Some(kept) = self.0.get_mut(at) {
-            *kept = (raw.into(), name.clone());
-        } else if at == self.0.len() && at < KEPT {
-            self.0.push((raw.into(), name.clone()));
+        if raw.len() <= KEPT_LEN {
+            if let Some(kept) = self.0.get_mut(at) {
+                *kept = (raw.into(), name.clone());
+            } else if at == self.0.len() && at < KEPT {
+                self.0.push((raw.into(), name.clone()));
+            }
         }
         Some(name)
     }
@@ -84,7 +91,7 @@ mod tests {
         prop_oneof![
             4 => common,
             1 => prop::collection::vec(any::<u8>(), 0..20),
-            1 => "[A-Za-z-]{1,14}".prop_map(String::into_bytes),
+            1 => "[A-Za-z-]{1,48}".prop_map(String::into_bytes),
         ]
     }
 
@@ -104,6 +111,7 @@ mod tests {
                 }
             }
             prop_assert!(names.0.len() <= KEPT);
+            prop_assert!(names.0.iter().all(|(raw, _)| raw.len() <= KEPT_LEN));
         }
     }
 
@@ -123,5 +131,11 @@ mod tests {
         assert_eq!(names.read(0, b"Date").unwrap(), http::header::DATE);
         assert_eq!(names.0[0].1, http::header::DATE);
         assert_eq!(format!("{names:?}"), "Names { kept: 1 }");
+        // A long name is read, and not kept: at its place, the name before stays.
+        let long = "x-".repeat(21);
+        assert_eq!(names.read(0, long.as_bytes()).unwrap(), long.as_str());
+        assert_eq!(names.0[0].1, http::header::DATE);
+        assert_eq!(names.read(1, long.as_bytes()).unwrap(), long.as_str());
+        assert_eq!(names.0.len(), 1);
     }
 }
