@@ -7,7 +7,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::body::{BodyError, Meter, Metered, ProxyBody};
+use crate::body::{self, BodyError, Meter, Metered, ProxyBody};
 use crate::config::Snapshot;
 use crate::error::{Refusal, UpstreamFailure};
 use crate::gateway::Gateway;
@@ -78,8 +78,16 @@ pub(crate) async fn downstream(
     route: &Route,
     response: Response<upstream::Body>,
 ) -> Response<ProxyBody> {
-    let (mut parts, incoming) = response.into_parts();
+    let (mut parts, mut incoming) = response.into_parts();
     rewrite::response_headers(&mut parts.headers, &snapshot.scrub, route.credential.location_query());
+    // A 2xx answer that came whole with its head (most BI answers) is passed on as it
+    // is: a body framed by its length carries no trailers, and there is no wait between
+    // its chunks to time.
+    if parts.status.is_success() {
+        if let Some(whole) = incoming.take_whole() {
+            return Response::from_parts(parts, body::full(whole));
+        }
+    }
     let idle = route.response_timeout.max(snapshot.server.idle_timeout);
     // Only the idle timeout: the upstream connection goes back to its pool from the
     // body itself, once read whole.

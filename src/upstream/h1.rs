@@ -572,6 +572,21 @@ impl<I> Body<I> {
         }
     }
 
+    /// The whole body, when every byte of it came with the head (most short answers):
+    /// taken at once, and the connection goes home now rather than after the caller has
+    /// it. `None` while some of it is still to be read, or when it is not framed by a
+    /// length (a chunked body may end in trailers; an empty one has nothing to take).
+    pub(crate) fn take_whole(&mut self) -> Option<Bytes> {
+        let Framing::Length(rest) = self.framing else { return None };
+        let conn = self.conn.as_mut()?;
+        if rest == 0 || (conn.buf.len() as u64) < rest {
+            return None;
+        }
+        let data = conn.buf.split_to(rest as usize).freeze();
+        self.finish();
+        Some(data)
+    }
+
     fn broken(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.conn = None;
         self.framing = Framing::Length(0);

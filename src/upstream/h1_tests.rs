@@ -615,6 +615,56 @@ async fn a_body_dropped_half_read_or_cut_closes_its_connection() {
     assert_eq!(idle(&pool), 0, "cut");
 }
 
+/// Sends a `GET` on `conn` and takes its answer's body whole, if it came whole.
+async fn get_whole(
+    conn: Conn<DuplexStream>,
+    pool: &Arc<Pool<Conn<DuplexStream>>>,
+) -> (Option<Bytes>, Body<DuplexStream>) {
+    let mut conn = conn;
+    let mut out =
+        Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
+            .unwrap();
+    let answer = exchange(&mut conn, &mut out, far()).await.unwrap();
+    let mut body = answer.into_response(conn, pool.clone()).into_body();
+    (body.take_whole(), body)
+}
+
+#[tokio::test]
+async fn a_body_that_came_whole_is_taken_at_once_and_its_connection_goes_home() {
+    let pool = Arc::new(Pool::default());
+    let (whole, body) =
+        get_whole(Conn::new(upstream_of(vec!["HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"])), &pool)
+            .await;
+    assert_eq!(whole.as_deref(), Some(&b"first"[..]));
+    assert!(body.is_end_stream());
+    assert_eq!(idle(&pool), 1, "home before the body is dropped");
+    drop(body);
+
+    // Bytes after the body: the body alone is taken, and the connection closes.
+    let stray = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n";
+    let (whole, _body) = get_whole(Conn::new(upstream_of(vec![stray])), &pool).await;
+    assert_eq!(whole.as_deref(), Some(&b"ok"[..]));
+    assert_eq!(idle(&pool), 0, "stray bytes");
+
+    // Not all in hand, chunked (trailers may follow), or empty: nothing is taken, and
+    // the body reads on as it would have.
+    let cases = [
+        ("half", "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf", "half"),
+        ("chunked", "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "ok"),
+        ("until close", "HTTP/1.1 200 OK\r\n\r\nall", "all"),
+    ];
+    for (name, answer, first) in cases {
+        let (whole, mut body) = get_whole(Conn::new(upstream_of(vec![answer])), &pool).await;
+        assert_eq!(whole, None, "{name}");
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), first, "{name}");
+    }
+    let (whole, body) =
+        get_whole(Conn::new(upstream_of(vec!["HTTP/1.1 204 No Content\r\n\r\n"])), &pool).await;
+    assert_eq!(whole, None, "empty");
+    assert!(body.is_end_stream());
+    assert_eq!(idle(&pool), 1, "an empty body is over with its head");
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_closed_once_the_upstream_hangs_up_or_talks_unasked() {
     let (client, server) = tokio::io::duplex(64);

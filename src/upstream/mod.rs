@@ -55,6 +55,17 @@ pub(crate) enum Body {
     Hyper(Incoming),
 }
 
+impl Body {
+    /// The whole body, when it came in full with the head on keygate's HTTP/1.1 client
+    /// ([`h1::Body::take_whole`]); `None` otherwise, and the body is left as it was.
+    pub(crate) fn take_whole(&mut self) -> Option<Bytes> {
+        match self {
+            Body::H1(body) => body.take_whole(),
+            Body::Hyper(_) => None,
+        }
+    }
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BoxError;
