@@ -35,6 +35,7 @@ pub mod gateway;
 mod guard;
 mod header_names;
 mod intercept;
+mod lazy_timer;
 pub mod metrics;
 mod proxy;
 mod reload;

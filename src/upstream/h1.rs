@@ -43,6 +43,7 @@ use super::pool::{self, Pool};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::UpstreamFailure;
 use crate::header_names::Names;
+use crate::lazy_timer;
 use crate::rewrite::{connection_names, has_connection_token};
 use crate::server::{itoa, line};
 
@@ -301,12 +302,12 @@ impl Answer {
 /// `deadline`: past it, the exchange fails as [`UpstreamFailure::Timeout`]. When the
 /// first write fails, nothing of `out` was sent and it can go on another connection.
 ///
-/// The connection's one timer times every exchange on it. Moving a timer later is one
-/// atomic compare-and-swap where a timer per exchange is an insertion into the
-/// runtime's timer wheel and a removal from it, with the exchange's future moved into
-/// a `Timeout` (BENCHMARKS.md, round 8). An idle connection's timer may still fire at
-/// the last exchange's deadline and wake the task that ran it, once, for nothing; a
-/// pooled connection lives at most the pool's idle time.
+/// The connection's one timer times every exchange on it, where a timer per exchange
+/// is an insertion into the runtime's timer wheel and a removal from it, with the
+/// exchange's future moved into a `Timeout` (BENCHMARKS.md, round 8). It is moved only
+/// when a deadline comes sooner ([`lazy_timer`]). An idle connection's timer may still
+/// fire and wake the task that last ran an exchange on it, for nothing; a pooled
+/// connection lives at most the pool's idle time.
 pub(crate) async fn exchange<I: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<I>,
     out: &mut Outgoing,
@@ -314,7 +315,7 @@ pub(crate) async fn exchange<I: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Answer, Failure> {
     let mut timer = match conn.timer.take() {
         Some(mut timer) => {
-            timer.as_mut().reset(deadline);
+            lazy_timer::set(timer.as_mut(), deadline);
             timer
         }
         None => Box::pin(tokio::time::sleep_until(deadline)),
@@ -323,7 +324,8 @@ pub(crate) async fn exchange<I: AsyncRead + AsyncWrite + Unpin>(
         let mut sent = pin!(send_and_read(conn, out));
         std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
             Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(Failure::Failed(UpstreamFailure::Timeout))),
+            Poll::Pending => lazy_timer::poll_until(timer.as_mut(), deadline, cx)
+                .map(|()| Err(Failure::Failed(UpstreamFailure::Timeout))),
         })
         .await
     };

@@ -551,6 +551,20 @@ async fn each_exchange_on_a_connection_is_timed_by_its_own_deadline() {
     assert_eq!(ended - asked, Duration::from_secs(7));
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_exchange_begun_before_the_last_deadline_is_timed_by_its_own() {
+    let mut conn = Conn::new(answering_then_silent(1));
+    let start = Instant::now();
+    assert!(timed_exchange(&mut conn, start + Duration::from_secs(10)).await.0);
+    // Asked 5 s later with 10 s to go: the timer, still set for the first deadline,
+    // fires 5 s in; the exchange waits on to its own.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let asked = Instant::now();
+    let (answered, ended) = timed_exchange(&mut conn, asked + Duration::from_secs(10)).await;
+    assert!(!answered);
+    assert_eq!(ended - asked, Duration::from_secs(10));
+}
+
 /// How many open idle connections `pool` holds (taking them out).
 fn idle(pool: &Pool<Conn<DuplexStream>>) -> usize {
     std::iter::from_fn(|| pool.checkout(tokio::time::Instant::now())).count()

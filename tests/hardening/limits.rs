@@ -226,6 +226,29 @@ async fn bodies_over_max_body_bytes_get_413_declared_or_streamed() {
 }
 
 #[tokio::test]
+async fn a_keep_alive_connection_is_closed_at_idle_timeout_after_its_last_answer_not_its_first() {
+    let stub = FakeUpstream::faults().await;
+    let kg = keygate(&stub, "header_timeout = \"400ms\"\nidle_timeout = \"1200ms\"").await;
+    let mut kept = Raw::connect(kg.addr).await;
+    kept.send(b"GET /f/ok HTTP/1.1\r\nhost: k\r\n\r\n").await;
+    assert!(kept.answer_text().await.starts_with("HTTP/1.1 200 OK"));
+    let first = Instant::now();
+    // Two thirds of the idle timeout later, a second request.
+    let idle = kept.read_until_close(Duration::from_millis(800)).await;
+    assert!(!idle.closed && idle.bytes.is_empty(), "{idle:?}");
+    kept.send(b"GET /f/ok HTTP/1.1\r\nhost: k\r\n\r\n").await;
+    assert!(kept.answer_text().await.starts_with("HTTP/1.1 200 OK"));
+    let last = Instant::now();
+    let rest = kept.read_until_close(5 * SECOND).await;
+    assert!(rest.closed && rest.bytes.is_empty(), "{rest:?}");
+    // Timed from the last answer (a timer left at the first one's deadline fires early
+    // and waits on), not closed 1.2 s after the first.
+    let (after_first, after_last) = (first.elapsed(), last.elapsed());
+    assert!(after_last >= Duration::from_millis(1150), "closed {after_last:?} after the last answer");
+    assert!(after_first >= Duration::from_millis(1900), "closed {after_first:?} after the first answer");
+}
+
+#[tokio::test]
 async fn a_keep_alive_connection_that_starts_a_head_gets_header_timeout_not_idle_timeout() {
     let stub = FakeUpstream::faults().await;
     let kg = keygate(&stub, "header_timeout = \"400ms\"\nidle_timeout = \"20s\"").await;

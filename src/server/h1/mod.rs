@@ -45,6 +45,7 @@ use super::{Handler, Limits, boxed_in_place};
 use crate::body::ProxyBody;
 use crate::conn::ConnInfo;
 use crate::header_names::Names;
+use crate::lazy_timer;
 use crate::request_body::{Home, RequestBody, SocketBody};
 use head::Head;
 use write::Framing;
@@ -119,9 +120,9 @@ pub(super) async fn serve<H: Handler>(
     // byte, after up to `idle_timeout` of waiting for it.
     let mut wait_until = Instant::now() + limits.header_timeout;
     let mut head_until = Some(wait_until);
-    // One timer for the connection's life, moved to each wait's deadline: moving it
-    // later is one atomic compare-and-swap, where a timer per wait is an insertion into
-    // the runtime's timer wheel and a removal from it for every request.
+    // One timer for the connection's life, moved only when a wait's deadline comes
+    // sooner ([`lazy_timer`]), where a timer per wait is an insertion into the
+    // runtime's timer wheel and a removal from it for every request.
     let mut timer = pin!(tokio::time::sleep_until(wait_until));
     // The same for the drain signal: one wait for the connection's life, where a wait
     // per head registered with the signal and left it again for every request. It is
@@ -210,9 +211,7 @@ impl<H: Handler> Conn<H> {
                 return Ok(None);
             }
             let deadline = head_until.unwrap_or(wait_until);
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
+            lazy_timer::set(timer.as_mut(), deadline);
             // The read is tried at once: tokio knows whether the socket has anything, so
             // a socket with nothing costs no system call, only its waker kept, where a
             // wait for readiness first would register with the socket and leave again
@@ -229,7 +228,7 @@ impl<H: Handler> Conn<H> {
                 if !self.draining && drain.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Waited::Drain);
                 }
-                timer.as_mut().poll(cx).map(|()| Waited::Timeout)
+                lazy_timer::poll_until(timer.as_mut(), deadline, cx).map(|()| Waited::Timeout)
             })
             .await;
             match waited {
