@@ -96,14 +96,15 @@ pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &S
     let (mut marked, mut located) = (false, false);
     let mut named: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
-        match HOP_BY_HOP_NAMES.iter().position(|hop| hop == name) {
-            Some(0) => {
+        match answer_line(name) {
+            AnswerLine::HopByHop(0) => {
                 present[0] = true;
                 named.extend(connection_names(value));
             }
-            Some(at) => present[at] = true,
-            None if name == header::LOCATION => located = true,
-            None => marked |= name == crate::error::ERROR_HEADER,
+            AnswerLine::HopByHop(at) => present[at] = true,
+            AnswerLine::Location => located = true,
+            AnswerLine::Marker => marked = true,
+            AnswerLine::Other => {}
         }
     }
     for name in &named {
@@ -122,6 +123,36 @@ pub(crate) fn response_headers<S: AsRef<str>>(headers: &mut HeaderMap, scrub: &S
         }
     }
     scrub.headers(headers);
+}
+
+/// What [`response_headers`] does with an answer's line, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerLine {
+    /// The hop-by-hop header at this place in [`HOP_BY_HOP_NAMES`].
+    HopByHop(usize),
+    Location,
+    /// keygate's own refusal marker.
+    Marker,
+    Other,
+}
+
+/// One match on the name's text: most names differ from every one here in length, and
+/// are told apart by that alone (a comparison with each hop-by-hop name in turn cost
+/// more, BENCHMARKS.md, round 11).
+fn answer_line(name: &HeaderName) -> AnswerLine {
+    match name.as_str() {
+        "connection" => AnswerLine::HopByHop(0),
+        "keep-alive" => AnswerLine::HopByHop(1),
+        "proxy-connection" => AnswerLine::HopByHop(2),
+        "proxy-authorization" => AnswerLine::HopByHop(3),
+        "te" => AnswerLine::HopByHop(4),
+        "trailer" => AnswerLine::HopByHop(5),
+        "transfer-encoding" => AnswerLine::HopByHop(6),
+        "upgrade" => AnswerLine::HopByHop(7),
+        "location" => AnswerLine::Location,
+        crate::error::ERROR_HEADER => AnswerLine::Marker,
+        _ => AnswerLine::Other,
+    }
 }
 
 /// The headers a `Connection` value names that [`response_headers`] removes for it:
@@ -656,5 +687,20 @@ mod tests {
     fn hop_by_hop_names_match_the_list() {
         let names: Vec<&str> = HOP_BY_HOP_NAMES.iter().map(HeaderName::as_str).collect();
         assert_eq!(names, HOP_BY_HOP);
+        // Each read by its place in the list, and nothing else read as one.
+        for (at, name) in HOP_BY_HOP_NAMES.iter().enumerate() {
+            assert_eq!(answer_line(name), AnswerLine::HopByHop(at), "{name}");
+        }
+        assert_eq!(answer_line(&header::LOCATION), AnswerLine::Location);
+        assert_eq!(answer_line(&HeaderName::from_static(crate::error::ERROR_HEADER)), AnswerLine::Marker);
+        for other in
+            [header::CONTENT_LENGTH, header::DATE, header::TRAILER.clone(), HeaderName::from_static("tee")]
+        {
+            let expected = HOP_BY_HOP_NAMES
+                .iter()
+                .position(|hop| *hop == other)
+                .map_or(AnswerLine::Other, AnswerLine::HopByHop);
+            assert_eq!(answer_line(&other), expected, "{other}");
+        }
     }
 }
