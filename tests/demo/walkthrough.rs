@@ -44,7 +44,8 @@ fn addr_after(output: &str, label: &str) -> SocketAddr {
 
 /// Starts `keygate demo --port 0` and reads its ports and directory off the banner.
 pub async fn start_demo() -> Demo {
-    let process = Launch::args(["demo", "--port", "0"]).spawn();
+    // Stopped as a user stops it, so that no test leaves the demo's keys behind.
+    let process = Launch::args(["demo", "--port", "0"]).spawn().stopped_by("INT");
     let printed = process
         .wait_line("the demo's walkthrough", Duration::from_secs(30), |l| {
             l.starts_with("Log lines (access, reloads, SIGHUP, shadow_allow) follow")
@@ -365,6 +366,11 @@ async fn the_demo_gateway_answers_on_both_loopbacks() {
         let stderr = demo.process.stderr();
         assert!(stderr.contains("the gateway serves 127.0.0.1 only"), "{stderr}");
     }
+    // A test's demo is stopped with Ctrl-C when dropped: its keys go with it.
+    let dir = demo.dir.clone();
+    assert!(dir.exists());
+    drop(demo);
+    assert!(!dir.exists(), "a test's demo leaves its keys behind");
 }
 
 #[test]

@@ -127,6 +127,7 @@ impl Launch {
         readers.extend(more);
         Keygate {
             child,
+            stop_signal: None,
             gateway: unset,
             admin: unset,
             stdout,
@@ -178,9 +179,12 @@ fn log_field<'a>(line: &'a Value, key: &str) -> Option<&'a str> {
     line.get(key).or_else(|| line.get("fields").and_then(|f| f.get(key))).and_then(Value::as_str)
 }
 
-/// The running binary; killed when dropped.
+/// The running binary; killed when dropped (after [`Keygate::stopped_by`]'s signal).
 pub struct Keygate {
     child: Child,
+    /// Sent first when dropped, so that what the process cleans up when it stops (the
+    /// demo's directory of keys) is not left behind by the test.
+    stop_signal: Option<&'static str>,
     pub gateway: SocketAddr,
     pub admin: SocketAddr,
     stdout: Lines,
@@ -193,6 +197,14 @@ pub struct Keygate {
 
 impl Drop for Keygate {
     fn drop(&mut self) {
+        if let (Some(signal), Ok(None)) = (self.stop_signal, self.child.try_wait()) {
+            let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
+            // Blocking (a drop cannot wait otherwise); bounded, then killed below.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -220,6 +232,12 @@ impl Keygate {
         .await;
         self.gateway = gateway;
         self.admin = admin;
+    }
+
+    /// Sends `signal` (e.g. "INT") when dropped while it runs, and waits for it to exit.
+    pub fn stopped_by(mut self, signal: &'static str) -> Keygate {
+        self.stop_signal = Some(signal);
+        self
     }
 
     pub fn pid(&self) -> u32 {
