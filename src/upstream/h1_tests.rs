@@ -456,14 +456,22 @@ fn every_content_length_line_counts_as_hyper_counts_them() {
     }
 }
 
-/// Sends a `GET` on `conn` and reads the answer's body whole (or to its failure).
-async fn get(conn: Conn<DuplexStream>, pool: &Arc<Pool<Conn<DuplexStream>>>) -> Result<Vec<u8>, ()> {
-    let mut conn = conn;
+/// Sends a `GET` on `conn`: the answer's body, still to be read, which gives `conn` back
+/// to `pool` at its end.
+async fn answered(
+    mut conn: Conn<DuplexStream>,
+    pool: &Arc<Pool<Conn<DuplexStream>>>,
+) -> Result<Body<DuplexStream>, ()> {
     let mut out =
         Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
             .map_err(|_| ())?;
     let answer = exchange(&mut conn, &mut out, far()).await.map_err(|_| ())?;
-    let read = collect(answer.into_response(conn, pool.clone()).into_body()).await;
+    Ok(answer.into_response(conn, pool.clone()).into_body())
+}
+
+/// Sends a `GET` on `conn` and reads the answer's body whole (or to its failure).
+async fn get(conn: Conn<DuplexStream>, pool: &Arc<Pool<Conn<DuplexStream>>>) -> Result<Vec<u8>, ()> {
+    let read = collect(answered(conn, pool).await?).await;
     read.end.map(|()| read.data).map_err(|_| ())
 }
 
@@ -613,12 +621,8 @@ async fn a_kept_connection_keeps_a_small_buffer_and_carries_the_next_request() {
 #[tokio::test]
 async fn a_body_dropped_half_read_or_cut_closes_its_connection() {
     let pool = Arc::new(Pool::default());
-    let mut conn = Conn::new(upstream_of(vec!["HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"]));
-    let mut out =
-        Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
-            .unwrap();
-    let answer = exchange(&mut conn, &mut out, far()).await.unwrap();
-    let mut body = answer.into_response(conn, pool.clone()).into_body();
+    let conn = Conn::new(upstream_of(vec!["HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"]));
+    let mut body = answered(conn, &pool).await.unwrap();
     assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "half");
     drop(body);
     assert_eq!(idle(&pool), 0, "dropped half read");
@@ -634,12 +638,7 @@ async fn get_whole(
     conn: Conn<DuplexStream>,
     pool: &Arc<Pool<Conn<DuplexStream>>>,
 ) -> (Option<Bytes>, Body<DuplexStream>) {
-    let mut conn = conn;
-    let mut out =
-        Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
-            .unwrap();
-    let answer = exchange(&mut conn, &mut out, far()).await.unwrap();
-    let mut body = answer.into_response(conn, pool.clone()).into_body();
+    let mut body = answered(conn, pool).await.expect("an answer");
     (body.take_whole(), body)
 }
 

@@ -198,7 +198,7 @@ pub struct Keygate {
 impl Drop for Keygate {
     fn drop(&mut self) {
         if let (Some(signal), Ok(None)) = (self.stop_signal, self.child.try_wait()) {
-            let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
+            self.send(signal);
             // Blocking (a drop cannot wait otherwise); bounded, then killed below.
             let deadline = Instant::now() + Duration::from_secs(10);
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
@@ -251,8 +251,13 @@ impl Keygate {
 
     /// Sends `signal` (e.g. "TERM") with kill(1).
     pub fn signal(&self, signal: &str) {
+        assert!(self.send(signal), "kill -{signal} failed");
+    }
+
+    /// Sends `signal` with kill(1): whether it was sent (a drop cannot assert).
+    fn send(&self, signal: &str) -> bool {
         let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
-        assert!(status.expect("kill").success(), "kill -{signal} failed");
+        status.is_ok_and(|s| s.success())
     }
 
     /// Sends SIGHUP.
