@@ -20,6 +20,7 @@ use crate::error::{self, Refusal};
 use crate::gateway::Gateway;
 use crate::routes::upsert::Batch;
 use crate::routes::{Route, Target};
+use crate::upstream::Outbound;
 use retry::Verdict;
 
 /// Most of an upstream answer to a batch that is read (and thrown away) so that its
@@ -136,7 +137,8 @@ impl Run<'_> {
         *request.headers_mut() = self.plan.headers.clone();
         // The deadline covers the send up to the answer's head, which decides: an answer
         // that came in time stands, however long its body then takes.
-        let sent = crate::forward::send(self.gw, self.route, self.target, request, self.bytes_in);
+        let sent =
+            crate::forward::send(self.gw, self.route, self.target, Outbound::Built(request), self.bytes_in);
         match tokio::time::timeout_at(self.deadline, sent).await {
             Ok(Ok(response)) => {
                 let verdict = retry::judge_answer(&response);

@@ -3,7 +3,7 @@
 //! failures become refusals) and [`downstream`] (headers, trailers and error bodies
 //! scrubbed of every secret).
 
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
@@ -22,7 +22,7 @@ pub(crate) async fn send(
     gw: &Gateway,
     route: &Route,
     target: &Target,
-    request: Request<ProxyBody>,
+    request: upstream::Outbound<'_>,
     bytes_in: &Meter,
 ) -> Result<Response<upstream::Body>, Refusal> {
     let started = Instant::now();

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header;
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
@@ -20,9 +20,9 @@ use crate::error::{Refusal, Shape};
 use crate::gateway::Gateway;
 use crate::intercept;
 use crate::request_body::RequestBody;
+use crate::rewrite::UpstreamHead;
 use crate::routes::{Credential, Kind, Route, Target, check_path, upsert};
-use crate::scrub;
-use crate::upstream;
+use crate::upstream::{self, Outbound};
 use crate::{batch, forward, guard};
 
 /// How much of an answer replaced by a retry with the previous key is read (so its
@@ -112,7 +112,8 @@ async fn pipeline(
     // The vendor allows one update-status call a minute per client id: answers are
     // shared by every caller (src/guard).
     if target.operation == "update_status" && !route.limits.update_status_ttl.is_zero() {
-        let (route, target, request) = (&route, &target, outgoing.request);
+        let request = outgoing.request.into_request().map_err(|_| unforwardable())?;
+        let (route, target) = (&route, &target);
         let call = guard::Call { gw, snapshot, route, target, request, bytes_in, exchange };
         return Box::pin(guard::serve(call)).await;
     }
@@ -231,7 +232,7 @@ async fn send(
     route: &Route,
     target: &Target,
     caller: &Parts,
-    outgoing: Outgoing,
+    outgoing: Outgoing<'_>,
     bytes_in: &Meter,
     exchange: &mut Exchange,
 ) -> Result<Response<upstream::Body>, Refusal> {
@@ -264,11 +265,10 @@ async fn fall_back(
     exchange: &mut Exchange,
 ) -> Result<Response<upstream::Body>, Refusal> {
     upstream::discard(refused, REPLACED_BODY_LIMIT, None, REPLACED_BODY_TIME).await;
-    let head = upstream_head(route, target, caller, previous)?;
-    let request = assemble(&caller.method, head, body::full(body));
+    let head = upstream_head(target, caller, previous)?;
     gw.metrics.secret_fallbacks.with_label_values(&[&route.secret_name]).inc();
     exchange.key = Some("previous");
-    forward::send(gw, route, target, request, bytes_in).await
+    forward::send(gw, route, target, Outbound::Head(head, body::full(body)), bytes_in).await
 }
 
 /// Counts and logs a request the route's `shadow_allow` would refuse; never decides.
@@ -305,8 +305,8 @@ struct Declared {
 }
 
 /// The request to send upstream, and the body to send it again with when that is safe.
-struct Outgoing {
-    request: Request<ProxyBody>,
+struct Outgoing<'a> {
+    request: Outbound<'a>,
     /// Set only while the route has a previous key and the request is one a retry
     /// cannot harm: every BI `GET` (no body), a buffered import upsert (idempotent by
     /// its `keys`), a generic `GET` or `HEAD` without a body.
@@ -314,30 +314,23 @@ struct Outgoing {
 }
 
 /// What the caller's request becomes upstream.
-enum Built {
-    One(Outgoing),
+enum Built<'a> {
+    One(Outgoing<'a>),
     /// An import upsert of more than 100 records, re-batched.
     Batches(batch::Plan),
 }
 
-/// Where the request goes and what it carries besides its body: the caller's headers
-/// and query with `credential`'s key in place of the caller's.
-struct Head {
-    headers: HeaderMap,
-    uri: Uri,
-}
-
 /// Turns the caller's request into the upstream's: strip, then inject, then body.
-async fn build_request(
+async fn build_request<'a>(
     snapshot: &Snapshot,
-    route: &Route,
-    target: &Target,
-    caller: &Parts,
+    route: &'a Route,
+    target: &'a Target,
+    caller: &'a Parts,
     declared: Declared,
     incoming: RequestBody,
     bytes_in: &Arc<Meter>,
-) -> Result<Built, Refusal> {
-    let head = upstream_head(route, target, caller, &route.credential)?;
+) -> Result<Built<'a>, Refusal> {
+    let head = upstream_head(target, caller, &route.credential)?;
     // Known before the body is read: a generic request can be sent again only when it
     // has no body to lose.
     let bodiless = incoming.is_end_stream();
@@ -345,7 +338,7 @@ async fn build_request(
         match request_body(snapshot, route, target, caller, declared, incoming, bytes_in).await? {
             Body::One(body, buffered) => (body, buffered),
             Body::Batches(batches) => {
-                let Head { headers, uri } = head;
+                let (headers, uri) = (head.headers(), head.uri().map_err(|_| unforwardable())?);
                 let plan = batch::Plan { method: caller.method.clone(), uri, headers, batches };
                 return Ok(Built::Batches(plan));
             }
@@ -362,42 +355,28 @@ async fn build_request(
             Kind::Generic { .. } => None,
         }
     };
-    Ok(Built::One(Outgoing { request: assemble(&caller.method, head, body), resend }))
+    Ok(Built::One(Outgoing { request: Outbound::Head(head, body), resend }))
 }
 
-/// The upstream's headers and target for the caller's head, carrying `credential`.
-fn upstream_head(
-    route: &Route,
-    target: &Target,
-    caller: &Parts,
-    credential: &Credential,
-) -> Result<Head, Refusal> {
-    // Removal works on the caller's headers and query before the real credential is
-    // added, so nothing a caller sends (a `Connection` naming the credential header, a
-    // second copy) can remove or shadow it.
-    let mut headers = credential.strip_headers(&caller.headers);
-    // So that an error body comes back in a coding keygate can read for secrets.
-    scrub::body::accept_encoding(&mut headers);
+/// The upstream's head for the caller's, carrying `credential`. Removal works on the
+/// caller's headers and query before the real credential is added, so nothing a caller
+/// sends (a `Connection` naming the credential header, a second copy) can remove or
+/// shadow it ([`crate::rewrite::UpstreamHead`]).
+fn upstream_head<'a>(
+    target: &'a Target,
+    caller: &'a Parts,
+    credential: &'a Credential,
+) -> Result<UpstreamHead<'a>, Refusal> {
     let query = credential
         .query_for(caller.uri.query(), target.credential)
         .map_err(|refused| Refusal::BadRequest(refused.reason()))?;
-    if target.credential {
-        credential.inject_header(&mut headers);
-    }
-    let uri = route
-        .upstream
-        .uri(&target.path, query.as_deref())
-        .map_err(|_| Refusal::InvalidPath("the path cannot be forwarded"))?;
-    Ok(Head { headers, uri })
+    credential
+        .upstream_head(&caller.method, &caller.headers, &target.path, query, target.credential)
+        .map_err(|_| unforwardable())
 }
 
-fn assemble(method: &Method, head: Head, body: ProxyBody) -> Request<ProxyBody> {
-    let mut out = Request::new(body);
-    *out.method_mut() = method.clone();
-    *out.uri_mut() = head.uri;
-    *out.version_mut() = Version::HTTP_11;
-    *out.headers_mut() = head.headers;
-    out
+fn unforwardable() -> Refusal {
+    Refusal::InvalidPath("the path cannot be forwarded")
 }
 
 /// A request body as it goes upstream.

@@ -97,7 +97,8 @@ pub(crate) async fn call(route: &Route, candidate: &Secret) -> Answer {
         Err(why) => return Answer::Refused(why),
     };
     let timeout = route.response_timeout.min(CALL_TIMEOUT);
-    match route.upstream.send(request, tokio::time::Instant::now(), timeout).await {
+    match route.upstream.send(upstream::Outbound::Built(request), tokio::time::Instant::now(), timeout).await
+    {
         Err(failure) => Answer::Failed(format!("{} failure", failure.label())),
         Ok(response) => {
             let status = response.status();

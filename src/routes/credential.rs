@@ -11,11 +11,12 @@
 
 use std::fmt;
 
+use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::utf8_percent_encode;
 use zeroize::Zeroizing;
 
-use crate::rewrite::{self, QueryRefused, QueryValue};
+use crate::rewrite::{self, InvalidTarget, QueryRefused, QueryValue, UpstreamHead};
 use crate::secret::{QUERY_VALUE, Secret};
 
 /// How one route strips callers' credentials and injects its own.
@@ -149,6 +150,25 @@ impl Credential {
         if let Inject::Header { name, value } = &self.inject {
             headers.insert(name.clone(), value.clone());
         }
+    }
+
+    /// The upstream's head for a caller's `method` and `headers`, to `path` with `query`
+    /// (made by [`Credential::query_for`]): the caller's headers stripped as
+    /// [`Credential::strip_headers`] does, with this credential's header added when
+    /// `inject`.
+    pub(crate) fn upstream_head<'a>(
+        &'a self,
+        method: &'a Method,
+        headers: &'a HeaderMap,
+        path: &'a str,
+        query: Option<String>,
+        inject: bool,
+    ) -> Result<UpstreamHead<'a>, InvalidTarget> {
+        let line = match &self.inject {
+            Inject::Header { name, value } if inject => Some((name, value)),
+            _ => None,
+        };
+        UpstreamHead::new(method, headers, &self.strip_headers, line, path, query)
     }
 
     /// The caller's query minus every copy of the credential, with the real one appended

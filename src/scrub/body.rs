@@ -102,15 +102,20 @@ where
 /// withhold. Nothing left means `identity`. No work when the caller sent none or only
 /// decodable codings.
 pub(crate) fn accept_encoding(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(header::ACCEPT_ENCODING).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        if headers.contains_key(header::ACCEPT_ENCODING) {
-            let lines: Vec<HeaderValue> = headers.get_all(header::ACCEPT_ENCODING).iter().cloned().collect();
-            if let Some(value) = narrow(lines.iter()) {
-                headers.insert(header::ACCEPT_ENCODING, value);
-            }
-        }
-        return;
+    if let Some(value) = narrowed_accept_encoding(headers.get_all(header::ACCEPT_ENCODING)) {
+        headers.insert(header::ACCEPT_ENCODING, value);
+    }
+}
+
+/// The one `Accept-Encoding` line that replaces `lines` ([`accept_encoding`]); `None`
+/// when they stay as they are (none, or every coding in them decodable).
+pub(crate) fn narrowed_accept_encoding(lines: header::GetAll<'_, HeaderValue>) -> Option<HeaderValue> {
+    let mut values = lines.iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return None,
+        (Some(value), None) => value,
+        // Rare: more than one line.
+        (Some(_), Some(_)) => return narrow(lines.iter().collect::<Vec<_>>().into_iter()),
     };
     // One line, the usual case: a caller sends the same one every time, so the last
     // answer is kept per thread.
@@ -118,17 +123,14 @@ pub(crate) fn accept_encoding(headers: &mut HeaderMap) {
         static LAST: std::cell::RefCell<Option<(HeaderValue, Option<HeaderValue>)>> =
             const { std::cell::RefCell::new(None) };
     }
-    let narrowed = LAST.with_borrow_mut(|last| match last {
+    LAST.with_borrow_mut(|last| match last {
         Some((seen, narrowed)) if seen == value => narrowed.clone(),
         _ => {
             let narrowed = narrow(std::iter::once(value));
             *last = Some((value.clone(), narrowed.clone()));
             narrowed
         }
-    });
-    if let Some(value) = narrowed {
-        headers.insert(header::ACCEPT_ENCODING, value);
-    }
+    })
 }
 
 /// The `Accept-Encoding` value for `values` narrowed to the decodable codings;

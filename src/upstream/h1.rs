@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use super::Outbound;
 use super::pool::{self, Pool};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::UpstreamFailure;
@@ -190,29 +191,36 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// Encodes `parts` as hyper's client would: the request line with the origin-form
+    /// Encodes `request` as hyper's client would: the request line with the origin-form
     /// target, `host` first, the headers with lower-case names, and `Content-Length`
-    /// when `body` is not over already; `body` must have an exact size (at most
-    /// [`INLINE_BODY`]: the caller sees to that). A body frame that is ready at once
+    /// when the body is not over already; the body must have an exact size (at most
+    /// [`INLINE_BODY`]: the caller sees to that). A head not yet built is written from
+    /// its rules, line by line ([`UpstreamHead`]). A body frame that is ready at once
     /// goes out with the head.
-    pub(crate) fn new(
-        parts: &http::request::Parts,
-        host: &HeaderValue,
-        mut body: ProxyBody,
-    ) -> Result<Outgoing, UpstreamFailure> {
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    pub(crate) fn new(request: Outbound<'_>, host: &HeaderValue) -> Result<Outgoing, UpstreamFailure> {
         let mut bytes = Vec::with_capacity(256);
-        bytes.extend_from_slice(parts.method.as_str().as_bytes());
-        bytes.push(b' ');
-        bytes.extend_from_slice(target.as_bytes());
-        bytes.extend_from_slice(b" HTTP/1.1\r\n");
-        line(&mut bytes, b"host", host.as_bytes());
-        for (name, value) in &parts.headers {
-            if name != header::HOST {
-                line(&mut bytes, name.as_str().as_bytes(), value.as_bytes());
+        let (method, mut body) = match request {
+            Outbound::Built(request) => {
+                let (parts, body) = request.into_parts();
+                let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                request_line(&mut bytes, &parts.method, host, |out| out.extend_from_slice(target.as_bytes()));
+                for (name, value) in &parts.headers {
+                    if name != header::HOST {
+                        line(&mut bytes, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                }
+                (parts.method, body)
             }
-        }
-        let head = parts.method == Method::HEAD;
+            Outbound::Head(head, body) => {
+                request_line(&mut bytes, head.method(), host, |out| head.write_target(out));
+                // `Host` is never among the lines ([`crate::rewrite::frames_request`]).
+                head.for_each_line(|name, value| {
+                    line(&mut bytes, name.as_str().as_bytes(), value.as_bytes())
+                });
+                (head.method().clone(), body)
+            }
+        };
+        let head = method == Method::HEAD;
         if body.is_end_stream() {
             bytes.extend_from_slice(b"\r\n");
             return Ok(Outgoing { bytes, first: Bytes::new(), rest: None, length: 0, taken: 0, head });
@@ -260,6 +268,15 @@ impl Outgoing {
         }
         if self.taken == self.length { Ok(()) } else { Err(UpstreamFailure::Protocol) }
     }
+}
+
+/// `method target HTTP/1.1` (the target written by `target`), then the `host` line.
+fn request_line(out: &mut Vec<u8>, method: &Method, host: &HeaderValue, target: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    target(out);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    line(out, b"host", host.as_bytes());
 }
 
 /// Why an exchange failed.

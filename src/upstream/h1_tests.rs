@@ -104,6 +104,10 @@ fn request_parts(method: &Method) -> http::request::Parts {
     request.into_parts().0
 }
 
+fn built(method: &Method, body: ProxyBody) -> Outbound<'static> {
+    Outbound::Built(Request::from_parts(request_parts(method), body))
+}
+
 async fn collect<B>(mut body: B) -> Read
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -129,9 +133,8 @@ where
 
 async fn keygate(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outcome {
     let mut conn = Conn::new(upstream(answer, piece));
-    let mut out =
-        Outgoing::new(&request_parts(&method), &HeaderValue::from_static("up"), crate::body::empty())
-            .expect("a bodiless request");
+    let mut out = Outgoing::new(built(&method, crate::body::empty()), &HeaderValue::from_static("up"))
+        .expect("a bodiless request");
     let read = async {
         let Ok(answer) = exchange(&mut conn, &mut out, far()).await else { return Outcome::Refused };
         if answer.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -462,9 +465,8 @@ async fn answered(
     mut conn: Conn<DuplexStream>,
     pool: &Arc<Pool<Conn<DuplexStream>>>,
 ) -> Result<Body<DuplexStream>, ()> {
-    let mut out =
-        Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
-            .map_err(|_| ())?;
+    let mut out = Outgoing::new(built(&Method::GET, crate::body::empty()), &HeaderValue::from_static("up"))
+        .map_err(|_| ())?;
     let answer = exchange(&mut conn, &mut out, far()).await.map_err(|_| ())?;
     Ok(answer.into_response(conn, pool.clone()).into_body())
 }
@@ -524,9 +526,8 @@ fn answering_then_silent(answered: usize) -> DuplexStream {
 /// One exchange on `conn` by `deadline`: whether it was answered or timed out (any
 /// other failure panics), and when it ended.
 async fn timed_exchange(conn: &mut Conn<DuplexStream>, deadline: Instant) -> (bool, Instant) {
-    let mut out =
-        Outgoing::new(&request_parts(&Method::GET), &HeaderValue::from_static("up"), crate::body::empty())
-            .expect("request");
+    let mut out = Outgoing::new(built(&Method::GET, crate::body::empty()), &HeaderValue::from_static("up"))
+        .expect("request");
     match exchange(conn, &mut out, deadline).await {
         Ok(answer) => {
             assert_eq!(answer.status, StatusCode::OK);
@@ -725,11 +726,9 @@ async fn a_request_body_is_sent_with_its_length_and_one_that_lies_about_it_is_re
     {
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let mut conn = Conn::new(client);
-        let Ok(mut out) = Outgoing::new(
-            &request_parts(&Method::POST),
-            &HeaderValue::from_static("up"),
-            body_of(declared, given),
-        ) else {
+        let Ok(mut out) =
+            Outgoing::new(built(&Method::POST, body_of(declared, given)), &HeaderValue::from_static("up"))
+        else {
             // More bytes ready at once than declared: refused before a byte is written.
             assert!(!sent && (given.len() as u64) > declared, "declared {declared}");
             continue;
@@ -786,4 +785,74 @@ fn connection_lines_naming_nothing_more_are_read_and_left_out() {
         ("content-length".into(), b"0".to_vec()),
     ];
     assert_eq!(pairs(&answer.headers), kept);
+}
+
+/// A caller's header line, from names every rule on the way up reads: framing and
+/// hop-by-hop names, `Connection` naming other lines, forwarding headers, names with
+/// `_`, credentials, and `Accept-Encoding` lines narrowed or not.
+fn caller_line() -> impl Strategy<Value = (&'static str, &'static str)> {
+    prop::sample::select(vec![
+        ("connection", "keep-alive"),
+        ("Connection", "close, X-Named"),
+        ("connection", "accept-encoding"),
+        ("connection", "X-RJM-API-Key"),
+        ("x-named", "1"),
+        ("keep-alive", "timeout=5"),
+        ("te", "trailers"),
+        ("transfer-encoding", "chunked"),
+        ("host", "h.example"),
+        ("content-length", "3"),
+        ("expect", "100-continue"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x_under", "1"),
+        ("x-rjm-api-key", "caller"),
+        ("authorization", "Bearer caller"),
+        ("accept-encoding", "gzip"),
+        ("accept-encoding", "br"),
+        ("accept-encoding", "gzip;q=1, br, zstd"),
+        ("Accept-Encoding", "identity"),
+        ("accept-encoding", ""),
+        ("accept", "*/*"),
+        ("content-type", "application/json"),
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// The head written from its rules is, byte for byte, the head of the request those
+    /// rules build: the same lines in the same order, the same target.
+    #[test]
+    fn a_head_written_from_its_rules_is_the_built_heads_bytes(
+        lines in prop::collection::vec(caller_line(), 0..10),
+        drop_authorization in any::<bool>(),
+        inject in any::<bool>(),
+        head_request in any::<bool>(),
+        path in "/[a-z0-9/%{}]{0,12}",
+        query in proptest::option::of("[a-z=&%?]{0,12}"),
+    ) {
+        let mut caller = HeaderMap::new();
+        for (name, value) in &lines {
+            caller.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
+        let key = HeaderName::from_static("x-rjm-api-key");
+        let mut drop = vec![key.clone()];
+        if drop_authorization {
+            drop.push(header::AUTHORIZATION);
+        }
+        let mut value = HeaderValue::from_static("real-key");
+        value.set_sensitive(true);
+        let inject = inject.then_some((&key, &value));
+        let method = if head_request { Method::HEAD } else { Method::GET };
+        let head = || crate::rewrite::UpstreamHead::new(&method, &caller, &drop, inject, &path, query.clone()).unwrap();
+        let host = HeaderValue::from_static("up.example:8443");
+        let written = Outgoing::new(Outbound::Head(head(), crate::body::empty()), &host).unwrap();
+        let request = Outbound::Head(head(), crate::body::empty()).into_request().unwrap();
+        let built = Outgoing::new(Outbound::Built(request), &host).unwrap();
+        prop_assert_eq!(
+            String::from_utf8_lossy(&written.bytes),
+            String::from_utf8_lossy(&built.bytes)
+        );
+        prop_assert_eq!(written.head, built.head);
+    }
 }

@@ -44,9 +44,41 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::error::UpstreamFailure;
+use crate::rewrite::UpstreamHead;
 pub(crate) use cache::Cache;
 use h1::{Conn, Io};
 use pool::Pool;
+
+/// A request to send: built, or still the caller's head with the rules that rewrite it
+/// ([`UpstreamHead`]), which keygate's HTTP/1.1 client writes as bytes with no map in
+/// between; every other client has it built first.
+pub(crate) enum Outbound<'a> {
+    Built(Request<ProxyBody>),
+    Head(UpstreamHead<'a>, ProxyBody),
+}
+
+impl Outbound<'_> {
+    fn body(&self) -> &ProxyBody {
+        match self {
+            Outbound::Built(request) => request.body(),
+            Outbound::Head(_, body) => body,
+        }
+    }
+
+    /// The request, built (an HTTP/1.1 origin-form target, no `Host`).
+    pub(crate) fn into_request(self) -> Result<Request<ProxyBody>, UpstreamFailure> {
+        match self {
+            Outbound::Built(request) => Ok(request),
+            Outbound::Head(head, body) => {
+                let mut request = Request::new(body);
+                *request.method_mut() = head.method().clone();
+                *request.uri_mut() = head.uri().map_err(|_| UpstreamFailure::Protocol)?;
+                *request.headers_mut() = head.headers();
+                Ok(request)
+            }
+        }
+    }
+}
 
 /// An upstream's answer body: read by keygate's HTTP/1.1 client, or by hyper's (HTTP/2,
 /// and HTTP/1.1 requests with long or unknown-length bodies).
@@ -212,7 +244,7 @@ impl Upstream {
     /// ([`h1::exchange`]); a new connection, HTTP/2 and hyper's client with a timer each.
     pub(crate) async fn send(
         &self,
-        request: Request<ProxyBody>,
+        request: Outbound<'_>,
         now: Instant,
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamFailure> {
@@ -220,17 +252,16 @@ impl Upstream {
         if let Some(h2) = self.shared_h2() {
             // Boxed: inline, its future would be most of every request's (1.9 KB of 3),
             // and each request's futures are moved into place at every level.
-            return within(deadline, Box::pin(self.send_h2(h2, request))).await;
+            return within(deadline, Box::pin(self.send_h2(h2, request.into_request()?))).await;
         }
         let body = request.body();
         let in_hand = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= h1::INLINE_BODY);
         if !in_hand {
             // Boxed, like every rare path, to keep each request's future small.
-            return within(deadline, Box::pin(self.send_hyper(request, now))).await;
+            return within(deadline, Box::pin(self.send_hyper(request.into_request()?, now))).await;
         }
-        let (parts, body) = request.into_parts();
         let mut out = None;
-        let mut request = Some((parts, body));
+        let mut request = Some(request);
         loop {
             let (mut conn, reused) = match self.pool.checkout(now) {
                 Some(conn) => (conn, true),
@@ -240,17 +271,16 @@ impl Upstream {
                         // The upstream's ALPN picks HTTP/2 on a new connection while an
                         // idle HTTP/1.1 one, which took the body's first bytes, has
                         // just failed: nothing was sent, but the request is spent.
-                        let Some((parts, body)) = request.take() else {
+                        let Some(request) = request.take() else {
                             return Err(UpstreamFailure::Protocol);
                         };
-                        let request = Request::from_parts(parts, body);
-                        return within(deadline, Box::pin(self.send_h2(h2, request))).await;
+                        return within(deadline, Box::pin(self.send_h2(h2, request.into_request()?))).await;
                     }
                 },
             };
             let out = match (&mut out, request.take()) {
                 (Some(out), _) => out,
-                (None, Some((parts, body))) => out.insert(h1::Outgoing::new(&parts, &self.host, body)?),
+                (None, Some(request)) => out.insert(h1::Outgoing::new(request, &self.host)?),
                 (None, None) => return Err(UpstreamFailure::Protocol),
             };
             match h1::exchange(&mut conn, out, deadline).await {

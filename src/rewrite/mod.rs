@@ -17,6 +17,10 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode};
 use crate::scrub::Scrubber;
 use crate::secret::{QUERY_VALUE, Secret};
 
+mod upstream_head;
+
+pub(crate) use upstream_head::{InvalidTarget, UpstreamHead};
+
 /// Headers that describe one hop, never the message (RFC 9110 §7.6.1), plus the
 /// legacy `Proxy-Connection`.
 const HOP_BY_HOP: &[&str] = &[
@@ -83,11 +87,22 @@ fn no_route_forwards(name: &str) -> bool {
 /// presets, the caller's credentials, cookies and the headers that steer a server's
 /// routing: [`crate::routes::credential`]).
 pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(caller.len());
+    for (name, value) in forwarded(caller, drop) {
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The caller's header lines [`request_headers`] keeps, in the map's order.
+pub(crate) fn forwarded<'a>(
+    caller: &'a HeaderMap,
+    drop: &'a [HeaderName],
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
     // Looked up only when a header passes every other rule: most requests' headers
     // are `Host` and what the route drops, and need no lookup at all.
     let mut connection = None;
-    let mut out = HeaderMap::with_capacity(caller.len());
-    for (name, value) in caller {
+    caller.iter().filter(move |(name, _)| {
         let n = name.as_str();
         let strip = no_route_forwards(n)
             || n.contains('_')
@@ -97,11 +112,8 @@ pub fn request_headers(caller: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
                 .iter()
                 .flat_map(connection_tokens)
                 .any(|t| t.eq_ignore_ascii_case(n.as_bytes()));
-        if !strip {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
+        !strip
+    })
 }
 
 /// Cleans the upstream's response headers in place: hop-by-hop headers, the parameters
