@@ -58,7 +58,7 @@ impl Outcome {
 struct Run<'a> {
     gw: &'a Gateway,
     route: &'a Route,
-    target: &'a Target,
+    target: &'a Target<'a>,
     plan: &'a Plan,
     bytes_in: &'a Meter,
     /// No attempt starts, and none goes on, past this.
@@ -70,7 +70,7 @@ struct Run<'a> {
 pub(crate) async fn send_all(
     gw: &Gateway,
     route: &Route,
-    target: &Target,
+    target: &Target<'_>,
     plan: Plan,
     bytes_in: &Meter,
 ) -> (Response<ProxyBody>, Option<StatusCode>) {

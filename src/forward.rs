@@ -21,7 +21,7 @@ use crate::upstream;
 pub(crate) async fn send(
     gw: &Gateway,
     route: &Route,
-    target: &Target,
+    target: &Target<'_>,
     request: upstream::Outbound<'_>,
     bytes_in: &Meter,
 ) -> Result<Response<upstream::Body>, Refusal> {

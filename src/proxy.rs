@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderMap};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 
@@ -67,37 +67,39 @@ async fn pipeline(
     if gw.is_shutting_down() {
         return Err(Refusal::ShuttingDown);
     }
-    let head = CallerHead::of(&request);
     // A tunnel is decided on its own terms (host, port, caller) before anything that
     // reads a path: its target has none, and no byte goes upstream for it.
     if request.method() == Method::CONNECT {
+        let head = CallerHead::of(request.method(), request.uri(), request.headers());
         if head.size > snapshot.server.max_header_bytes {
             return Err(Refusal::HeadersTooLarge);
         }
         return intercept::accept(snapshot, conn, request, exchange);
     }
+    // The caller's head stays whole to the end: the upstream's path is made of it, and
+    // the request is sent again from it with the previous key, when it is.
+    let (caller, incoming) = request.into_parts();
+    let head = CallerHead::of(&caller.method, &caller.uri, &caller.headers);
     // The head alone, before routing: nothing should spend work on a head that is too
     // large or that a proxy in front may read another way.
-    check_head(snapshot, &request, &head)?;
+    check_head(snapshot, caller.version, &head)?;
     // Paths are checked before routing so no trick can reach a prefix it should not.
-    let path = request.uri().path();
+    let path = caller.uri.path();
     check_path(path)?;
-    let host = request_host(&request, &head);
+    let host = request_host(&caller.uri, &head);
     let (route, remainder) = snapshot.routes.find(host, path).ok_or(Refusal::NoRoute)?;
     let route = route.clone();
     exchange.route = Some(route.clone());
     // Who is calling decides everything below; an unknown caller learns nothing more.
-    admit(gw, snapshot, conn, &route, &request, exchange)?;
-    let target = route.target(request.method(), remainder)?;
+    admit(gw, snapshot, conn, &route, &caller.headers, exchange)?;
+    let target = route.target(&caller.method, remainder)?;
     exchange.operation = target.operation;
     // A declared length over the limit is refused before any byte (or 100 Continue).
     if head.declared.length.is_some_and(|n| n > route.max_body_bytes) {
         return Err(Refusal::BodyTooLarge);
     }
+    // Only now is the request rewritten and its body read: strip, inject, body.
     let declared = head.declared;
-    // Only now is the request rewritten and its body read: strip, inject, body. The
-    // caller's head stays, should the request be sent again with the previous key.
-    let (caller, incoming) = request.into_parts();
     let outgoing =
         match build_request(snapshot, &route, &target, &caller, declared, incoming, bytes_in).await? {
             Built::One(outgoing) => outgoing,
@@ -138,12 +140,12 @@ struct CallerHead<'a> {
 }
 
 impl<'a> CallerHead<'a> {
-    fn of<B>(request: &'a Request<B>) -> CallerHead<'a> {
-        let line = request.method().as_str().len() + uri_len(request.uri()) + 12;
+    fn of(method: &Method, uri: &Uri, headers: &'a HeaderMap) -> CallerHead<'a> {
+        let line = method.as_str().len() + uri_len(uri) + 12;
         let declared = Declared { length: None, codings: 0 };
         let mut head = CallerHead { size: line, chunked: false, hosts: 0, host: None, declared };
         let mut sized = false;
-        for (name, value) in request.headers() {
+        for (name, value) in headers {
             head.size += name.as_str().len() + value.len() + 4;
             if name == header::HOST {
                 head.hosts += 1;
@@ -168,11 +170,7 @@ impl<'a> CallerHead<'a> {
 
 /// Refuses a head that is too large or that can be read two ways: any framing but one
 /// plain `chunked`, and anything but exactly one `Host` line on HTTP/1.1.
-fn check_head(
-    snapshot: &Snapshot,
-    request: &Request<RequestBody>,
-    head: &CallerHead<'_>,
-) -> Result<(), Refusal> {
+fn check_head(snapshot: &Snapshot, version: Version, head: &CallerHead<'_>) -> Result<(), Refusal> {
     if head.size > snapshot.server.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
     }
@@ -185,7 +183,7 @@ fn check_head(
     // RFC 9112 §3.2: more than one Host line is a 400, and so is an HTTP/1.1 request
     // without one (HTTP/1.0 may omit it; HTTP/2 carries `:authority`). keygate routes by
     // path alone, but a proxy in front might have routed by the line it picked.
-    check_hosts(request.version(), head.hosts)
+    check_hosts(version, head.hosts)
 }
 
 fn check_hosts(version: Version, hosts: usize) -> Result<(), Refusal> {
@@ -200,8 +198,8 @@ fn check_hosts(version: Version, hosts: usize) -> Result<(), Refusal> {
 
 /// The host a request names: the authority of an absolute-form target (RFC 9112
 /// §3.2.2: it replaces `Host`) or of HTTP/2's `:authority`, else the `Host` header.
-fn request_host<'a, B>(request: &'a Request<B>, head: &CallerHead<'a>) -> Option<&'a str> {
-    match request.uri().authority() {
+fn request_host<'a>(uri: &'a Uri, head: &CallerHead<'a>) -> Option<&'a str> {
+    match uri.authority() {
         Some(authority) => Some(authority.as_str()),
         None => head.host?.to_str().ok(),
     }
@@ -214,10 +212,10 @@ fn admit(
     snapshot: &Snapshot,
     conn: &ConnInfo,
     route: &Route,
-    request: &Request<RequestBody>,
+    headers: &HeaderMap,
     exchange: &mut Exchange,
 ) -> Result<(), Refusal> {
-    let caller = snapshot.callers.of(conn, request.headers());
+    let caller = snapshot.callers.of(conn, headers);
     exchange.caller = caller.group.clone();
     exchange.caller_addr = caller.addr;
     shadow_check(gw, route, &caller);
@@ -230,7 +228,7 @@ fn admit(
 async fn send(
     gw: &Gateway,
     route: &Route,
-    target: &Target,
+    target: &Target<'_>,
     caller: &Parts,
     outgoing: Outgoing<'_>,
     bytes_in: &Meter,
@@ -256,7 +254,7 @@ async fn send(
 async fn fall_back(
     gw: &Gateway,
     route: &Route,
-    target: &Target,
+    target: &Target<'_>,
     caller: &Parts,
     previous: &Credential,
     body: Bytes,
@@ -324,7 +322,7 @@ enum Built<'a> {
 async fn build_request<'a>(
     snapshot: &Snapshot,
     route: &'a Route,
-    target: &'a Target,
+    target: &'a Target<'a>,
     caller: &'a Parts,
     declared: Declared,
     incoming: RequestBody,
@@ -363,7 +361,7 @@ async fn build_request<'a>(
 /// sends (a `Connection` naming the credential header, a second copy) can remove or
 /// shadow it ([`crate::rewrite::UpstreamHead`]).
 fn upstream_head<'a>(
-    target: &'a Target,
+    target: &'a Target<'a>,
     caller: &'a Parts,
     credential: &'a Credential,
 ) -> Result<UpstreamHead<'a>, Refusal> {
@@ -371,7 +369,7 @@ fn upstream_head<'a>(
         .query_for(caller.uri.query(), target.credential)
         .map_err(|refused| Refusal::BadRequest(refused.reason()))?;
     credential
-        .upstream_head(&caller.method, &caller.headers, &target.path, query, target.credential)
+        .upstream_head(&caller.method, &caller.headers, target.path.pieces(), query, target.credential)
         .map_err(|_| unforwardable())
 }
 
@@ -394,7 +392,7 @@ enum Body {
 async fn request_body(
     snapshot: &Snapshot,
     route: &Route,
-    target: &Target,
+    target: &Target<'_>,
     parts: &Parts,
     declared: Declared,
     incoming: RequestBody,
@@ -527,11 +525,11 @@ mod tests {
                 let value = HeaderValue::from_bytes(value.as_bytes()).unwrap();
                 request.headers_mut().append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
             }
-            let head = CallerHead::of(&request);
+            let head = CallerHead::of(request.method(), request.uri(), request.headers());
             prop_assert_eq!(head.size, size_reference(&request));
             prop_assert_eq!(head.plain_framing(), plain_framing_reference(request.headers()));
             prop_assert_eq!(check_hosts(request.version(), head.hosts), hosts_reference(&request));
-            prop_assert_eq!(super::request_host(&request, &head), request_host_reference(&request));
+            prop_assert_eq!(super::request_host(request.uri(), &head), request_host_reference(&request));
             prop_assert_eq!(head.declared.length, declared_length_reference(request.headers()));
             prop_assert_eq!(head.declared.codings > 0, request.headers().contains_key(header::TRANSFER_ENCODING));
         }

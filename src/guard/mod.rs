@@ -36,7 +36,7 @@ pub(crate) struct Call<'a> {
     pub gw: &'a Gateway,
     pub snapshot: &'a Snapshot,
     pub route: &'a Route,
-    pub target: &'a Target,
+    pub target: &'a Target<'a>,
     pub request: Request<ProxyBody>,
     pub bytes_in: &'a Meter,
     pub exchange: &'a mut Exchange,

@@ -37,29 +37,29 @@ pub(crate) struct UpstreamHead<'a> {
 
 /// The request target.
 enum Target<'a> {
-    /// A path and query of bytes `PathAndQuery` keeps as they are, written as they are.
-    Plain { path: &'a str, query: Option<String> },
+    /// A path (in pieces) and query of bytes `PathAndQuery` keeps as they are, written
+    /// as they are.
+    Plain { path: [&'a str; 2], query: Option<String> },
     /// Anything else that `PathAndQuery` takes (bytes past ASCII, a fragment it cuts):
     /// as it reads it.
     Parsed(PathAndQuery),
 }
 
 impl<'a> UpstreamHead<'a> {
-    /// The head for `caller`'s request to `path` with `query`; a target `PathAndQuery`
-    /// refuses is refused here, before any byte of the body is read.
+    /// The head for `caller`'s request to `path` (its pieces, in order) with `query`; a
+    /// target `PathAndQuery` refuses is refused here, before any byte of the body is read.
     pub(crate) fn new(
         method: &'a Method,
         caller: &'a HeaderMap,
         drop: &'a [HeaderName],
         inject: Option<(&'a HeaderName, &'a HeaderValue)>,
-        path: &'a str,
+        path: [&'a str; 2],
         query: Option<String>,
     ) -> Result<UpstreamHead<'a>, InvalidTarget> {
         let target = if is_plain(path, query.as_deref()) {
             Target::Plain { path, query }
         } else {
-            let mut pq = String::with_capacity(path.len() + query.as_ref().map_or(0, |q| q.len() + 1));
-            pq.push_str(path);
+            let mut pq = path.concat();
             if let Some(q) = &query {
                 pq.push('?');
                 pq.push_str(q);
@@ -100,7 +100,9 @@ impl<'a> UpstreamHead<'a> {
     pub(crate) fn write_target(&self, out: &mut Vec<u8>) {
         match &self.target {
             Target::Plain { path, query } => {
-                out.extend_from_slice(path.as_bytes());
+                for piece in path {
+                    out.extend_from_slice(piece.as_bytes());
+                }
                 if let Some(q) = query {
                     out.push(b'?');
                     out.extend_from_slice(q.as_bytes());
@@ -141,13 +143,14 @@ impl<'a> UpstreamHead<'a> {
 }
 
 /// True when every byte of `path` and `query` is one `PathAndQuery` keeps as it is in
-/// both its path and its query, and `path` begins with `/`: then the target is written
+/// both its path and its query, and the path begins with `/`: then the target is written
 /// as it is, with no scan of `PathAndQuery`'s and no copy of it.
-fn is_plain(path: &str, query: Option<&str>) -> bool {
-    let length = path.len() + query.map_or(0, |q| q.len() + 1);
-    path.starts_with('/')
+fn is_plain(path: [&str; 2], query: Option<&str>) -> bool {
+    let length = path[0].len() + path[1].len() + query.map_or(0, |q| q.len() + 1);
+    let first = if path[0].is_empty() { path[1] } else { path[0] };
+    first.starts_with('/')
         && length <= MAX_TARGET
-        && path.bytes().all(plain_byte)
+        && path.iter().all(|piece| piece.bytes().all(plain_byte))
         && query.is_none_or(|q| q.bytes().all(|b| b == b'?' || plain_byte(b)))
 }
 
@@ -168,8 +171,13 @@ mod tests {
         #[test]
         fn a_target_is_written_as_path_and_query_reads_it(
             path in "(/[ -~\u{80}-\u{ff}]{0,30})|([ -~]{0,5})",
+            split in any::<prop::sample::Index>(),
             query in proptest::option::of("[ -~\u{80}-\u{ff}]{0,30}"),
         ) {
+            // The path in two pieces, cut anywhere between characters.
+            let cuts: Vec<usize> = (0..=path.len()).filter(|&at| path.is_char_boundary(at)).collect();
+            let (base, rest) = path.split_at(cuts[split.index(cuts.len())]);
+            let pieces = [base, rest];
             let caller = HeaderMap::new();
             let mut text = path.clone();
             if let Some(q) = &query {
@@ -178,7 +186,7 @@ mod tests {
             }
             let reference = PathAndQuery::try_from(text.as_str());
             let method = Method::GET;
-            match UpstreamHead::new(&method, &caller, &[], None, &path, query.clone()) {
+            match UpstreamHead::new(&method, &caller, &[], None, pieces, query.clone()) {
                 Ok(head) => {
                     let reference = reference.expect("taken by PathAndQuery");
                     let mut written = Vec::new();
@@ -186,7 +194,7 @@ mod tests {
                     prop_assert_eq!(written, reference.as_str().as_bytes());
                     let uri = head.uri().unwrap();
                     prop_assert_eq!(uri.path_and_query(), Some(&reference));
-                    if is_plain(&path, query.as_deref()) {
+                    if is_plain(pieces, query.as_deref()) {
                         prop_assert_eq!(reference.as_str(), text.as_str());
                     }
                 }
@@ -207,8 +215,12 @@ mod tests {
                 assert!(kept(&in_path) && kept(&in_query), "{b:#x}");
             }
         }
-        assert!(!is_plain("/a b", None) && !is_plain("/a", Some("x#y")) && !is_plain("a", None));
-        assert!(!is_plain("/a?b", None), "a `?` in the path is the query's start");
-        assert!(is_plain("/export/12345/tables", Some("apikey=k&x=?")));
+        assert!(
+            !is_plain(["/a b", ""], None) && !is_plain(["/a", ""], Some("x#y")) && !is_plain(["a", ""], None)
+        );
+        assert!(!is_plain(["", "a/"], None) && !is_plain(["", ""], None));
+        assert!(!is_plain(["/a", "?b"], None), "a `?` in the path is the query's start");
+        assert!(is_plain(["", "/export/12345/tables"], Some("apikey=k&x=?")));
+        assert!(is_plain(["/v1", "/export"], None) && is_plain(["/", ""], None));
     }
 }

@@ -152,7 +152,8 @@ impl Credential {
         }
     }
 
-    /// The upstream's head for a caller's `method` and `headers`, to `path` with `query`
+    /// The upstream's head for a caller's `method` and `headers`, to `path` (its pieces in
+    /// order) with `query`
     /// (made by [`Credential::query_for`]): the caller's headers stripped as
     /// [`Credential::strip_headers`] does, with this credential's header added when
     /// `inject`.
@@ -160,7 +161,7 @@ impl Credential {
         &'a self,
         method: &'a Method,
         headers: &'a HeaderMap,
-        path: &'a str,
+        path: [&'a str; 2],
         query: Option<String>,
         inject: bool,
     ) -> Result<UpstreamHead<'a>, InvalidTarget> {

@@ -131,7 +131,7 @@ pub struct Route {
 
 /// Where a matched request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
+pub(crate) struct Target<'a> {
     /// The `operation` label.
     pub operation: &'static str,
     /// False only for calls that carry no key (the import status check).
@@ -139,7 +139,27 @@ pub(crate) struct Target {
     /// True for import upserts checked locally.
     pub validate_upsert: bool,
     /// The path to request upstream (without query).
-    pub path: String,
+    pub path: UpstreamPath<'a>,
+}
+
+/// The path to request upstream, kept as its two pieces — the upstream's base path and
+/// the rest of the caller's — and joined only where it is written ([`join_path`]'s rule),
+/// so that a request makes no string for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UpstreamPath<'a> {
+    base: &'a str,
+    rest: &'a str,
+}
+
+impl<'a> UpstreamPath<'a> {
+    pub(crate) fn new(base: &'a str, rest: &'a str) -> UpstreamPath<'a> {
+        UpstreamPath { base: base.trim_end_matches('/'), rest }
+    }
+
+    /// The pieces in order: `/` alone when both are empty.
+    pub(crate) fn pieces(&self) -> [&'a str; 2] {
+        if self.base.is_empty() && self.rest.is_empty() { ["/", ""] } else { [self.base, self.rest] }
+    }
 }
 
 impl Route {
@@ -150,7 +170,7 @@ impl Route {
     }
 
     /// Matches the request to one of this route's operations.
-    pub(crate) fn target(&self, method: &Method, remainder: &str) -> Result<Target, Refusal> {
+    pub(crate) fn target<'a>(&'a self, method: &Method, remainder: &'a str) -> Result<Target<'a>, Refusal> {
         let (operation, credential, validate_upsert) = match &self.kind {
             Kind::Preset { preset, client_id, enabled, validate_body } => {
                 let op = preset.resolve(method, remainder, client_id, *enabled)?;
@@ -164,7 +184,7 @@ impl Route {
                 (method_label(method), true, false)
             }
         };
-        let path = join_path(self.upstream.base_path(), remainder);
+        let path = UpstreamPath::new(self.upstream.base_path(), remainder);
         Ok(Target { operation, credential, validate_upsert, path })
     }
 
@@ -524,10 +544,17 @@ mod tests {
 
     #[test]
     fn join_path_handles_bases_and_empty_remainders() {
-        assert_eq!(join_path("", ""), "/");
-        assert_eq!(join_path("", "/"), "/");
-        assert_eq!(join_path("/v1", "/things"), "/v1/things");
-        assert_eq!(join_path("/v1/", "/things"), "/v1/things");
-        assert_eq!(join_path("/v1", ""), "/v1");
+        let cases = [
+            ("", "", "/"),
+            ("", "/", "/"),
+            ("/v1", "/things", "/v1/things"),
+            ("/v1/", "/things", "/v1/things"),
+        ];
+        for (base, rest, joined) in
+            cases.into_iter().chain([("/v1", "", "/v1"), ("/", "", "/"), ("//", "/x", "/x")])
+        {
+            assert_eq!(join_path(base, rest), joined, "{base:?} {rest:?}");
+            assert_eq!(UpstreamPath::new(base, rest).pieces().concat(), joined, "{base:?} {rest:?}");
+        }
     }
 }

@@ -844,7 +844,7 @@ proptest! {
         value.set_sensitive(true);
         let inject = inject.then_some((&key, &value));
         let method = if head_request { Method::HEAD } else { Method::GET };
-        let head = || crate::rewrite::UpstreamHead::new(&method, &caller, &drop, inject, &path, query.clone()).unwrap();
+        let head = || crate::rewrite::UpstreamHead::new(&method, &caller, &drop, inject, ["/base", &path], query.clone()).unwrap();
         let host = HeaderValue::from_static("up.example:8443");
         let written = Outgoing::new(Outbound::Head(head(), crate::body::empty()), &host).unwrap();
         let request = Outbound::Head(head(), crate::body::empty()).into_request().unwrap();
