@@ -89,6 +89,11 @@ struct Conn<H> {
     /// The heads' names by line (BENCHMARKS.md, round 10).
     names: Names,
     draining: bool,
+    /// The drain's wait holds this task's waker: polled once while waiting for a head,
+    /// it wakes the task when the drain begins, and the signal's version then says so.
+    /// A task's waker is the same at every poll, so the wait is not polled again (each
+    /// poll of it locked the signal's list of waiters for nothing).
+    drain_armed: bool,
 }
 
 /// The answer the handler is working on.
@@ -115,6 +120,7 @@ pub(super) async fn serve<H: Handler>(
         buf: BytesMut::new(),
         names: Names::default(),
         draining,
+        drain_armed: false,
     };
     // The first head is timed from the connection's start; later ones from their first
     // byte, after up to `idle_timeout` of waiting for it.
@@ -126,8 +132,9 @@ pub(super) async fn serve<H: Handler>(
     let mut timer = pin!(tokio::time::sleep_until(wait_until));
     // The same for the drain signal: one wait for the connection's life, where a wait
     // per head registered with the signal and left it again for every request. It is
-    // polled only while it has not ended (`draining` is set when it does); a drain that
-    // begins while an answer is made is read from the signal itself (see `exchange`).
+    // polled once, the first time a head is waited for (`Conn::drain_armed`); from then
+    // on the drain is read from the signal's version, which its wake-up makes the task
+    // look at (a drain that begins while an answer is made too, see `exchange`).
     let mut drain = pin!(drain_begun(shutdown.clone()));
     let mut served = Spoken::Nothing;
     loop {
@@ -225,8 +232,11 @@ impl<H: Handler> Conn<H> {
                 if let Poll::Ready(read) = self.poll_read_some(cx, max) {
                     return Poll::Ready(Waited::Read(read));
                 }
-                if !self.draining && drain.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Waited::Drain);
+                if !self.draining && !self.drain_armed {
+                    if drain.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Waited::Drain);
+                    }
+                    self.drain_armed = true;
                 }
                 lazy_timer::poll_until(timer.as_mut(), deadline, cx).map(|()| Waited::Timeout)
             })
