@@ -7,7 +7,7 @@
 //! — or written as its bytes straight onto the wire by keygate's HTTP/1.1 client, with
 //! no map and no URI made in between (BENCHMARKS.md, round 12). The two are one set of
 //! rules: the writer walks the lines the map would hold, in its order, and a property
-//! test holds its bytes to those of the built head (`upstream::h1_tests`).
+//! test holds its bytes to those of the built head (`upstream::h1::tests`).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;

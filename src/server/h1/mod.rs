@@ -135,7 +135,7 @@ pub(super) async fn serve<H: Handler>(
     // polled once, the first time a head is waited for (`Conn::drain_armed`); from then
     // on the drain is read from the signal's version, which its wake-up makes the task
     // look at (a drain that begins while an answer is made too, see `exchange`).
-    let mut drain = pin!(drain_begun(shutdown.clone()));
+    let mut drain = pin!(drain_wait(shutdown.clone()));
     let mut served = Spoken::Nothing;
     loop {
         let parsed =
@@ -157,9 +157,14 @@ pub(super) async fn serve<H: Handler>(
     }
 }
 
-/// Ends when the drain begins (or the signal is gone).
-async fn drain_begun(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.changed().await;
+/// Ends when the drain begins (or the signal is gone). Unconstrained by the task's
+/// budget: the wait is polled once (`Conn::drain_armed`), and a poll the budget turned
+/// away would leave it registered nowhere, so no drain would wake an idle connection.
+fn drain_wait(shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> {
+    async fn drain_begun(mut shutdown: watch::Receiver<bool>) {
+        let _ = shutdown.changed().await;
+    }
+    tokio::task::coop::unconstrained(drain_begun(shutdown))
 }
 
 /// A head hyper has to read.
@@ -447,5 +452,42 @@ impl<H: Handler> Conn<H> {
             Some(Ok(stream)) => Served::HandOver(stream, buf.freeze(), served),
             _ => Served::Closed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    struct Woken(AtomicBool);
+
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The wait for the drain is polled once per connection: polled when the task has
+    /// spent its budget, it must still wake the task when the drain begins.
+    #[tokio::test]
+    async fn a_drain_wait_polled_once_with_no_budget_left_still_wakes_its_task() {
+        let (signal, shutdown) = watch::channel(false);
+        let mut drain = pin!(drain_wait(shutdown));
+        let woken = Arc::new(Woken(AtomicBool::new(false)));
+        let waker = Waker::from(woken.clone());
+        poll_fn(|cx| {
+            while let Poll::Ready(spent) = tokio::task::coop::poll_proceed(cx) {
+                spent.made_progress();
+            }
+            assert!(!tokio::task::coop::has_budget_remaining());
+            assert!(drain.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        signal.send(true).expect("the wait holds a receiver");
+        assert!(woken.0.load(Ordering::SeqCst), "the drain did not wake the task");
     }
 }
