@@ -15,12 +15,13 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
 use http::header::{HeaderMap, HeaderValue, USER_AGENT};
-use http::{Request, StatusCode, Version};
 use prometheus::IntCounterVec;
 
 use crate::body;
-use crate::routes::{Proof, Route};
+use crate::rewrite::UpstreamHead;
+use crate::routes::{Credential, Proof, Route};
 use crate::secret::Secret;
 use crate::upstream;
 
@@ -92,13 +93,18 @@ pub(crate) fn judge(status: StatusCode, expect: &[u16]) -> Answer {
 /// One proof call of `candidate` on `route` (which has a proof).
 pub(crate) async fn call(route: &Route, candidate: &Secret) -> Answer {
     let Some(proof) = &route.proof else { return Answer::Accepted(StatusCode::OK) };
-    let request = match request(route, proof, candidate) {
-        Ok(request) => request,
+    let credential = match route.kind.credential(candidate) {
+        Ok(credential) => credential,
+        Err(unsendable) => return Answer::Refused(unsendable.to_string()),
+    };
+    let sender = sender();
+    let head = match head(&credential, proof, &sender) {
+        Ok(head) => head,
         Err(why) => return Answer::Refused(why),
     };
     let timeout = route.response_timeout.min(CALL_TIMEOUT);
-    match route.upstream.send(upstream::Outbound::Built(request), tokio::time::Instant::now(), timeout).await
-    {
+    let request = upstream::Outbound::Head(head, body::empty());
+    match route.upstream.send(request, tokio::time::Instant::now(), timeout).await {
         Err(failure) => Answer::Failed(format!("{} failure", failure.label())),
         Ok(response) => {
             let status = response.status();
@@ -108,24 +114,26 @@ pub(crate) async fn call(route: &Route, candidate: &Secret) -> Answer {
     }
 }
 
-/// The proof request: the proof's method and path on the route's upstream, carrying
-/// `candidate` exactly where the route's requests carry their key, and nothing else.
-fn request(route: &Route, proof: &Proof, candidate: &Secret) -> Result<Request<body::ProxyBody>, String> {
-    let credential = route.kind.credential(candidate).map_err(|e| e.to_string())?;
-    let mut headers = credential.strip_headers(&HeaderMap::new());
-    credential.inject_header(&mut headers);
+/// The one line a proof call sends of its own: who sends it.
+fn sender() -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(1);
     headers.insert(USER_AGENT, HeaderValue::from_static(concat!("keygate/", env!("CARGO_PKG_VERSION"))));
+    headers
+}
+
+/// The proof request's head: the proof's method and path on the route's upstream,
+/// carrying `credential` (the candidate's) exactly where the route's requests carry
+/// their key, by the same rules ([`crate::rewrite::UpstreamHead`]), and nothing else
+/// but `sender`.
+fn head<'a>(
+    credential: &'a Credential,
+    proof: &'a Proof,
+    sender: &'a HeaderMap,
+) -> Result<UpstreamHead<'a>, String> {
     let query = credential.query_for(proof.query.as_deref(), true).map_err(|r| r.reason().to_owned())?;
-    let uri = route
-        .upstream
-        .uri(&proof.path, query.as_deref())
-        .map_err(|_| "the proof path cannot be sent".to_owned())?;
-    let mut out = Request::new(body::empty());
-    *out.method_mut() = proof.method.clone();
-    *out.uri_mut() = uri;
-    *out.version_mut() = Version::HTTP_11;
-    *out.headers_mut() = headers;
-    Ok(out)
+    credential
+        .upstream_head(&proof.method, sender, [proof.path.as_str(), ""], query, true)
+        .map_err(|_| "the proof path cannot be sent".to_owned())
 }
 
 /// Proves `candidate` of secret `secret` on each of `routes` in turn, retrying failed

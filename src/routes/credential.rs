@@ -137,26 +137,11 @@ impl Credential {
         self
     }
 
-    /// The caller's headers minus every copy of the credential and everything no route
-    /// forwards, without the real credential: [`Credential::inject_header`] adds it to
-    /// the result, so nothing the caller sent can remove or shadow it.
-    pub(crate) fn strip_headers(&self, caller: &HeaderMap) -> HeaderMap {
-        rewrite::request_headers(caller, &self.strip_headers)
-    }
-
-    /// Adds the real credential to headers built by [`Credential::strip_headers`], when
-    /// this route carries it in a header.
-    pub(crate) fn inject_header(&self, headers: &mut HeaderMap) {
-        if let Inject::Header { name, value } = &self.inject {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-
     /// The upstream's head for a caller's `method` and `headers`, to `path` (its pieces in
-    /// order) with `query`
-    /// (made by [`Credential::query_for`]): the caller's headers stripped as
-    /// [`Credential::strip_headers`] does, with this credential's header added when
-    /// `inject`.
+    /// order) with `query` (made by [`Credential::query_for`]): the caller's headers minus
+    /// every copy of the credential and everything no route forwards, then this
+    /// credential's header when `inject` — added after the removal, so nothing the caller
+    /// sent can remove or shadow it.
     pub(crate) fn upstream_head<'a>(
         &'a self,
         method: &'a Method,
@@ -233,9 +218,10 @@ mod tests {
         caller.append(&name, HeaderValue::from_static("Bearer other"));
         caller.insert(header::CONNECTION, HeaderValue::from_static("Authorization"));
         caller.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        let mut out = c.strip_headers(&caller);
-        assert!(out.get(&name).is_none() && out.get(header::CONNECTION).is_none());
-        c.inject_header(&mut out);
+        let stripped = c.upstream_head(&Method::GET, &caller, ["/", ""], None, false).unwrap().headers();
+        assert!(stripped.get(&name).is_none() && stripped.get(header::CONNECTION).is_none());
+        let out = c.upstream_head(&Method::GET, &caller, ["/", ""], None, true).unwrap().headers();
+        assert!(out.get(header::CONNECTION).is_none());
         let values: Vec<_> = out.get_all(&name).iter().collect();
         assert_eq!(values, ["Bearer k 1"]);
         assert!(values[0].is_sensitive());
@@ -251,8 +237,8 @@ mod tests {
         assert_eq!(got.as_deref(), Some("x=1&api_key=a%20b%2F%2B"));
         assert_eq!(c.query_for(Some("x=1&api_key=evil"), false).unwrap().as_deref(), Some("x=1"));
         assert_eq!(c.query_for(Some("api_key%00=e"), true), Err(QueryRefused::LookAlike));
-        let mut headers = HeaderMap::new();
-        c.inject_header(&mut headers);
+        let none = HeaderMap::new();
+        let headers = c.upstream_head(&Method::GET, &none, ["/", ""], None, true).unwrap().headers();
         assert!(headers.is_empty(), "a query route injects no header");
         assert_eq!(&*c.location_query()[0], "api_key");
     }

@@ -347,9 +347,10 @@ mod tests {
         caller.insert("x-other", http::HeaderValue::from_static("1"));
         for preset in [Preset::Import, Preset::Export] {
             let credential = preset.credential(&key).unwrap();
-            let mut headers = credential.strip_headers(&caller);
-            assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-other"], "{preset:?}");
-            credential.inject_header(&mut headers);
+            let get = Method::GET;
+            let stripped = credential.upstream_head(&get, &caller, ["/", ""], None, false).unwrap().headers();
+            assert_eq!(stripped.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-other"], "{preset:?}");
+            let headers = credential.upstream_head(&get, &caller, ["/", ""], None, true).unwrap().headers();
             let query = credential.query_for(Some("a=1&APIKEY=caller"), true).unwrap();
             match preset {
                 Preset::Import => {

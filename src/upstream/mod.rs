@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -223,18 +223,6 @@ impl Upstream {
     /// True when requests go out without TLS.
     pub(crate) fn is_plain_http(&self) -> bool {
         self.scheme == Scheme::HTTP
-    }
-
-    /// The request target for `path` and `query` on this upstream (origin form; the
-    /// scheme and authority are added for HTTP/2).
-    pub(crate) fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
-        pq.push_str(path);
-        if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        Ok(Uri::from(PathAndQuery::try_from(pq)?))
     }
 
     /// Sends `request`, waiting at most `timeout` from `now` for the response head
