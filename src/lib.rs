@@ -31,6 +31,9 @@ mod conn;
 pub mod demo;
 mod error;
 mod forward;
+#[cfg(test)]
+#[allow(unsafe_code, reason = "a test allocator: see src/freed.rs")]
+mod freed;
 pub mod gateway;
 mod guard;
 mod header_names;

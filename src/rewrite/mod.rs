@@ -15,7 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{percent_decode_str, utf8_percent_encode};
 
 use crate::scrub::Scrubber;
-use crate::secret::{QUERY_VALUE, Secret};
+use crate::secret::{QUERY_VALUE, Secret, WipedText};
 
 mod upstream_head;
 
@@ -347,7 +347,7 @@ pub fn rewrite_query(
     query: Option<&str>,
     names: &[&str],
     inject: Option<(&str, &Secret)>,
-) -> Result<Option<String>, QueryRefused> {
+) -> Result<Option<WipedText>, QueryRefused> {
     rewrite_query_with(query, names, inject.map(|(name, secret)| (name, QueryValue::Raw(secret))))
 }
 
@@ -356,11 +356,19 @@ pub(crate) fn rewrite_query_with<S: AsRef<str>>(
     query: Option<&str>,
     names: &[S],
     inject: Option<(&str, QueryValue<'_>)>,
-) -> Result<Option<String>, QueryRefused> {
+) -> Result<Option<WipedText>, QueryRefused> {
     if query.is_none_or(str::is_empty) && inject.is_none() {
         return Ok(None);
     }
-    let mut out = String::with_capacity(query.map_or(0, str::len) + 64);
+    // Sized for all it can hold, so that it does not grow: the key is in it.
+    let injected = inject.map_or(0, |(name, value)| {
+        let value = match value {
+            QueryValue::Encoded(encoded) => encoded.len(),
+            QueryValue::Raw(secret) => secret.expose().len() * 3,
+        };
+        name.len() + value + 2
+    });
+    let mut out = WipedText::with_capacity(query.map_or(0, str::len) + injected);
     for piece in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let raw_name = piece.split('=').next().unwrap_or("");
         match param_name_of(raw_name, names) {
@@ -388,7 +396,11 @@ pub(crate) fn rewrite_query_with<S: AsRef<str>>(
         out.push('=');
         match value {
             QueryValue::Encoded(encoded) => out.push_str(encoded),
-            QueryValue::Raw(secret) => out.extend(utf8_percent_encode(secret.expose(), QUERY_VALUE)),
+            QueryValue::Raw(secret) => {
+                for piece in utf8_percent_encode(secret.expose(), QUERY_VALUE) {
+                    out.push_str(piece);
+                }
+            }
         }
     }
     Ok((!out.is_empty()).then_some(out))
@@ -405,7 +417,7 @@ fn strip_from_url<S: AsRef<str>>(url: &str, names: &[S]) -> String {
     };
     // A refusal here means a `;`-smuggled name: drop the whole query rather than pass it.
     match rewrite_query_with(Some(query), names, None) {
-        Ok(Some(q)) => format!("{base}?{q}{fragment}"),
+        Ok(Some(q)) => format!("{base}?{}{fragment}", q.as_str()),
         Ok(None) | Err(_) => format!("{base}{fragment}"),
     }
 }
@@ -498,7 +510,7 @@ mod tests {
         let key = secret("k");
         let q = "apikeyish=1&apikey_id=2&apikey-old=3&apikey2=4&api_key=5&xapikey=6&%61pikeys=7&tokens=8";
         let got = rewrite_query(Some(q), &["apikey", "token"], Some(("apikey", &key))).unwrap();
-        assert_eq!(got, Some(format!("{q}&apikey=k")));
+        assert_eq!(got.as_deref(), Some(format!("{q}&apikey=k").as_str()));
         let copies = "apikey=1&%41PIKEY=2&apikey[]=3&apikey%5B0%5D=4&+apikey+=5&%20apikey=6&apikey%C2%A0=7";
         let got = rewrite_query(Some(copies), &["apikey"], Some(("apikey", &key))).unwrap();
         assert_eq!(got.as_deref(), Some("apikey=k"));

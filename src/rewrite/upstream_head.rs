@@ -9,12 +9,15 @@
 //! rules: the writer walks the lines the map would hold, in its order, and a property
 //! test holds its bytes to those of the built head (`upstream::h1::tests`).
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
 
 use super::forwarded;
 use crate::scrub::body::narrowed_accept_encoding;
+use crate::secret::{Wiped, WipedText};
+use crate::server::HeadBuf;
 
 /// The longest target `PathAndQuery` takes.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
@@ -39,9 +42,9 @@ pub(crate) struct UpstreamHead<'a> {
 enum Target<'a> {
     /// A path (in pieces) and query of bytes `PathAndQuery` keeps as they are, written
     /// as they are.
-    Plain { path: [&'a str; 2], query: Option<String> },
+    Plain { path: [&'a str; 2], query: Option<WipedText> },
     /// Anything else that `PathAndQuery` takes (bytes past ASCII, a fragment it cuts):
-    /// as it reads it.
+    /// as it reads it, from bytes wiped when it is dropped ([`wiped_target`]).
     Parsed(PathAndQuery),
 }
 
@@ -54,17 +57,12 @@ impl<'a> UpstreamHead<'a> {
         drop: &'a [HeaderName],
         inject: Option<(&'a HeaderName, &'a HeaderValue)>,
         path: [&'a str; 2],
-        query: Option<String>,
+        query: Option<WipedText>,
     ) -> Result<UpstreamHead<'a>, InvalidTarget> {
         let target = if is_plain(path, query.as_deref()) {
             Target::Plain { path, query }
         } else {
-            let mut pq = path.concat();
-            if let Some(q) = &query {
-                pq.push('?');
-                pq.push_str(q);
-            }
-            Target::Parsed(PathAndQuery::try_from(pq).map_err(|_| InvalidTarget)?)
+            Target::Parsed(wiped_target(path, query.as_deref())?)
         };
         Ok(UpstreamHead { method, caller, drop, inject, target })
     }
@@ -86,29 +84,25 @@ impl<'a> UpstreamHead<'a> {
     /// The target as an origin-form URI.
     pub(crate) fn uri(&self) -> Result<Uri, InvalidTarget> {
         let pq = match &self.target {
-            Target::Plain { .. } => {
-                let mut text = Vec::new();
-                self.write_target(&mut text);
-                PathAndQuery::try_from(text).map_err(|_| InvalidTarget)?
-            }
+            Target::Plain { path, query } => wiped_target(*path, query.as_deref())?,
             Target::Parsed(pq) => pq.clone(),
         };
         Ok(Uri::from(pq))
     }
 
     /// Writes the request target as `uri()` would read on the wire.
-    pub(crate) fn write_target(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_target(&self, out: &mut impl HeadBuf) {
         match &self.target {
             Target::Plain { path, query } => {
                 for piece in path {
-                    out.extend_from_slice(piece.as_bytes());
+                    out.put(piece.as_bytes());
                 }
                 if let Some(q) = query {
-                    out.push(b'?');
-                    out.extend_from_slice(q.as_bytes());
+                    out.put(b"?");
+                    out.put(q.as_bytes());
                 }
             }
-            Target::Parsed(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
+            Target::Parsed(pq) => out.put(pq.as_str().as_bytes()),
         }
     }
 
@@ -140,6 +134,20 @@ impl<'a> UpstreamHead<'a> {
             each(name, value);
         }
     }
+}
+
+/// `path` and `query` as `PathAndQuery` reads them, over bytes that are wiped when the
+/// last copy of it is dropped (the query may hold the key).
+fn wiped_target(path: [&str; 2], query: Option<&str>) -> Result<PathAndQuery, InvalidTarget> {
+    let length = path[0].len() + path[1].len() + query.map_or(0, |q| q.len() + 1);
+    let mut text = Wiped::with_capacity(length);
+    text.extend_from_slice(path[0].as_bytes());
+    text.extend_from_slice(path[1].as_bytes());
+    if let Some(q) = query {
+        text.push(b'?');
+        text.extend_from_slice(q.as_bytes());
+    }
+    PathAndQuery::from_maybe_shared(Bytes::from_owner(text)).map_err(|_| InvalidTarget)
 }
 
 /// True when every byte of `path` and `query` is one `PathAndQuery` keeps as it is in
@@ -186,7 +194,7 @@ mod tests {
             }
             let reference = PathAndQuery::try_from(text.as_str());
             let method = Method::GET;
-            match UpstreamHead::new(&method, &caller, &[], None, pieces, query.clone()) {
+            match UpstreamHead::new(&method, &caller, &[], None, pieces, query.as_deref().map(WipedText::from)) {
                 Ok(head) => {
                     let reference = reference.expect("taken by PathAndQuery");
                     let mut written = Vec::new();

@@ -12,7 +12,7 @@ mod serving;
 mod timeouts;
 mod tunnel;
 
-pub(crate) use h1::{itoa, line};
+pub(crate) use h1::{HeadBuf, itoa, line};
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};

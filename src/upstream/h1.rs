@@ -46,6 +46,7 @@ use crate::error::UpstreamFailure;
 use crate::header_names::Names;
 use crate::lazy_timer;
 use crate::rewrite::{connection_names, has_connection_token};
+use crate::secret::Wiped;
 use crate::server::{itoa, line};
 
 /// The longest request body keygate's client sends; longer ones, and bodies of unknown
@@ -178,7 +179,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 /// A request ready to go: its head's bytes (with the body's first bytes behind them,
 /// when they were ready at once and short), and the rest of its body.
 pub(crate) struct Outgoing {
-    bytes: Vec<u8>,
+    /// The head (with the key in it) and a first body frame that is small: wiped when
+    /// the request is done with.
+    bytes: Wiped,
     /// A first frame too long to copy behind the head.
     first: Bytes,
     /// The rest of the body, and how many bytes the whole must have.
@@ -198,7 +201,7 @@ impl Outgoing {
     /// its rules, line by line ([`UpstreamHead`]). A body frame that is ready at once
     /// goes out with the head.
     pub(crate) fn new(request: Outbound<'_>, host: &HeaderValue) -> Result<Outgoing, UpstreamFailure> {
-        let mut bytes = Vec::with_capacity(256);
+        let mut bytes = Wiped::with_capacity(256);
         let (method, mut body) = match request {
             Outbound::Built(request) => {
                 let (parts, body) = request.into_parts();
@@ -271,7 +274,7 @@ impl Outgoing {
 }
 
 /// `method target HTTP/1.1` (the target written by `target`), then the `host` line.
-fn request_line(out: &mut Vec<u8>, method: &Method, host: &HeaderValue, target: impl FnOnce(&mut Vec<u8>)) {
+fn request_line(out: &mut Wiped, method: &Method, host: &HeaderValue, target: impl FnOnce(&mut Wiped)) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     target(out);

@@ -844,7 +844,7 @@ proptest! {
         value.set_sensitive(true);
         let inject = inject.then_some((&key, &value));
         let method = if head_request { Method::HEAD } else { Method::GET };
-        let head = || crate::rewrite::UpstreamHead::new(&method, &caller, &drop, inject, ["/base", &path], query.clone()).unwrap();
+        let head = || crate::rewrite::UpstreamHead::new(&method, &caller, &drop, inject, ["/base", &path], query.as_deref().map(crate::secret::WipedText::from)).unwrap();
         let host = HeaderValue::from_static("up.example:8443");
         let written = Outgoing::new(Outbound::Head(head(), crate::body::empty()), &host).unwrap();
         let request = Outbound::Head(head(), crate::body::empty()).into_request().unwrap();
@@ -855,4 +855,44 @@ proptest! {
         );
         prop_assert_eq!(written.head, built.head);
     }
+}
+
+/// Every way keygate's HTTP/1.1 client writes a head with the key in it — in a header
+/// or in the query, written from its rules or built first, with a head long enough to
+/// outgrow its first buffer — leaves no copy of the key in freed memory.
+#[test]
+fn a_head_with_the_key_in_it_leaves_no_copy_of_the_key_in_freed_memory() {
+    use crate::routes::Credential;
+    use crate::secret::Secret;
+    let key = "watched-key-c41a07";
+    let name = HeaderName::from_static("x-rjm-api-key");
+    let credentials = [
+        Credential::header(name, "X-RJM-API-Key", "", "", &Secret::parse(key).unwrap()).unwrap(),
+        Credential::query("apikey", &Secret::parse(key).unwrap()).unwrap(),
+    ];
+    let mut caller = HeaderMap::new();
+    for at in 0..20 {
+        let value = HeaderValue::from_static("a value long enough that the head outgrows 256 bytes");
+        caller.append(HeaderName::try_from(format!("x-filler-{at}")).unwrap(), value);
+    }
+    let (method, host) = (Method::POST, HeaderValue::from_static("up.example"));
+    let held = crate::freed::holding(key.as_bytes(), || {
+        for credential in &credentials {
+            for (built, target) in
+                [(false, "/v2/client/7"), (true, "/v2/client/7"), (false, "/v2/cl\u{e9}nt")]
+            {
+                let query = credential.query_for(Some("a=1"), true).unwrap();
+                let head = credential
+                    .upstream_head(&method, &caller, [target, "/table/t/data"], query, true)
+                    .unwrap();
+                let outbound = Outbound::Head(head, crate::body::full("[{\"id\":1}]"));
+                let outbound =
+                    if built { Outbound::Built(outbound.into_request().unwrap()) } else { outbound };
+                let out = Outgoing::new(outbound, &host).unwrap();
+                assert!(out.bytes.windows(key.len()).any(|w| w == key.as_bytes()), "the key was written");
+                assert!(out.bytes.len() > 256);
+            }
+        }
+    });
+    assert_eq!(held, 0);
 }

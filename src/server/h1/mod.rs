@@ -23,7 +23,7 @@ mod head;
 mod write;
 
 /// Head-line writing, shared with keygate's upstream client.
-pub(crate) use write::{itoa, line};
+pub(crate) use write::{HeadBuf, itoa, line};
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};

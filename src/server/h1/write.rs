@@ -14,6 +14,8 @@ use http::{Method, StatusCode};
 use hyper::ext::ReasonPhrase;
 use tokio::net::tcp::OwnedWriteHalf;
 
+use crate::secret::Wiped;
+
 /// A body frame this small is copied next to the head or its chunk framing so that
 /// they leave in one write; larger ones are written from where they are.
 const COPY_LIMIT: usize = 16 * 1024;
@@ -98,11 +100,29 @@ pub(super) fn head(
     (framing, close)
 }
 
-pub(crate) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+/// Where a head is written: a plain buffer, or one wiped after use when it holds a key
+/// ([`Wiped`], keygate's HTTP/1.1 client's).
+pub(crate) trait HeadBuf {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl HeadBuf for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl HeadBuf for Wiped {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+pub(crate) fn line(out: &mut impl HeadBuf, name: &[u8], value: &[u8]) {
+    out.put(name);
+    out.put(b": ");
+    out.put(value);
+    out.put(b"\r\n");
 }
 
 pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
