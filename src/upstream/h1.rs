@@ -440,6 +440,11 @@ fn parse(
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         let mut framed = Framed::default();
+        // Where `Content-Length` frames the body, the body carries it (its exact size
+        // hint), and every writer downstream takes it from there: the map would only
+        // hold a copy for them to skip (BENCHMARKS.md, round 13). A `HEAD` answer's and
+        // a 304's tell the length of a body that is not there, and stay.
+        let framed_by_length = !head_request && !matches!(code, 101 | 204 | 304);
         for (at, line) in response.headers.iter().enumerate() {
             let name = names.read(at, line.name.as_bytes()).ok_or(UpstreamFailure::Protocol)?;
             let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value))
@@ -462,6 +467,9 @@ fn parse(
                 framed.coding(&value);
             } else if name == header::CONTENT_LENGTH {
                 framed.length(&value);
+                if framed_by_length {
+                    continue;
+                }
             }
             headers.append(name, value);
         }
@@ -514,8 +522,8 @@ impl Framed {
 /// `known` (the length the earlier values gave, if any) when every comma-separated
 /// value of `line` is the same run of digits as it, `None` otherwise.
 fn agreed_length(line: &HeaderValue, mut known: Option<u64>) -> Option<u64> {
-    for value in line.to_str().ok()?.split(',') {
-        let value = value.trim().as_bytes();
+    for value in line.as_bytes().split(|&b| b == b',') {
+        let value = value.trim_ascii();
         if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
             return None;
         }

@@ -141,7 +141,8 @@ async fn keygate(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outco
             return Outcome::Refused;
         }
         let response = answer.into_response(conn, Arc::default());
-        let (status, headers) = (response.status().as_u16(), as_passed_on(response.headers()));
+        let (status, headers) =
+            (response.status().as_u16(), as_passed_on(response.headers(), response.body()));
         Outcome::Read { status, headers, body: collect(response.into_body()).await }
     };
     tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(Outcome::Hung)
@@ -163,7 +164,8 @@ async fn hyper(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outcome
         if both || response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Outcome::Refused;
         }
-        let (status, headers) = (response.status().as_u16(), as_passed_on(response.headers()));
+        let (status, headers) =
+            (response.status().as_u16(), as_passed_on(response.headers(), response.body()));
         Outcome::Read { status, headers, body: collect(response.into_body()).await }
     };
     tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(Outcome::Hung)
@@ -174,12 +176,24 @@ async fn hyper(answer: Vec<u8>, piece: Option<usize>, method: Method) -> Outcome
 /// by name, each name's lines in their order (the only order HTTP gives a meaning).
 /// Compared so, not as read: keygate's client leaves out the `Connection` lines that
 /// name nothing more, where hyper's keeps them and the way down removes them, which
-/// moves another header into their place in the map.
-fn as_passed_on(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+/// moves another header into their place in the map. `Content-Length` is the one a
+/// writer sends: the answer's one line (when it reads as a number), else the body's exact
+/// size — keygate's client leaves the line out of the map where the body carries it.
+fn as_passed_on(headers: &HeaderMap, body: &impl http_body::Body) -> Vec<(String, Vec<u8>)> {
     let mut headers = headers.clone();
     let scrub = crate::scrub::Scrubber::new([]).expect("no secrets");
     crate::rewrite::response_headers(&mut headers, &scrub, &[] as &[&str]);
+    let declared: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let declared = match declared[..] {
+        [one] => one.to_str().ok().and_then(|v| v.parse::<u64>().ok()),
+        _ => None,
+    };
+    let length = declared.or(body.size_hint().exact());
+    headers.remove(header::CONTENT_LENGTH);
     let mut lines = pairs(&headers);
+    if let Some(length) = length {
+        lines.push(("content-length".into(), length.to_string().into_bytes()));
+    }
     lines.sort_by(|a, b| a.0.cmp(&b.0));
     lines
 }
@@ -755,7 +769,8 @@ async fn a_request_body_is_sent_with_its_length_and_one_that_lies_about_it_is_re
 }
 
 /// A `Connection` line that names no header is read and left out of the answer; one
-/// that names one stays, for the way down to remove both. Names are read again when a
+/// that names one stays, for the way down to remove both. (`Content-Length` frames each
+/// body here, so the body carries it, not the map.) Names are read again when a
 /// line's letters change.
 #[test]
 fn connection_lines_naming_nothing_more_are_read_and_left_out() {
@@ -764,26 +779,16 @@ fn connection_lines_naming_nothing_more_are_read_and_left_out() {
     let mut buf = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n");
     let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
     assert!(answer.keep_alive);
-    assert_eq!(
-        pairs(&answer.headers),
-        [("x-a".into(), b"1".to_vec()), ("content-length".into(), b"0".to_vec())]
-    );
+    assert_eq!(pairs(&answer.headers), [("x-a".into(), b"1".to_vec())]);
     let mut buf = head("HTTP/1.1 200 OK\r\nconnection: close, TE\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n");
     let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
     assert!(!answer.keep_alive);
-    assert_eq!(
-        pairs(&answer.headers),
-        [("x-a".into(), b"2".to_vec()), ("content-length".into(), b"0".to_vec())]
-    );
+    assert_eq!(pairs(&answer.headers), [("x-a".into(), b"2".to_vec())]);
     let mut buf =
         head("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nX-A: 3\r\nContent-Length: 0\r\n\r\n");
     let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
     assert!(answer.keep_alive);
-    let kept = [
-        ("connection".into(), b"keep-alive, X-A".to_vec()),
-        ("x-a".into(), b"3".to_vec()),
-        ("content-length".into(), b"0".to_vec()),
-    ];
+    let kept = [("connection".into(), b"keep-alive, X-A".to_vec()), ("x-a".into(), b"3".to_vec())];
     assert_eq!(pairs(&answer.headers), kept);
 }
 
@@ -895,4 +900,27 @@ fn a_head_with_the_key_in_it_leaves_no_copy_of_the_key_in_freed_memory() {
         }
     });
     assert_eq!(held, 0);
+}
+
+/// Where `Content-Length` frames the body, the body carries it (an exact size hint,
+/// which every writer downstream writes) and the map does not; the length of a body
+/// that is not there (`HEAD`, 304) stays in the map, as the writers need it there.
+#[test]
+fn a_length_that_frames_the_body_is_carried_by_the_body() {
+    let mut names = Names::default();
+    let cases = [
+        ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello", false, None, Some(5)),
+        ("HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nabc", false, None, Some(3)),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, Some("5"), Some(0)),
+        ("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n", false, Some("7"), Some(0)),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false, None, None),
+    ];
+    for (text, head_request, kept, hint) in cases {
+        let mut buf = BytesMut::from(text.as_bytes());
+        let answer = parse(&mut buf, &mut names, head_request).unwrap().unwrap();
+        let line = answer.headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(line.as_deref(), kept, "{text:?}");
+        let response = answer.into_response(Conn::new(tokio::io::duplex(64).0), Arc::default());
+        assert_eq!(response.body().size_hint().exact(), hint, "{text:?}");
+    }
 }

@@ -82,6 +82,10 @@ async fn a_256_mib_download_streams_with_bounded_memory() {
     let response = sender.respond(req).await.expect("connection kept alive");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/octet-stream");
+    // The upstream's length, carried by the streamed body (not the answer's map) to the
+    // caller: framed by it, not re-chunked.
+    assert_eq!(response.headers()["content-length"], STREAM_BYTES.to_string());
+    assert!(!response.headers().contains_key("transfer-encoding"));
     let mut body = response.into_body();
     let mut verifier = Verifier::default();
     while let Some(frame) = body.frame().await {
