@@ -43,7 +43,7 @@ use super::Outbound;
 use super::pool::{self, Pool};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::UpstreamFailure;
-use crate::header_names::Names;
+use crate::header_names::{Names, Span};
 use crate::lazy_timer;
 use crate::rewrite::{connection_names, has_connection_token};
 use crate::secret::Wiped;
@@ -411,32 +411,35 @@ fn parse(
 ) -> Result<Option<Answer>, UpstreamFailure> {
     let config = httparse::ParserConfig::default();
     loop {
-        let Some(end) = head_end(buf) else {
-            // Not whole yet; httparse still says whether what came can begin an answer.
+        // One parse, straight on what came (httparse finds the head's end, as it does
+        // for hyper): where each line's name and value lie is noted, and they are cut
+        // from the head once it is one shared `Bytes` (BENCHMARKS.md, round 13).
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let (len, code, version, count) = {
             let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut []);
-            return match config.parse_response_with_uninit_headers(&mut response, buf, &mut lines) {
-                Ok(httparse::Status::Partial) => Ok(None),
-                _ => Err(UpstreamFailure::Protocol),
+            let len = match config.parse_response_with_uninit_headers(&mut response, buf, &mut lines) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(UpstreamFailure::Protocol),
             };
-        };
-        let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut []);
-        // One shared `Bytes` for the head, so every header value points into it.
-        let head = buf.split_to(end).freeze();
-        match config.parse_response_with_uninit_headers(&mut response, &head, &mut lines) {
-            Ok(httparse::Status::Complete(len)) if len == head.len() => {}
-            _ => return Err(UpstreamFailure::Protocol),
-        }
-        let (Some(code), Some(version)) = (response.code, response.version) else {
-            return Err(UpstreamFailure::Protocol);
+            let (Some(code), Some(version)) = (response.code, response.version) else {
+                return Err(UpstreamFailure::Protocol);
+            };
+            let start = buf.as_ptr() as usize;
+            for (span, line) in spans.iter_mut().zip(response.headers.iter()) {
+                *span = Span::of(start, line.name.as_bytes(), line.value);
+            }
+            (len, code, version, response.headers.len())
         };
         let status = StatusCode::from_u16(code).map_err(|_| UpstreamFailure::Protocol)?;
         if status.is_informational() && code != 101 {
+            buf.advance(len);
             continue;
         }
+        let head = buf.split_to(len).freeze();
         let version = if version == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         let mut framed = Framed::default();
@@ -445,10 +448,12 @@ fn parse(
         // hold a copy for them to skip (BENCHMARKS.md, round 13). A `HEAD` answer's and
         // a 304's tell the length of a body that is not there, and stay.
         let framed_by_length = !head_request && !matches!(code, 101 | 204 | 304);
-        for (at, line) in response.headers.iter().enumerate() {
-            let name = names.read(at, line.name.as_bytes()).ok_or(UpstreamFailure::Protocol)?;
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value))
-                .map_err(|_| UpstreamFailure::Protocol)?;
+        for (at, span) in spans[..count].iter().enumerate() {
+            // (httparse's slices are of the head: a span past it would be a bug of its.)
+            let (raw, value) = span.within(head.len()).ok_or(UpstreamFailure::Protocol)?;
+            let name = names.read(at, &head[raw]).ok_or(UpstreamFailure::Protocol)?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| UpstreamFailure::Protocol)?;
             if name == header::CONNECTION {
                 // Once one line asks to close, a later `keep-alive` cannot undo it.
                 if close || has_connection_token(&value, b"close") {
@@ -477,15 +482,6 @@ fn parse(
         let keep_alive = keep_alive && !matches!(framing, Framing::Eof) && code != 101;
         return Ok(Some(Answer { status, version, headers, framing, keep_alive }));
     }
-}
-
-/// Where the head at the start of `buf` ends: after its empty line (`\n\n` or `\n\r\n`).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memchr_iter(b'\n', buf).find_map(|at| match &buf[at + 1..] {
-        [b'\n', ..] => Some(at + 2),
-        [b'\r', b'\n', ..] => Some(at + 3),
-        _ => None,
-    })
 }
 
 /// What an answer's head says of its body's framing, noted line by line as the head is
