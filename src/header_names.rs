@@ -65,6 +65,44 @@ impl Names {
     }
 }
 
+/// Where a parsed header line's name and value lie in the head, as offsets from its
+/// start. httparse's lines borrow the buffer they were parsed from; their places let
+/// the head be taken off that buffer as one shared `Bytes` after the parse and the
+/// values be cut from it, with one parse and no copy (BENCHMARKS.md, round 13).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    /// The place of a line whose `name` and `value` are slices of the head that begins
+    /// at address `start`.
+    pub(crate) fn of(start: usize, name: &[u8], value: &[u8]) -> Span {
+        Span { name: offsets(start, name), value: offsets(start, value) }
+    }
+
+    /// The name's and the value's ranges, when both lie within a head of `len` bytes
+    /// (httparse's slices are of the head: one past it would be a bug of its).
+    pub(crate) fn within(&self, len: usize) -> Option<(Range<usize>, Range<usize>)> {
+        Some((range(self.name, len)?, range(self.value, len)?))
+    }
+}
+
+/// Where `bytes`, a slice of the head that begins at address `start`, lies in it. A
+/// head is far shorter than 4 GiB (keygate's client caps it), so its offsets
+/// fit in 32 bits; a slice from elsewhere could only give a range [`range`] refuses or
+/// another range of the head, never a read past it.
+fn offsets(start: usize, bytes: &[u8]) -> (u32, u32) {
+    let from = (bytes.as_ptr() as usize).wrapping_sub(start);
+    (from as u32, from.wrapping_add(bytes.len()) as u32)
+}
+
+/// `offsets` as a range, when it lies within `len` bytes.
+fn range((from, to): (u32, u32), len: usize) -> Option<Range<usize>> {
+    (from <= to && to as usize <= len).then_some(from as usize..to as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -139,42 +177,4 @@ mod tests {
         assert_eq!(names.read(1, long.as_bytes()).unwrap(), long.as_str());
         assert_eq!(names.0.len(), 1);
     }
-}
-
-/// Where a parsed header line's name and value lie in the head, as offsets from its
-/// start. httparse's lines borrow the buffer they were parsed from; their places let
-/// the head be taken off that buffer as one shared `Bytes` after the parse and the
-/// values be cut from it, with one parse and no copy (BENCHMARKS.md, round 13).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
-impl Span {
-    /// The place of a line whose `name` and `value` are slices of the head that begins
-    /// at address `start`.
-    pub(crate) fn of(start: usize, name: &[u8], value: &[u8]) -> Span {
-        Span { name: offsets(start, name), value: offsets(start, value) }
-    }
-
-    /// The name's and the value's ranges, when both lie within a head of `len` bytes
-    /// (httparse's slices are of the head: one past it would be a bug of its).
-    pub(crate) fn within(&self, len: usize) -> Option<(Range<usize>, Range<usize>)> {
-        Some((range(self.name, len)?, range(self.value, len)?))
-    }
-}
-
-/// Where `bytes`, a slice of the head that begins at address `start`, lies in it. A
-/// head is far shorter than 4 GiB (the clients and the server cap it), so its offsets
-/// fit in 32 bits; a slice from elsewhere could only give a range [`range`] refuses or
-/// another range of the head, never a read past it.
-pub(crate) fn offsets(start: usize, bytes: &[u8]) -> (u32, u32) {
-    let from = (bytes.as_ptr() as usize).wrapping_sub(start);
-    (from as u32, from.wrapping_add(bytes.len()) as u32)
-}
-
-/// `offsets` as a range, when it lies within `len` bytes.
-pub(crate) fn range((from, to): (u32, u32), len: usize) -> Option<Range<usize>> {
-    (from <= to && to as usize <= len).then_some(from as usize..to as usize)
 }

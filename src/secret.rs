@@ -94,21 +94,21 @@ pub enum SecretProblem {
 /// Wiping is a `memset` the compiler may not remove, not a byte-by-byte loop: a head of
 /// a few hundred bytes costs a few dozen instructions.
 #[derive(Default)]
-pub struct Wiped(Vec<u8>);
+pub(crate) struct Wiped(Vec<u8>);
 
 impl Wiped {
-    pub fn with_capacity(capacity: usize) -> Wiped {
+    pub(crate) fn with_capacity(capacity: usize) -> Wiped {
         Wiped(Vec::with_capacity(capacity))
     }
 
-    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+    pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) {
         if self.0.capacity() - self.0.len() < bytes.len() {
             self.grow(bytes.len());
         }
         self.0.extend_from_slice(bytes);
     }
 
-    pub fn push(&mut self, byte: u8) {
+    pub(crate) fn push(&mut self, byte: u8) {
         self.extend_from_slice(&[byte]);
     }
 
