@@ -924,3 +924,66 @@ fn a_length_that_frames_the_body_is_carried_by_the_body() {
         assert_eq!(response.body().size_hint().exact(), hint, "{text:?}");
     }
 }
+
+/// A stub upstream on 127.0.0.1 that answers `ok` to every request head on every
+/// connection, counts connections and heads, and never closes a connection first (an
+/// idle one it was left by stays open on its side).
+async fn counting_upstream() -> (std::net::SocketAddr, Arc<parking_lot::Mutex<Vec<usize>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let at = {
+                let mut heads = seen.lock();
+                heads.push(0);
+                heads.len() - 1
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Ok(n @ 1..) = socket.read(&mut chunk).await else {
+                        // Read to its end: held open, as a slow upstream would.
+                        std::future::pending::<()>().await;
+                        return;
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        seen.lock()[at] += 1;
+                        socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_that_takes_no_byte_is_left_and_the_request_goes_on_a_new_one() {
+    let (addr, heads) = counting_upstream().await;
+    let url: http::Uri = format!("http://{addr}/base").parse().unwrap();
+    let key = super::super::UpstreamKey {
+        url: url.to_string(),
+        ca_digest: None,
+        connect_timeout: Duration::from_secs(5),
+    };
+    let upstream = super::super::Upstream::new(&url, None, key).unwrap();
+    let send =
+        || upstream.send(built(&Method::GET, crate::body::empty()), Instant::now(), Duration::from_secs(5));
+    let first = send().await.unwrap();
+    assert_eq!(first.into_body().collect().await.unwrap().to_bytes(), "ok");
+    // keygate's own side of the idle connection is shut for writing: a look at its read
+    // side still finds it open, and its first write fails before a byte leaves.
+    let mut idle = upstream.pool.checkout(Instant::now()).expect("the first connection went home");
+    idle.io.shutdown().await.unwrap();
+    upstream.pool.put(idle);
+    let second = send().await.expect("sent again, on a new connection");
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(second.into_body().collect().await.unwrap().to_bytes(), "ok");
+    assert_eq!(*heads.lock(), [1, 1], "one request on each of two connections");
+}
