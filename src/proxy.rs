@@ -43,7 +43,17 @@ pub(crate) async fn handle(
     let snapshot = gw.snapshot();
     let mut exchange = Exchange::begin(&gw, &conn, &request, snapshot.log.access);
     let bytes_in = Arc::new(Meter::default());
-    let response = match pipeline(&gw, &snapshot, &conn, request, &bytes_in, &mut exchange).await {
+    // The caller's head stays whole to the end, here: the upstream's path is made of
+    // it, and the request is sent again from it with the previous key, when it is.
+    // (Held by this step and lent to the next, it is in one future, not in two: each
+    // level's future is moved into place, BENCHMARKS.md, round 14.)
+    let response = if request.method() == Method::CONNECT {
+        tunnel(&gw, &snapshot, &conn, request, &mut exchange)
+    } else {
+        let (caller, incoming) = request.into_parts();
+        pipeline(&gw, &snapshot, &conn, &caller, incoming, &bytes_in, &mut exchange).await
+    };
+    let response = match response {
         Ok(response) => response,
         Err(refusal) => {
             exchange.refused(&refusal);
@@ -54,12 +64,32 @@ pub(crate) async fn handle(
     exchange.finish(response, bytes_in, guard)
 }
 
+/// A `CONNECT`, decided on its own terms (host, port, caller) before anything that
+/// reads a path: its target has none, and no byte goes upstream for it.
+fn tunnel(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    request: Request<RequestBody>,
+    exchange: &mut Exchange,
+) -> Result<Response<ProxyBody>, Refusal> {
+    if gw.is_shutting_down() {
+        return Err(Refusal::ShuttingDown);
+    }
+    let head = CallerHead::of(request.method(), request.uri(), request.headers());
+    if head.size > snapshot.server.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    intercept::accept(snapshot, conn, request, exchange)
+}
+
 /// The steps of one request, in order. The first that answers ends it.
 async fn pipeline(
     gw: &Gateway,
     snapshot: &Snapshot,
     conn: &ConnInfo,
-    request: Request<RequestBody>,
+    caller: &Parts,
+    incoming: RequestBody,
     bytes_in: &Arc<Meter>,
     exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -67,18 +97,6 @@ async fn pipeline(
     if gw.is_shutting_down() {
         return Err(Refusal::ShuttingDown);
     }
-    // A tunnel is decided on its own terms (host, port, caller) before anything that
-    // reads a path: its target has none, and no byte goes upstream for it.
-    if request.method() == Method::CONNECT {
-        let head = CallerHead::of(request.method(), request.uri(), request.headers());
-        if head.size > snapshot.server.max_header_bytes {
-            return Err(Refusal::HeadersTooLarge);
-        }
-        return intercept::accept(snapshot, conn, request, exchange);
-    }
-    // The caller's head stays whole to the end: the upstream's path is made of it, and
-    // the request is sent again from it with the previous key, when it is.
-    let (caller, incoming) = request.into_parts();
     let head = CallerHead::of(&caller.method, &caller.uri, &caller.headers);
     // The head alone, before routing: nothing should spend work on a head that is too
     // large or that a proxy in front may read another way.
@@ -100,8 +118,8 @@ async fn pipeline(
     }
     // Only now is the request rewritten and its body read: strip, inject, body.
     let declared = head.declared;
-    let outgoing =
-        match build_request(snapshot, &route, &target, &caller, declared, incoming, bytes_in).await? {
+    let Outgoing { request, resend } =
+        match build_request(snapshot, &route, &target, caller, declared, incoming, bytes_in).await? {
             Built::One(outgoing) => outgoing,
             // More records than the vendor takes in one upsert: sent as batches, and
             // answered for all of them (src/batch.rs).
@@ -114,12 +132,26 @@ async fn pipeline(
     // The vendor allows one update-status call a minute per client id: answers are
     // shared by every caller (src/guard).
     if target.operation == "update_status" && !route.limits.update_status_ttl.is_zero() {
-        let request = outgoing.request.into_request().map_err(|_| unforwardable())?;
+        let request = request.into_request().map_err(|_| unforwardable())?;
         let (route, target) = (&route, &target);
         let call = guard::Call { gw, snapshot, route, target, request, bytes_in, exchange };
         return Box::pin(guard::serve(call)).await;
     }
-    let response = send(gw, &route, &target, &caller, outgoing, bytes_in, exchange).await?;
+    // Sent here, not from a step of its own: each level's future is moved into place
+    // and holds the one below it (BENCHMARKS.md, round 14).
+    let mut response = forward::send(gw, &route, &target, request, bytes_in).await?;
+    // When the upstream refuses the current key (401/403) and the request can be sent
+    // again safely with the route's previous key (during the overlap after a
+    // rotation), it is, once: the caller sees the second answer.
+    if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        if let (Some(body), Some(previous)) = (resend, route.fallback()) {
+            // Boxed, like every rare path, to keep each request's future small.
+            let refused = response;
+            response =
+                Box::pin(fall_back(gw, &route, &target, caller, previous, body, refused, bytes_in, exchange))
+                    .await?;
+        }
+    }
     exchange.upstream_status = Some(response.status());
     Ok(forward::downstream(snapshot, &route, response).await)
 }
@@ -222,35 +254,9 @@ fn admit(
     if route.allow.permits(&caller) { Ok(()) } else { Err(Refusal::CallerNotAllowed) }
 }
 
-/// Sends the request upstream. When the upstream refuses the current key (401/403)
-/// and the request can be sent again safely with the route's previous key (during the
-/// overlap after a rotation), it is, once: the caller sees the second answer.
-async fn send(
-    gw: &Gateway,
-    route: &Route,
-    target: &Target<'_>,
-    caller: &Parts,
-    outgoing: Outgoing<'_>,
-    bytes_in: &Meter,
-    exchange: &mut Exchange,
-) -> Result<Response<upstream::Body>, Refusal> {
-    let Outgoing { request, resend } = outgoing;
-    let response = forward::send(gw, route, target, request, bytes_in).await?;
-    if !matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-        return Ok(response);
-    }
-    match (resend, route.fallback()) {
-        // Boxed, like every rare path, to keep each request's future small.
-        (Some(body), Some(previous)) => {
-            Box::pin(fall_back(gw, route, target, caller, previous, body, response, bytes_in, exchange)).await
-        }
-        _ => Ok(response),
-    }
-}
-
 /// Sends the request again with the previous key, after reading away the answer that
 /// refused the current one (its connection goes back to the pool when it was short).
-#[expect(clippy::too_many_arguments, reason = "the one rare path of send, kept beside it")]
+#[expect(clippy::too_many_arguments, reason = "the one rare path of the pipeline's send, kept beside it")]
 async fn fall_back(
     gw: &Gateway,
     route: &Route,
