@@ -115,7 +115,7 @@ impl Exchange {
     ) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
         let done = Done { exchange: self, status: parts.status, bytes_in, _then: then };
-        let body = Recorded { inner: body, bytes_out: 0, done: Some(done) };
+        let body = Recorded { done, inner: body, bytes_out: 0 };
         Response::from_parts(parts, body.boxed_unsync())
     }
 }
@@ -124,9 +124,12 @@ impl Exchange {
 /// dropped (at its end, or when the caller went away): one allocation, the box it
 /// is answered in.
 struct Recorded {
+    /// Written in `drop`, and dropped first (fields drop in order): the record, then
+    /// `_then`, then the body. Kept in place, not taken out of an `Option`, which
+    /// would move it twice.
+    done: Done,
     inner: ProxyBody,
     bytes_out: u64,
-    done: Option<Done>,
 }
 
 /// What completing the record needs.
@@ -166,12 +169,9 @@ impl Body for Recorded {
 
 impl Drop for Recorded {
     fn drop(&mut self) {
-        if let Some(mut done) = self.done.take() {
-            let bytes = (done.bytes_in.bytes(), self.bytes_out);
-            done.exchange.write(done.status, Some(bytes));
-            // `_then` goes only now, after the record.
-            drop(done);
-        }
+        let done = &mut self.done;
+        let bytes = (done.bytes_in.bytes(), self.bytes_out);
+        done.exchange.write(done.status, Some(bytes));
     }
 }
 
