@@ -47,8 +47,11 @@ pub(crate) async fn handle(
     // it, and the request is sent again from it with the previous key, when it is.
     // (Held by this step and lent to the next, it is in one future, not in two: each
     // level's future is moved into place, BENCHMARKS.md, round 14.)
-    let response = if request.method() == Method::CONNECT {
-        tunnel(&gw, &snapshot, &conn, request, &mut exchange)
+    let response = if gw.is_shutting_down() {
+        // Draining: finish what is in flight, take nothing new.
+        Err(Refusal::ShuttingDown)
+    } else if request.method() == Method::CONNECT {
+        tunnel(&snapshot, &conn, request, &mut exchange)
     } else {
         let (caller, incoming) = request.into_parts();
         pipeline(&gw, &snapshot, &conn, &caller, incoming, &bytes_in, &mut exchange).await
@@ -67,15 +70,11 @@ pub(crate) async fn handle(
 /// A `CONNECT`, decided on its own terms (host, port, caller) before anything that
 /// reads a path: its target has none, and no byte goes upstream for it.
 fn tunnel(
-    gw: &Gateway,
     snapshot: &Snapshot,
     conn: &ConnInfo,
     request: Request<RequestBody>,
     exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    if gw.is_shutting_down() {
-        return Err(Refusal::ShuttingDown);
-    }
     let head = CallerHead::of(request.method(), request.uri(), request.headers());
     if head.size > snapshot.server.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
@@ -93,10 +92,6 @@ async fn pipeline(
     bytes_in: &Arc<Meter>,
     exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    // Draining: finish what is in flight, take nothing new.
-    if gw.is_shutting_down() {
-        return Err(Refusal::ShuttingDown);
-    }
     let head = CallerHead::of(&caller.method, &caller.uri, &caller.headers);
     // The head alone, before routing: nothing should spend work on a head that is too
     // large or that a proxy in front may read another way.
