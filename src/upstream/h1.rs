@@ -129,7 +129,14 @@ impl AsyncWrite for Io {
 /// An idle one keeps its read buffer when it is at most [`KEPT_BUFFER`] bytes, so the
 /// next answer on it needs no new one (at most [`super::pool::MAX_IDLE`] are idle per
 /// upstream).
-pub(crate) struct Conn<I = Io> {
+///
+/// Its state lives in one box for as long as the connection does: the connection is
+/// moved from the pool, into the answer's body and through every level the answer is
+/// returned by, and a pointer is what moves (BENCHMARKS.md, round 15).
+pub(crate) struct Conn<I = Io>(Box<ConnState<I>>);
+
+/// What a [`Conn`] holds; its fields are read and written through the `Conn`.
+pub(crate) struct ConnState<I> {
     io: I,
     buf: BytesMut,
     /// What times each exchange's wait for its answer; made at the first, then moved
@@ -145,14 +152,28 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> pool::Conn for Conn<I> 
     }
 }
 
+impl<I> std::ops::Deref for Conn<I> {
+    type Target = ConnState<I>;
+
+    fn deref(&self) -> &ConnState<I> {
+        &self.0
+    }
+}
+
+impl<I> std::ops::DerefMut for Conn<I> {
+    fn deref_mut(&mut self) -> &mut ConnState<I> {
+        &mut self.0
+    }
+}
+
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     pub(crate) fn new(io: I) -> Conn<I> {
-        Conn { io, buf: BytesMut::new(), timer: None, names: Names::default() }
+        Conn(Box::new(ConnState { io, buf: BytesMut::new(), timer: None, names: Names::default() }))
     }
 
     /// The stream, for hyper's client (an idle connection has nothing buffered).
     pub(crate) fn into_io(self) -> I {
-        self.io
+        self.0.io
     }
 
     /// True when an idle connection can no longer carry a request: the upstream closed
@@ -171,7 +192,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         if self.buf.capacity() - self.buf.len() < want.min(HEAD_READ) {
             self.buf.reserve(want);
         }
-        let Conn { io, buf, .. } = self;
+        let ConnState { io, buf, .. } = &mut *self.0;
         pin!(io.read_buf(buf)).poll(cx)
     }
 }
@@ -372,7 +393,8 @@ async fn send_and_read<I: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // Nothing read yet (the usual case right after sending): nothing to parse.
         if !conn.buf.is_empty() {
-            if let Some(answer) = parse(&mut conn.buf, &mut conn.names, out.head).map_err(Failure::Failed)? {
+            let ConnState { buf, names, .. } = &mut *conn.0;
+            if let Some(answer) = parse(buf, names, out.head).map_err(Failure::Failed)? {
                 return Ok(answer);
             }
         }
