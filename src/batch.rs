@@ -138,7 +138,7 @@ impl Run<'_> {
         // The deadline covers the send up to the answer's head, which decides: an answer
         // that came in time stands, however long its body then takes.
         let sent =
-            crate::forward::send(self.gw, self.route, self.target, Outbound::Built(request), self.bytes_in);
+            crate::forward::send(self.gw, self.route, self.target, Outbound::built(request), self.bytes_in);
         match tokio::time::timeout_at(self.deadline, sent).await {
             Ok(Ok(response)) => {
                 let verdict = retry::judge_answer(&response);

@@ -26,7 +26,7 @@ pub(super) enum Fetched {
 pub(super) async fn fetch(call: super::Call<'_>) -> Result<Fetched, Refusal> {
     let super::Call { gw, snapshot, route, target, mut request, bytes_in, exchange } = call;
     request.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    let request = crate::upstream::Outbound::Built(request);
+    let request = crate::upstream::Outbound::built(request);
     let response = crate::forward::send(gw, route, target, request, bytes_in).await?;
     exchange.upstream_status = Some(response.status());
     let response = crate::forward::downstream(snapshot, route, response).await;

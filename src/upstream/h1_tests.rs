@@ -105,7 +105,7 @@ fn request_parts(method: &Method) -> http::request::Parts {
 }
 
 fn built(method: &Method, body: ProxyBody) -> Outbound<'static> {
-    Outbound::Built(Request::from_parts(request_parts(method), body))
+    Outbound::built(Request::from_parts(request_parts(method), body))
 }
 
 async fn collect<B>(mut body: B) -> Read
@@ -853,7 +853,7 @@ proptest! {
         let host = HeaderValue::from_static("up.example:8443");
         let written = Outgoing::new(Outbound::Head(head(), crate::body::empty()), &host).unwrap();
         let request = Outbound::Head(head(), crate::body::empty()).into_request().unwrap();
-        let built = Outgoing::new(Outbound::Built(request), &host).unwrap();
+        let built = Outgoing::new(Outbound::built(request), &host).unwrap();
         prop_assert_eq!(
             String::from_utf8_lossy(&written.bytes),
             String::from_utf8_lossy(&built.bytes)
@@ -892,7 +892,7 @@ fn a_head_with_the_key_in_it_leaves_no_copy_of_the_key_in_freed_memory() {
                     .unwrap();
                 let outbound = Outbound::Head(head, crate::body::full("[{\"id\":1}]"));
                 let outbound =
-                    if built { Outbound::Built(outbound.into_request().unwrap()) } else { outbound };
+                    if built { Outbound::built(outbound.into_request().unwrap()) } else { outbound };
                 let out = Outgoing::new(outbound, &host).unwrap();
                 assert!(out.bytes.windows(key.len()).any(|w| w == key.as_bytes()), "the key was written");
                 assert!(out.bytes.len() > 256);

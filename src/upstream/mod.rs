@@ -51,13 +51,20 @@ use pool::Pool;
 
 /// A request to send: built, or still the caller's head with the rules that rewrite it
 /// ([`UpstreamHead`]), which keygate's HTTP/1.1 client writes as bytes with no map in
-/// between; every other client has it built first.
+/// between; every other client has it built first. A built request (a batch, a
+/// stored answer's refresh, a proof) is boxed: every request's `Outbound` is moved into
+/// the futures that send it, and the usual one, the head, is half the size.
 pub(crate) enum Outbound<'a> {
-    Built(Request<ProxyBody>),
+    Built(Box<Request<ProxyBody>>),
     Head(UpstreamHead<'a>, ProxyBody),
 }
 
 impl Outbound<'_> {
+    /// A request already built.
+    pub(crate) fn built(request: Request<ProxyBody>) -> Outbound<'static> {
+        Outbound::Built(Box::new(request))
+    }
+
     fn body(&self) -> &ProxyBody {
         match self {
             Outbound::Built(request) => request.body(),
@@ -68,7 +75,7 @@ impl Outbound<'_> {
     /// The request, built (an HTTP/1.1 origin-form target, no `Host`).
     pub(crate) fn into_request(self) -> Result<Request<ProxyBody>, UpstreamFailure> {
         match self {
-            Outbound::Built(request) => Ok(request),
+            Outbound::Built(request) => Ok(*request),
             Outbound::Head(head, body) => {
                 let mut request = Request::new(body);
                 *request.method_mut() = head.method().clone();
