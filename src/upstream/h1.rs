@@ -144,6 +144,9 @@ pub(crate) struct ConnState<I> {
     timer: Option<Pin<Box<Sleep>>>,
     /// The answers' header names, by line (BENCHMARKS.md, round 10).
     names: Names,
+    /// Where each line of the answer head being read lies; kept, so that no array
+    /// for the most lines a head may have is cleared for each answer (round 15).
+    spans: Vec<Span>,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> pool::Conn for Conn<I> {
@@ -168,7 +171,13 @@ impl<I> std::ops::DerefMut for Conn<I> {
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     pub(crate) fn new(io: I) -> Conn<I> {
-        Conn(Box::new(ConnState { io, buf: BytesMut::new(), timer: None, names: Names::default() }))
+        Conn(Box::new(ConnState {
+            io,
+            buf: BytesMut::new(),
+            timer: None,
+            names: Names::default(),
+            spans: Vec::new(),
+        }))
     }
 
     /// The stream, for hyper's client (an idle connection has nothing buffered).
@@ -393,8 +402,8 @@ async fn send_and_read<I: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // Nothing read yet (the usual case right after sending): nothing to parse.
         if !conn.buf.is_empty() {
-            let ConnState { buf, names, .. } = &mut *conn.0;
-            if let Some(answer) = parse(buf, names, out.head).map_err(Failure::Failed)? {
+            let ConnState { buf, names, spans, .. } = &mut *conn.0;
+            if let Some(answer) = parse(buf, names, spans, out.head).map_err(Failure::Failed)? {
                 return Ok(answer);
             }
         }
@@ -424,11 +433,13 @@ pub(crate) fn carries_rustls_error(error: &io::Error) -> bool {
 }
 
 /// The first whole answer head in `buf` that is not a `1xx` (skipped, as hyper skips
-/// them), taken off `buf`; `None` while there is none yet. `names` are the
-/// connection's: the names its last answers had at each line.
+/// them), taken off `buf`; `None` while there is none yet. `names` and `spans` are the
+/// connection's: the names its last answers had at each line, and room for where the
+/// lines lie.
 fn parse(
     buf: &mut BytesMut,
     names: &mut Names,
+    spans: &mut Vec<Span>,
     head_request: bool,
 ) -> Result<Option<Answer>, UpstreamFailure> {
     let config = httparse::ParserConfig::default();
@@ -436,8 +447,8 @@ fn parse(
         // One parse, straight on what came (httparse finds the head's end, as it does
         // for hyper): where each line's name and value lie is noted, and they are cut
         // from the head once it is one shared `Bytes` (BENCHMARKS.md, round 13).
-        let mut spans = [Span::default(); MAX_HEADERS];
-        let (len, code, version, count) = {
+        spans.clear();
+        let (len, code, version) = {
             let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut []);
             let len = match config.parse_response_with_uninit_headers(&mut response, buf, &mut lines) {
@@ -449,10 +460,10 @@ fn parse(
                 return Err(UpstreamFailure::Protocol);
             };
             let start = buf.as_ptr() as usize;
-            for (span, line) in spans.iter_mut().zip(response.headers.iter()) {
-                *span = Span::of(start, line.name.as_bytes(), line.value);
-            }
-            (len, code, version, response.headers.len())
+            spans.extend(
+                response.headers.iter().map(|line| Span::of(start, line.name.as_bytes(), line.value)),
+            );
+            (len, code, version)
         };
         let status = StatusCode::from_u16(code).map_err(|_| UpstreamFailure::Protocol)?;
         if status.is_informational() && code != 101 {
@@ -461,7 +472,7 @@ fn parse(
         }
         let head = buf.split_to(len).freeze();
         let version = if version == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = HeaderMap::with_capacity(spans.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         let mut framed = Framed::default();
@@ -470,7 +481,7 @@ fn parse(
         // hold a copy for them to skip (BENCHMARKS.md, round 13). A `HEAD` answer's and
         // a 304's tell the length of a body that is not there, and stay.
         let framed_by_length = !head_request && !matches!(code, 101 | 204 | 304);
-        for (at, span) in spans[..count].iter().enumerate() {
+        for (at, span) in spans.iter().enumerate() {
             // (httparse's slices are of the head: a span past it would be a bug of its.)
             let (raw, value) = span.within(head.len()).ok_or(UpstreamFailure::Protocol)?;
             let name = names.read(at, &head[raw]).ok_or(UpstreamFailure::Protocol)?;

@@ -777,16 +777,16 @@ fn connection_lines_naming_nothing_more_are_read_and_left_out() {
     let mut names = Names::default();
     let head = |text: &str| BytesMut::from(text.as_bytes());
     let mut buf = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n");
-    let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
+    let answer = parse(&mut buf, &mut names, &mut Vec::new(), false).unwrap().unwrap();
     assert!(answer.keep_alive);
     assert_eq!(pairs(&answer.headers), [("x-a".into(), b"1".to_vec())]);
     let mut buf = head("HTTP/1.1 200 OK\r\nconnection: close, TE\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n");
-    let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
+    let answer = parse(&mut buf, &mut names, &mut Vec::new(), false).unwrap().unwrap();
     assert!(!answer.keep_alive);
     assert_eq!(pairs(&answer.headers), [("x-a".into(), b"2".to_vec())]);
     let mut buf =
         head("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nX-A: 3\r\nContent-Length: 0\r\n\r\n");
-    let answer = parse(&mut buf, &mut names, false).unwrap().unwrap();
+    let answer = parse(&mut buf, &mut names, &mut Vec::new(), false).unwrap().unwrap();
     assert!(answer.keep_alive);
     let kept = [("connection".into(), b"keep-alive, X-A".to_vec()), ("x-a".into(), b"3".to_vec())];
     assert_eq!(pairs(&answer.headers), kept);
@@ -917,7 +917,7 @@ fn a_length_that_frames_the_body_is_carried_by_the_body() {
     ];
     for (text, head_request, kept, hint) in cases {
         let mut buf = BytesMut::from(text.as_bytes());
-        let answer = parse(&mut buf, &mut names, head_request).unwrap().unwrap();
+        let answer = parse(&mut buf, &mut names, &mut Vec::new(), head_request).unwrap().unwrap();
         let line = answer.headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(line.as_deref(), kept, "{text:?}");
         let response = answer.into_response(Conn::new(tokio::io::duplex(64).0), Arc::default());
