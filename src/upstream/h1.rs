@@ -145,7 +145,7 @@ pub(crate) struct ConnState<I> {
     /// The answers' header names, by line (BENCHMARKS.md, round 10).
     names: Names,
     /// Where each line of the answer head being read lies; kept, so that no array
-    /// for the most lines a head may have is cleared for each answer (round 15).
+    /// for the most lines a head may have is cleared for each answer (BENCHMARKS.md, round 15).
     spans: Vec<Span>,
 }
 
