@@ -774,22 +774,38 @@ async fn a_request_body_is_sent_with_its_length_and_one_that_lies_about_it_is_re
 /// line's letters change.
 #[test]
 fn connection_lines_naming_nothing_more_are_read_and_left_out() {
-    let mut names = Names::default();
+    let (mut names, mut spans) = (Names::default(), Vec::new());
     let head = |text: &str| BytesMut::from(text.as_bytes());
     let mut buf = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n");
-    let answer = parse(&mut buf, &mut names, &mut Vec::new(), false).unwrap().unwrap();
+    let answer = parse(&mut buf, &mut names, &mut spans, false).unwrap().unwrap();
     assert!(answer.keep_alive);
     assert_eq!(pairs(&answer.headers), [("x-a".into(), b"1".to_vec())]);
     let mut buf = head("HTTP/1.1 200 OK\r\nconnection: close, TE\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n");
-    let answer = parse(&mut buf, &mut names, &mut Vec::new(), false).unwrap().unwrap();
+    let answer = parse(&mut buf, &mut names, &mut spans, false).unwrap().unwrap();
     assert!(!answer.keep_alive);
     assert_eq!(pairs(&answer.headers), [("x-a".into(), b"2".to_vec())]);
     let mut buf =
         head("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nX-A: 3\r\nContent-Length: 0\r\n\r\n");
-    let answer = parse(&mut buf, &mut names, &mut Vec::new(), false).unwrap().unwrap();
+    let answer = parse(&mut buf, &mut names, &mut spans, false).unwrap().unwrap();
     assert!(answer.keep_alive);
     let kept = [("connection".into(), b"keep-alive, X-A".to_vec()), ("x-a".into(), b"3".to_vec())];
     assert_eq!(pairs(&answer.headers), kept);
+}
+
+/// A connection's answers are read with the same room for their lines' places: a
+/// head with fewer lines than the one before it has its own lines only.
+#[test]
+fn a_shorter_head_after_a_longer_one_has_only_its_own_lines() {
+    let (mut names, mut spans) = (Names::default(), Vec::new());
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nContent-Length: 0\r\n\r\n"[..],
+    );
+    let answer = parse(&mut buf, &mut names, &mut spans, false).unwrap().unwrap();
+    assert_eq!(answer.headers.len(), 4);
+    let mut buf = BytesMut::from(&b"HTTP/1.1 204 No Content\r\nX-E: 5\r\n\r\n"[..]);
+    let answer = parse(&mut buf, &mut names, &mut spans, false).unwrap().unwrap();
+    assert_eq!(pairs(&answer.headers), [("x-e".into(), b"5".to_vec())]);
+    assert!(buf.is_empty());
 }
 
 /// A caller's header line, from names every rule on the way up reads: framing and
@@ -907,7 +923,7 @@ fn a_head_with_the_key_in_it_leaves_no_copy_of_the_key_in_freed_memory() {
 /// that is not there (`HEAD`, 304) stays in the map, as the writers need it there.
 #[test]
 fn a_length_that_frames_the_body_is_carried_by_the_body() {
-    let mut names = Names::default();
+    let (mut names, mut spans) = (Names::default(), Vec::new());
     let cases = [
         ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello", false, None, Some(5)),
         ("HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nabc", false, None, Some(3)),
@@ -917,7 +933,7 @@ fn a_length_that_frames_the_body_is_carried_by_the_body() {
     ];
     for (text, head_request, kept, hint) in cases {
         let mut buf = BytesMut::from(text.as_bytes());
-        let answer = parse(&mut buf, &mut names, &mut Vec::new(), head_request).unwrap().unwrap();
+        let answer = parse(&mut buf, &mut names, &mut spans, head_request).unwrap().unwrap();
         let line = answer.headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(line.as_deref(), kept, "{text:?}");
         let response = answer.into_response(Conn::new(tokio::io::duplex(64).0), Arc::default());
