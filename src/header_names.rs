@@ -69,7 +69,7 @@ impl Names {
 /// start. httparse's lines borrow the buffer they were parsed from; their places let
 /// the head be taken off that buffer as one shared `Bytes` after the parse and the
 /// values be cut from it, with one parse and no copy (BENCHMARKS.md, round 13).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Span {
     name: (u32, u32),
     value: (u32, u32),

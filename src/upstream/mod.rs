@@ -51,9 +51,10 @@ use pool::Pool;
 
 /// A request to send: built, or still the caller's head with the rules that rewrite it
 /// ([`UpstreamHead`]), which keygate's HTTP/1.1 client writes as bytes with no map in
-/// between; every other client has it built first. A built request (a batch, a
-/// stored answer's refresh, a proof) is boxed: every request's `Outbound` is moved into
-/// the futures that send it, and the usual one, the head, is half the size.
+/// between; every other client has it built first. A built request (one batch of a
+/// re-batched import, a stored answer's refresh) is boxed: every request's `Outbound`
+/// is moved into the futures that send it, and the usual one, the head, is half the
+/// size.
 pub(crate) enum Outbound<'a> {
     Built(Box<Request<ProxyBody>>),
     Head(UpstreamHead<'a>, ProxyBody),
